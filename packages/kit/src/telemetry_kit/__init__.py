@@ -1,0 +1,26 @@
+"""telemetry-kit: what every service shares (serving, logging, control routes, problem errors)."""
+
+from .app import base_app
+from .control import ReadinessCheck, control_blueprint
+from .errors import PROBLEM_JSON, APIError, problem, register_error_handlers
+from .httpmetrics import instrument
+from .logs import JsonFormatter, logging_config
+from .serve import hypercorn_config, run, serve_until_stopped
+from .settings import ServiceSettings
+
+__all__ = [
+    "PROBLEM_JSON",
+    "APIError",
+    "JsonFormatter",
+    "ReadinessCheck",
+    "ServiceSettings",
+    "base_app",
+    "control_blueprint",
+    "hypercorn_config",
+    "instrument",
+    "logging_config",
+    "problem",
+    "register_error_handlers",
+    "run",
+    "serve_until_stopped",
+]

@@ -1,0 +1,24 @@
+"""Errors raised by telemetry-store.
+
+StoreError
+ ├── MigrationError     a migration file is invalid or failed to apply
+ └── UnknownStreamError a datapoint names a stream the work index does not know
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Root of every telemetry-store error."""
+
+
+class MigrationError(StoreError):
+    """A migration could not be applied."""
+
+    def __init__(self, message: str, *, version: int | None = None) -> None:
+        super().__init__(message)
+        self.version = version
+
+
+class UnknownStreamError(StoreError):
+    """A stream is not registered in the work index."""

@@ -1,0 +1,90 @@
+"""Versioned SQL migrations, applied once each under a PostgreSQL advisory lock."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Final
+
+import aiopg
+from telemetry_model import METRICS
+
+from .errors import MigrationError
+from .pool import transaction
+
+log = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same for every process migrating this database.
+ADVISORY_LOCK_ID: Final = 0x7E1E_0001
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One migration file: ``NNNN_name.sql``."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    """The packaged migrations, ordered by version; raise on a gap or a bad file name."""
+    found: list[Migration] = []
+    for entry in resources.files(__package__).joinpath("migrations").iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        m = _NAME.match(entry.name)
+        if m is None:
+            raise MigrationError(f"bad migration file name {entry.name!r}")
+        found.append(Migration(int(m.group(1)), m.group(2), entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise MigrationError(f"migration {expected} is missing", version=expected)
+    return found
+
+
+async def migrate(pool: aiopg.Pool) -> list[int]:
+    """Apply the pending migrations and sync the metric catalog; return the versions applied.
+
+    Safe to call from every replica at once: the advisory lock lets one apply,
+    the others wait and then find nothing to do.
+    """
+    migrations = load_migrations()
+    applied: list[int] = []
+    async with transaction(pool) as cur:
+        await cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_ID,))
+        await cur.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        await cur.execute("SELECT version FROM schema_migrations")
+        done = {row[0] for row in await cur.fetchall()}
+        for migration in migrations:
+            if migration.version in done:
+                continue
+            log.info("applying migration %04d_%s", migration.version, migration.name)
+            try:
+                await cur.execute(migration.sql)
+            except Exception as e:
+                raise MigrationError(
+                    f"migration {migration.version:04d}_{migration.name} failed: {e}",
+                    version=migration.version,
+                ) from e
+            await cur.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+            applied.append(migration.version)
+        for metric in METRICS:
+            await cur.execute(
+                "INSERT INTO metrics (id, name, unit, description) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, unit = EXCLUDED.unit,"
+                " description = EXCLUDED.description",
+                (metric.id, metric.name, metric.unit, metric.description),
+            )
+    return applied

@@ -1,0 +1,91 @@
+"""The collector's write path: one statement per batch, duplicates ignored.
+
+The batch travels as one JSON array (the datapoints' own wire form, joined, never
+re-encoded) into ``json_to_recordset``: the fastest path aiopg offers (no COPY).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from .pool import Cursor
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSighting:
+    """What one batch says about one GPU: its metadata and the time range it was seen in."""
+
+    uuid: str
+    hostname: str
+    index: int
+    device: str
+    model: str
+    driver_version: str | None
+    first_us: int
+    last_us: int
+
+
+_UPSERT_GPUS = """
+INSERT INTO gpus AS g
+    (uuid, hostname, gpu_index, device, model, driver_version, first_seen, last_seen)
+SELECT uuid, hostname, gpu_index, device, model, driver_version,
+       'epoch'::timestamptz + first_us * interval '1 microsecond',
+       'epoch'::timestamptz + last_us * interval '1 microsecond'
+FROM json_to_recordset(%s::json) AS r(uuid text, hostname text, gpu_index smallint,
+     device text, model text, driver_version text, first_us bigint, last_us bigint)
+ORDER BY uuid
+ON CONFLICT (uuid) DO UPDATE SET
+    hostname = EXCLUDED.hostname,
+    gpu_index = EXCLUDED.gpu_index,
+    device = EXCLUDED.device,
+    model = EXCLUDED.model,
+    driver_version = EXCLUDED.driver_version,
+    first_seen = LEAST(g.first_seen, EXCLUDED.first_seen),
+    last_seen = GREATEST(g.last_seen, EXCLUDED.last_seen)
+"""
+
+_INSERT_TELEMETRY = """
+INSERT INTO telemetry (gpu_id, ts, metric_id, value, stream_id, seq, container, pod, namespace)
+SELECT g.id, 'epoch'::timestamptz + b.ts * interval '1 microsecond', m.id, b.value,
+       s.id, b.seq, b.container, b.pod, b.namespace
+FROM json_to_recordset(%s::json) AS b(stream text, seq bigint, ts bigint, metric text,
+     value double precision, uuid text, container text, pod text, namespace text)
+JOIN gpus g ON g.uuid = b.uuid
+JOIN metrics m ON m.name = b.metric
+JOIN streams s ON s.name = b.stream
+ON CONFLICT (stream_id, seq) DO NOTHING
+"""
+
+
+async def upsert_gpus(cur: Cursor, sightings: Iterable[GpuSighting]) -> None:
+    """Insert new GPUs and widen the first/last-seen range of known ones (in uuid order)."""
+    rows = [
+        {
+            "uuid": s.uuid,
+            "hostname": s.hostname,
+            "gpu_index": s.index,
+            "device": s.device,
+            "model": s.model,
+            "driver_version": s.driver_version,
+            "first_us": s.first_us,
+            "last_us": s.last_us,
+        }
+        for s in sightings
+    ]
+    if rows:
+        await cur.execute(_UPSERT_GPUS, (orjson.dumps(rows).decode(),))
+
+
+async def insert_datapoints(cur: Cursor, encoded: Sequence[bytes]) -> int:
+    """Insert wire-encoded datapoints; return how many were new (duplicates are skipped).
+
+    Every datapoint's GPU and stream must already be registered (``upsert_gpus``,
+    ``streams.ensure_streams``), and its metric must be in the catalog.
+    """
+    if not encoded:
+        return 0
+    await cur.execute(_INSERT_TELEMETRY, ((b"[" + b",".join(encoded) + b"]").decode(),))
+    return int(cur.rowcount)
