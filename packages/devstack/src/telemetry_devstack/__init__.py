@@ -1,5 +1,17 @@
 """telemetry-devstack: run the whole pipeline on one machine (embedded PostgreSQL + services)."""
 
 from .postgres import create_database, drop_database, embedded_server, with_database
+from .procs import ServiceProcess, free_port, print_sink
+from .stack import Stack, StackConfig
 
-__all__ = ["create_database", "drop_database", "embedded_server", "with_database"]
+__all__ = [
+    "ServiceProcess",
+    "Stack",
+    "StackConfig",
+    "create_database",
+    "drop_database",
+    "embedded_server",
+    "free_port",
+    "print_sink",
+    "with_database",
+]

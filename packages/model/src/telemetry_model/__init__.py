@@ -1,4 +1,4 @@
-"""telemetry-model: the record types, DCGM CSV reader, label parser, metric catalog and wire form."""
+"""telemetry-model: record types, DCGM CSV reader, label parser, metric catalog, wire form."""
 
 from .catalog import METRICS, METRICS_BY_ID, METRICS_BY_NAME, Metric, metric
 from .csvreader import COLUMNS, DcgmCsvReader, parse_row, read_samples, reader_from_text

@@ -106,7 +106,9 @@ def parse_row(row: list[str], *, line: int) -> Sample:
     try:
         timestamp = datetime.fromisoformat(ts)
     except ValueError:
-        raise CsvFormatError(f"not an ISO 8601 time: {ts!r}", line=line, field="timestamp") from None
+        raise CsvFormatError(
+            f"not an ISO 8601 time: {ts!r}", line=line, field="timestamp"
+        ) from None
     if timestamp.tzinfo is None:
         raise CsvFormatError(f"time has no offset: {ts!r}", line=line, field="timestamp")
     if metric not in METRICS_BY_NAME:

@@ -49,9 +49,7 @@ def encode(dp: Datapoint) -> bytes:
     """Encode a datapoint to its wire form."""
     body = {"stream": dp.stream, "seq": dp.seq, "ts": dp.ts_us}
     body.update(
-        _static_fields(
-            dp.metric, dp.value, dp.gpu, dp.container, dp.pod, dp.namespace, dp.labels
-        )
+        _static_fields(dp.metric, dp.value, dp.gpu, dp.container, dp.pod, dp.namespace, dp.labels)
     )
     return orjson.dumps(body)
 
