@@ -77,36 +77,56 @@ class Stack:
         )
         await self.broker.start()
         await self.broker.wait_ready(timeout)
-        shared = {"database_url": c.database_url, "broker_url": self.broker.url, "topic": c.topic}
-        for i in range(c.collectors):
-            self.collectors.append(
-                self._service(
-                    f"collector-{i}", "telemetry_collector", "COLLECTOR", free_port(), **shared
-                )
-            )
+        for _ in range(c.collectors):
+            self.collectors.append(self._collector())
         self.api = self._service(
-            "api",
-            "telemetry_api",
-            "API",
-            c.api_port or free_port(),
-            database_url=c.database_url,
+            "api", "telemetry_api", "API", c.api_port or free_port(), database_url=c.database_url
         )
-        for i in range(c.streamers):
-            self.streamers.append(
-                self._service(
-                    f"streamer-{i}",
-                    "telemetry_streamer",
-                    "STREAMER",
-                    free_port(),
-                    csv_path=str(c.csv_path),
-                    rate=str(c.rate),
-                    **shared,
-                )
-            )
+        for _ in range(c.streamers):
+            self.streamers.append(self._streamer())
         rest = [*self.collectors, self.api, *self.streamers]
         for p in rest:
             await p.start()
         await asyncio.gather(*(p.wait_ready(timeout) for p in rest))
+
+    def _shared(self) -> dict[str, str]:
+        assert self.broker is not None, "start the stack first"
+        c = self.config
+        return {"database_url": c.database_url, "broker_url": self.broker.url, "topic": c.topic}
+
+    def _collector(self) -> ServiceProcess:
+        name = f"collector-{len(self.collectors)}"
+        return self._service(
+            name, "telemetry_collector", "COLLECTOR", free_port(), **self._shared()
+        )
+
+    def _streamer(self) -> ServiceProcess:
+        c = self.config
+        return self._service(
+            f"streamer-{len(self.streamers)}",
+            "telemetry_streamer",
+            "STREAMER",
+            free_port(),
+            csv_path=str(c.csv_path),
+            rate=str(c.rate),
+            **self._shared(),
+        )
+
+    async def add_collector(self, timeout: float = 60.0) -> ServiceProcess:
+        """Scale out: start one more collector and wait until it is ready."""
+        proc = self._collector()
+        self.collectors.append(proc)
+        await proc.start()
+        await proc.wait_ready(timeout)
+        return proc
+
+    async def add_streamer(self, timeout: float = 60.0) -> ServiceProcess:
+        """Scale out: start one more streamer and wait until it is ready."""
+        proc = self._streamer()
+        self.streamers.append(proc)
+        await proc.start()
+        await proc.wait_ready(timeout)
+        return proc
 
     async def stop(self, timeout: float = 20.0) -> dict[str, int]:
         """Stop producers first, then consumers, the API and the broker; return exit codes."""
