@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import aiohttp
 
@@ -41,12 +41,14 @@ class ServiceProcess:
         *,
         port: int,
         env: Mapping[str, str],
+        args: Sequence[str] = (),
         sink: LogSink | None = print_sink,
     ) -> None:
         self.name = name
         self.module = module
         self.port = port
         self.env = dict(env)
+        self.args = list(args)
         self._sink = sink
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import psycopg2
+import pytest
+from psycopg2.extensions import parse_dsn
+from telemetry_devstack import (
+    ServiceProcess,
+    create_database,
+    drop_database,
+    free_port,
+    with_database,
+)
+from telemetry_devstack.__main__ import parse_args
+
+
+def test_create_database_refuses_to_reuse_one(pg_server):
+    dsn = create_database(pg_server, "devstack_reuse_check")
+    try:
+        with pytest.raises(RuntimeError, match="already exists"):
+            create_database(pg_server, "devstack_reuse_check")
+        assert create_database(pg_server, "devstack_reuse_check", exist_ok=True) == dsn
+        conn = psycopg2.connect(dsn)
+        conn.close()
+    finally:
+        drop_database(pg_server, "devstack_reuse_check")
+    with pytest.raises(psycopg2.OperationalError):
+        psycopg2.connect(dsn)
+
+
+def test_with_database_swaps_only_the_name():
+    dsn = "host=/tmp/sock user=postgres dbname=postgres"
+    assert parse_dsn(with_database(dsn, "other")) == {
+        "host": "/tmp/sock",
+        "user": "postgres",
+        "dbname": "other",
+    }
+
+
+async def test_a_process_that_exits_is_reported_with_its_output():
+    proc = ServiceProcess("zen", "this", port=free_port(), env={}, sink=None)
+    await proc.start()
+    with pytest.raises(RuntimeError, match="zen exited with 0"):
+        await proc.wait_ready(timeout=10)
+    assert any("Beautiful is better than ugly" in line for line in proc.lines)
+    assert await proc.stop() == 0
+
+
+async def test_a_process_that_never_gets_ready_times_out_and_is_stopped():
+    port = free_port()
+    proc = ServiceProcess("idle", "http.server", port=port, env={}, sink=None)
+    proc.module = "http.server"
+    await proc.start()
+    try:
+        with pytest.raises(TimeoutError, match="not ready"):
+            await proc.wait_ready(timeout=1.5)
+    finally:
+        code = await proc.stop(timeout=5)
+    assert code == -15  # stopped by our SIGTERM
+
+
+def test_cli_bounds():
+    args = parse_args(["--streamers", "3", "--collectors", "10"])
+    assert (args.streamers, args.collectors) == (3, 10)
+    with pytest.raises(SystemExit):
+        parse_args(["--streamers", "11"])

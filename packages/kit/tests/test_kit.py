@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import orjson
+import pytest
+import telemetry_kit
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+from quart_schema import validate_request
+from telemetry_kit import (
+    PROBLEM_JSON,
+    APIError,
+    JsonFormatter,
+    ServiceSettings,
+    base_app,
+    hypercorn_config,
+    logging_config,
+)
+
+
+@dataclass
+class Thing:
+    name: str
+    size: int
+
+
+def make_app(ready: str | None = None):
+    registry = CollectorRegistry()
+
+    async def readiness() -> str | None:
+        return ready
+
+    app = base_app("demo", title="Demo", version="1", registry=registry, readiness=readiness)
+
+    @app.get("/teapot")
+    async def teapot() -> dict[str, str]:
+        raise APIError(418, "I_AM_A_TEAPOT", "short and stout", headers={"X-Pot": "1"}, pot=2)
+
+    @app.get("/boom")
+    async def boom() -> dict[str, str]:
+        raise RuntimeError("secret internals")
+
+    @app.post("/things/")
+    @validate_request(Thing)
+    async def create(data: Thing) -> dict[str, str]:
+        return {"name": data.name}
+
+    return app, registry
+
+
+async def test_control_routes():
+    app, _ = make_app()
+    async with app.test_app():
+        client = app.test_client()
+        assert (await client.get("/healthz")).status_code == 200
+        r = await client.get("/readyz")
+        assert r.status_code == 200 and (await r.get_json()) == {"status": "ready"}
+        r = await client.get("/metrics")
+        assert r.status_code == 200
+        assert b"telemetry_demo_http_requests_total" in await r.get_data()
+
+
+async def test_not_ready_is_a_503_problem():
+    app, _ = make_app(ready="database unreachable")
+    client = app.test_client()
+    r = await client.get("/readyz")
+    assert r.status_code == 503
+    assert r.content_type == PROBLEM_JSON
+    body = await r.get_json()
+    assert body["code"] == "NOT_READY" and body["detail"] == "database unreachable"
+
+
+async def test_api_error_becomes_problem_body():
+    app, registry = make_app()
+    client = app.test_client()
+    r = await client.get("/teapot")
+    assert r.status_code == 418
+    assert r.headers["X-Pot"] == "1"
+    body = await r.get_json()
+    assert body == {
+        "type": "about:blank", "title": "I'm a Teapot", "status": 418,
+        "code": "I_AM_A_TEAPOT", "detail": "short and stout", "pot": 2,
+    }
+    assert registry.get_sample_value(
+        "telemetry_demo_http_requests_total",
+        {"method": "GET", "route": "/teapot", "status": "418"},
+    ) == 1
+
+
+async def test_unexpected_error_is_500_without_internals(caplog):
+    app, _ = make_app()
+    client = app.test_client()
+    with caplog.at_level(logging.ERROR):
+        r = await client.get("/boom")
+    assert r.status_code == 500
+    body = await r.get_json()
+    assert body["code"] == "INTERNAL_SERVER_ERROR"
+    assert "secret" not in orjson.dumps(body).decode()
+    assert "unhandled error" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("GET", "/nowhere", None, 404, "NOT_FOUND"),
+        ("DELETE", "/healthz", None, 405, "METHOD_NOT_ALLOWED"),
+        ("POST", "/things/", {"name": "x"}, 400, "INVALID_REQUEST"),
+        ("POST", "/things/", {"name": "x", "size": "big"}, 400, "INVALID_REQUEST"),
+    ],
+)
+async def test_http_errors_are_problem_bodies(method, path, body, status, code):
+    app, _ = make_app()
+    client = app.test_client()
+    r = await client.open(path, method=method, json=body)
+    assert r.status_code == status
+    assert r.content_type == PROBLEM_JSON
+    assert (await r.get_json())["code"] == code
+
+
+async def test_unmatched_routes_share_one_metric_label():
+    app, registry = make_app()
+    client = app.test_client()
+    await client.get("/a")
+    await client.get("/b")
+    assert registry.get_sample_value(
+        "telemetry_demo_http_requests_total",
+        {"method": "GET", "route": "<unmatched>", "status": "404"},
+    ) == 2
+
+
+def test_json_formatter_keeps_extra_fields():
+    record = logging.makeLogRecord(
+        {"name": "x", "levelname": "INFO", "msg": "hello %s", "args": ("you",), "topic": "t"}
+    )
+    body = orjson.loads(JsonFormatter().format(record))
+    assert body["message"] == "hello you" and body["topic"] == "t" and body["level"] == "INFO"
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    assert "ValueError" in orjson.loads(JsonFormatter().format(record))["exception"]
+
+
+@pytest.mark.parametrize(("fmt", "key"), [("json", "()"), ("text", "format")])
+def test_logging_config(fmt, key):
+    config = logging_config("DEBUG", fmt)
+    assert key in config["formatters"]["default"]
+    assert config["root"]["level"] == "DEBUG"
+
+
+def test_settings_and_hypercorn_config(monkeypatch):
+    class Demo(ServiceSettings):
+        model_config = ServiceSettings.model_config | {"env_prefix": "DEMO_"}
+
+    monkeypatch.setenv("DEMO_PORT", "9999")
+    monkeypatch.setenv("DEMO_GRACEFUL_TIMEOUT", "3")
+    settings = Demo()
+    config = hypercorn_config(settings)
+    assert config.bind == ["127.0.0.1:9999"]
+    assert config.graceful_timeout == 3
+    with pytest.raises(ValidationError):  # frozen: settings are read once
+        settings.port = 1  # type: ignore[misc]
+
+
+def test_public_surface():
+    modules = {"app", "control", "errors", "httpmetrics", "logs", "serve", "settings"}
+    assert sorted(telemetry_kit.__all__) == sorted(
+        n for n in dir(telemetry_kit) if not n.startswith("_") and n not in modules
+    )
