@@ -10,7 +10,13 @@ from pathlib import Path
 import aiopg
 import pytest
 from psycopg2.extensions import parse_dsn
-from telemetry_devstack import create_database, drop_database, embedded_server
+from telemetry_devstack import (
+    ServiceProcess,
+    create_database,
+    drop_database,
+    embedded_server,
+    free_port,
+)
 from telemetry_store import create_pool, migrate
 
 ROOT = Path(__file__).resolve().parent
@@ -49,6 +55,42 @@ def fresh_database_url(pg_server: str) -> Iterator[str]:
         yield dsn
     finally:
         drop_database(pg_server, parse_dsn(dsn)["dbname"])
+
+
+@pytest.fixture
+async def db(fresh_database_url: str) -> AsyncIterator[aiopg.Pool]:
+    """A pool on a migrated, empty database of this test's own."""
+    p = await create_pool(fresh_database_url, maxsize=4)
+    await migrate(p)
+    try:
+        yield p
+    finally:
+        p.close()
+        await p.wait_closed()
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[ServiceProcess]:
+    """A real broker process on a free loopback port, with its data in ``tmp_path``."""
+    port = free_port()
+    proc = ServiceProcess(
+        "broker",
+        "telemetry_broker",
+        port=port,
+        env={
+            "BROKER_HOST": "127.0.0.1",
+            "BROKER_PORT": str(port),
+            "BROKER_DATA_DIR": str(tmp_path / "broker"),
+            "BROKER_LOG_FORMAT": "json",
+        },
+        sink=None,
+    )
+    await proc.start()
+    try:
+        await proc.wait_ready(30)
+        yield proc
+    finally:
+        await proc.stop()
 
 
 @pytest.fixture(scope="session")

@@ -9,21 +9,8 @@ from typing import Any
 import aiopg
 import pytest
 from telemetry_devstack import Stack, StackConfig
-from telemetry_store import create_pool, migrate
 
 from conftest import CSV_PATH
-
-
-@pytest.fixture
-async def db(fresh_database_url: str) -> AsyncIterator[aiopg.Pool]:
-    """A migrated, empty database of this test's own."""
-    pool = await create_pool(fresh_database_url, maxsize=2)
-    await migrate(pool)
-    try:
-        yield pool
-    finally:
-        pool.close()
-        await pool.wait_closed()
 
 
 @pytest.fixture

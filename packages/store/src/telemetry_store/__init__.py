@@ -1,29 +1,70 @@
 """telemetry-store: the PostgreSQL schema, migrations, work index, write path and reads."""
 
 from .errors import MigrationError, StoreError, UnknownStreamError
-from .migrate import ADVISORY_LOCK_ID, Migration, load_migrations, migrate
+from .migrate import (
+    ADVISORY_LOCK_ID,
+    Migration,
+    load_migrations,
+    migrate,
+    migrate_when_reachable,
+)
 from .pool import Cursor, create_pool, cursor, ping, transaction
+from .reads import (
+    AGGREGATES,
+    Aggregate,
+    Bucket,
+    BucketKey,
+    GpuKey,
+    GpuRow,
+    LatestValue,
+    Point,
+    PointKey,
+    Window,
+    find_gpu,
+    latest_values,
+    list_gpus,
+    read_buckets,
+    read_window,
+    window_query,
+)
 from .streams import Claim, claim, ensure_streams, next_seq
 from .writes import GpuSighting, insert_datapoints, upsert_gpus
 
 __all__ = [
     "ADVISORY_LOCK_ID",
+    "AGGREGATES",
+    "Aggregate",
+    "Bucket",
+    "BucketKey",
     "Claim",
     "Cursor",
+    "GpuKey",
+    "GpuRow",
     "GpuSighting",
+    "LatestValue",
     "Migration",
     "MigrationError",
+    "Point",
+    "PointKey",
     "StoreError",
     "UnknownStreamError",
+    "Window",
     "claim",
     "create_pool",
     "cursor",
     "ensure_streams",
+    "find_gpu",
     "insert_datapoints",
+    "latest_values",
+    "list_gpus",
     "load_migrations",
     "migrate",
+    "migrate_when_reachable",
     "next_seq",
     "ping",
+    "read_buckets",
+    "read_window",
     "transaction",
     "upsert_gpus",
+    "window_query",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import aiopg
 from telemetry_model import METRICS
 
 from .errors import MigrationError
-from .pool import transaction
+from .pool import ping, transaction
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +89,28 @@ async def migrate(pool: aiopg.Pool) -> list[int]:
                 (metric.id, metric.name, metric.unit, metric.description),
             )
     return applied
+
+
+async def migrate_when_reachable(
+    pool: aiopg.Pool, stop: asyncio.Event, *, apply: bool = True, max_delay: float = 10.0
+) -> bool:
+    """Retry until the database answers (and is migrated, with ``apply``); False if stopped.
+
+    Services start even while PostgreSQL is away and report not-ready until this returns.
+    """
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            if apply:
+                await migrate(pool)
+            else:
+                await ping(pool)
+            return True
+        except Exception as e:
+            log.warning("database not ready (%s); retrying in %.1fs", e, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, max_delay)
+    return False

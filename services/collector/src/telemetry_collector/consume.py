@@ -1,0 +1,148 @@
+"""The worker loop: fetch a batch, store it in one transaction, then ack. Never ack first."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import aiopg
+from telemetry_model import Datapoint, DecodeError, decode
+from telemetry_mq import Batch, BrokerClient
+from telemetry_store import migrate_when_reachable
+
+from .metrics import CollectorMetrics
+from .store import Registry, store_batch
+
+log = logging.getLogger(__name__)
+
+
+class Consumer:
+    """All the worker loops of one collector process."""
+
+    def __init__(
+        self,
+        *,
+        broker: BrokerClient,
+        pool: aiopg.Pool,
+        metrics: CollectorMetrics,
+        topic: str,
+        group: str,
+        batch_size: int,
+        max_wait: float,
+        ack_wait: float,
+    ) -> None:
+        self._broker = broker
+        self._pool = pool
+        self._metrics = metrics
+        self._topic = topic
+        self._group = group
+        self._batch_size = batch_size
+        self._max_wait = max_wait
+        self._ack_wait = ack_wait
+        self._registry = Registry()
+        self.healthy = False
+
+    async def run(self, stop: asyncio.Event, workers: int, migrate: bool = True) -> None:
+        """Run ``workers`` loops until ``stop`` is set; each finishes its batch first.
+
+        Nothing is fetched before the database answers (and is migrated, with ``migrate``).
+        """
+        if not await migrate_when_reachable(self._pool, stop, apply=migrate):
+            return
+        await asyncio.gather(*(self._worker(i, stop) for i in range(workers)))
+
+    async def _worker(self, index: int, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                batch = await self._broker.fetch(
+                    self._topic,
+                    self._group,
+                    max_records=self._batch_size,
+                    max_wait=self._max_wait,
+                    ack_wait=self._ack_wait,
+                )
+            except Exception:
+                self.healthy = False
+                failures += 1
+                log.exception("fetch failed (worker %d)", index)
+                await _wait(stop, _backoff(failures))
+                continue
+            self.healthy = True
+            if batch is None:
+                continue
+            if await self.handle(batch):
+                failures = 0
+            else:
+                failures += 1
+                await _wait(stop, _backoff(failures))
+
+    async def handle(self, batch: Batch) -> bool:
+        """Store one batch and ack it; on failure nack it for redelivery. True on success."""
+        began = time.perf_counter()
+        points: list[Datapoint] = []
+        encoded: list[bytes] = []
+        invalid: list[int] = []
+        reasons: list[str] = []
+        for record in batch.records:
+            try:
+                points.append(decode(record.value))
+            except DecodeError as e:
+                invalid.append(record.offset)
+                reasons.append(f"offset {record.offset}: {e}")
+                continue
+            encoded.append(record.value)
+        outcome = "stored"
+        try:
+            if invalid:
+                await self._broker.reject(batch, offsets=invalid, error="; ".join(reasons)[:1000])
+                self._metrics.rejected.labels(self._topic).inc(len(invalid))
+            inserted = await store_batch(self._pool, self._registry, points, encoded)
+        except Exception as e:
+            outcome = "failed"
+            log.exception("storing a batch failed; nacking it for redelivery")
+            try:
+                await self._broker.nack(batch, delay=1.0, error=f"{type(e).__name__}: {e}"[:1000])
+            except Exception:
+                log.exception("nack failed; the lease will expire and redeliver")
+            inserted = 0
+        else:
+            bad = set(invalid)
+            valid = [r.offset for r in batch.records if r.offset not in bad]
+            if valid:
+                await self._broker.ack(batch, offsets=valid)
+            self._metrics.stored.labels(self._topic).inc(inserted)
+            self._metrics.duplicates.labels(self._topic).inc(len(encoded) - inserted)
+        duration = time.perf_counter() - began
+        self._metrics.batches.labels(self._topic, self._group, outcome).inc()
+        self._metrics.batch_seconds.labels(self._topic).observe(duration)
+        offsets = [r.offset for r in batch.records]
+        log.info(
+            "batch %s",
+            outcome,
+            extra={
+                "topic": batch.topic,
+                "partition": batch.partition,
+                "offset": f"{min(offsets)}-{max(offsets)}" if offsets else "",
+                "group": batch.group,
+                "delivery_count": max((r.delivery_count for r in batch.records), default=0),
+                "outcome": outcome,
+                "records": len(batch.records),
+                "inserted": inserted,
+                "duration_ms": round(duration * 1000, 1),
+            },
+        )
+        return outcome == "stored"
+
+
+def _backoff(failures: int) -> float:
+    return min(30.0, 0.2 * 2.0 ** min(failures, 8)) * random.uniform(0.5, 1.0)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass

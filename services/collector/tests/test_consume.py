@@ -1,0 +1,133 @@
+"""The collector's worker against a real broker process and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+from telemetry_collector.consume import Consumer
+from telemetry_collector.metrics import CollectorMetrics
+from telemetry_model import WireTemplate, read_samples
+from telemetry_mq import BrokerClient
+
+from conftest import CSV_PATH
+
+TOPIC = "telemetry"
+GROUP = "collectors"
+
+
+@pytest.fixture
+async def mq(broker):
+    async with BrokerClient(broker.url) as client:
+        await client.create_topic(TOPIC, partitions=1)
+        yield client
+
+
+@pytest.fixture
+def consumer_factory(mq, db):
+    def make() -> tuple[Consumer, CollectorRegistry]:
+        registry = CollectorRegistry()
+        consumer = Consumer(
+            broker=mq,
+            pool=db,
+            metrics=CollectorMetrics.create(registry),
+            topic=TOPIC,
+            group=GROUP,
+            batch_size=1000,
+            max_wait=0.5,
+            ack_wait=30.0,
+        )
+        return consumer, registry
+
+    return make
+
+
+def records(n: int, start: int = 0) -> list[tuple[str, bytes]]:
+    samples = read_samples(CSV_PATH)
+    stream = orjson.dumps("test")
+    out = []
+    for seq in range(start, start + n):
+        s = samples[seq % len(samples)]
+        out.append((s.gpu.uuid, WireTemplate(s).encode(stream, seq, 1_800_000_000_000_000 + seq)))
+    return out
+
+
+async def count(db) -> int:
+    async with db.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT count(*) FROM telemetry")
+        return int((await cur.fetchone())[0])
+
+
+async def test_batch_is_stored_then_acked(mq, db, consumer_factory):
+    consumer, registry = consumer_factory()
+    await mq.publish(TOPIC, records(300))
+    batch = await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=2.0)
+    assert batch is not None and len(batch.records) == 300
+    assert await consumer.handle(batch)
+    assert await count(db) == 300
+    assert (
+        registry.get_sample_value("telemetry_collector_datapoints_stored_total", {"topic": TOPIC})
+        == 300
+    )
+    # Acked: nothing is left to fetch.
+    assert await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=0.2) is None
+
+
+async def test_invalid_records_go_to_the_dead_letter_topic(mq, db, consumer_factory):
+    consumer, registry = consumer_factory()
+    good = records(10)
+    bad = [("GPU-x", b'{"not": "a datapoint"}'), ("GPU-y", b'"just a string"')]
+    await mq.publish(TOPIC, good[:5] + bad + good[5:])
+    batch = await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=2.0)
+    assert batch is not None
+    assert await consumer.handle(batch)
+    assert await count(db) == 10
+    assert (
+        registry.get_sample_value("telemetry_collector_datapoints_rejected_total", {"topic": TOPIC})
+        == 2
+    )
+    dead = await mq.fetch(f"{TOPIC}.dlq", "inspect", max_records=10, max_wait=2.0)
+    assert dead is not None and len(dead.records) == 2
+    assert await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=0.2) is None
+
+
+async def test_database_failure_nacks_and_the_redelivery_is_stored(mq, db, consumer_factory):
+    consumer, registry = consumer_factory()
+    await mq.publish(TOPIC, records(50))
+    async with db.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("ALTER TABLE telemetry RENAME TO telemetry_away")
+    batch = await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=2.0)
+    assert batch is not None
+    assert not await consumer.handle(batch)
+    assert (
+        registry.get_sample_value(
+            "telemetry_collector_batches_total",
+            {"topic": TOPIC, "consumer_group": GROUP, "outcome": "failed"},
+        )
+        == 1
+    )
+    async with db.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("ALTER TABLE telemetry_away RENAME TO telemetry")
+    again = await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=5.0)
+    assert again is not None
+    assert [r.offset for r in again.records] == [r.offset for r in batch.records]
+    assert all(r.delivery_count == 2 for r in again.records)
+    assert await consumer.handle(again)
+    assert await count(db) == 50
+
+
+async def test_redelivered_datapoints_are_not_stored_twice(mq, db, consumer_factory):
+    consumer, registry = consumer_factory()
+    await mq.publish(TOPIC, records(40))
+    batch = await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=2.0)
+    assert await consumer.handle(batch)
+    await mq.publish(TOPIC, records(40))  # the same datapoints published again
+    batch = await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=2.0)
+    assert await consumer.handle(batch)
+    assert await count(db) == 40
+    assert (
+        registry.get_sample_value(
+            "telemetry_collector_datapoints_duplicate_total", {"topic": TOPIC}
+        )
+        == 40
+    )

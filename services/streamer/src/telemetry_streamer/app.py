@@ -1,0 +1,81 @@
+"""The streamer app: a Quart service whose background task replays the DCGM CSV."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+
+from prometheus_client import CollectorRegistry
+from quart import Quart
+from telemetry_kit import base_app
+from telemetry_model import DcgmCsvReader
+from telemetry_mq import BrokerClient
+from telemetry_store import create_pool
+
+from .metrics import StreamerMetrics
+from .replay import Replayer, prepare
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> Quart:
+    """Build the streamer app; replay starts when serving starts and stops on shutdown."""
+    registry = CollectorRegistry()
+    metrics = StreamerMetrics.create(registry)
+    state: dict[str, Replayer] = {}
+
+    async def readiness() -> str | None:
+        replayer = state.get("replayer")
+        if replayer is None:
+            return "starting"
+        return None if replayer.healthy else "broker or work index unreachable"
+
+    app = base_app(
+        "streamer",
+        title="Telemetry streamer",
+        version="0.1.0",
+        registry=registry,
+        readiness=readiness,
+    )
+    app.config["TELEMETRY_SETTINGS"] = settings
+
+    with open(settings.csv_path, newline="", encoding="utf-8") as f:
+        reader = DcgmCsvReader(f, skip_bad_rows=True)
+        samples = list(reader)
+    for error in reader.errors:
+        log.warning("skipping malformed CSV row: %s", error)
+    metrics.rows_skipped.inc(reader.skipped)
+    rows = prepare(samples)
+    log.info("loaded %d rows from %s (%d skipped)", len(rows), settings.csv_path, reader.skipped)
+
+    @app.while_serving
+    async def lifespan() -> AsyncGenerator[None]:
+        # minsize=0: start (and report not-ready) even while PostgreSQL is away.
+        pool = await create_pool(settings.database_url.get_secret_value(), minsize=0, maxsize=2)
+        token = settings.broker_token.get_secret_value() if settings.broker_token else None
+        broker = BrokerClient(settings.broker_url, token=token)
+        await broker.__aenter__()
+        try:
+            replayer = Replayer(
+                rows=rows,
+                stream=settings.stream,
+                topic=settings.topic,
+                partitions=settings.partitions,
+                pool=pool,
+                broker=broker,
+                metrics=metrics,
+                chunk_size=settings.chunk_size,
+                batch_size=settings.batch_size,
+                rate=settings.rate,
+                loops=settings.loops,
+            )
+            state["replayer"] = replayer
+            app.add_background_task(replayer.run, app.shutdown_event, settings.migrate)
+            yield
+        finally:
+            await broker.__aexit__(None, None, None)
+            pool.close()
+            await pool.wait_closed()
+
+    return app
