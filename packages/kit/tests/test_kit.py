@@ -14,6 +14,7 @@ from telemetry_kit import (
     APIError,
     JsonFormatter,
     ServiceSettings,
+    TextFormatter,
     base_app,
     hypercorn_config,
     logging_config,
@@ -80,13 +81,20 @@ async def test_api_error_becomes_problem_body():
     assert r.headers["X-Pot"] == "1"
     body = await r.get_json()
     assert body == {
-        "type": "about:blank", "title": "I'm a Teapot", "status": 418,
-        "code": "I_AM_A_TEAPOT", "detail": "short and stout", "pot": 2,
+        "type": "about:blank",
+        "title": "I'm a Teapot",
+        "status": 418,
+        "code": "I_AM_A_TEAPOT",
+        "detail": "short and stout",
+        "pot": 2,
     }
-    assert registry.get_sample_value(
-        "telemetry_demo_http_requests_total",
-        {"method": "GET", "route": "/teapot", "status": "418"},
-    ) == 1
+    assert (
+        registry.get_sample_value(
+            "telemetry_demo_http_requests_total",
+            {"method": "GET", "route": "/teapot", "status": "418"},
+        )
+        == 1
+    )
 
 
 async def test_unexpected_error_is_500_without_internals(caplog):
@@ -124,10 +132,13 @@ async def test_unmatched_routes_share_one_metric_label():
     client = app.test_client()
     await client.get("/a")
     await client.get("/b")
-    assert registry.get_sample_value(
-        "telemetry_demo_http_requests_total",
-        {"method": "GET", "route": "<unmatched>", "status": "404"},
-    ) == 2
+    assert (
+        registry.get_sample_value(
+            "telemetry_demo_http_requests_total",
+            {"method": "GET", "route": "<unmatched>", "status": "404"},
+        )
+        == 2
+    )
 
 
 def test_json_formatter_keeps_extra_fields():
@@ -145,10 +156,19 @@ def test_json_formatter_keeps_extra_fields():
     assert "ValueError" in orjson.loads(JsonFormatter().format(record))["exception"]
 
 
-@pytest.mark.parametrize(("fmt", "key"), [("json", "()"), ("text", "format")])
-def test_logging_config(fmt, key):
+def test_text_formatter_appends_extra_fields():
+    record = logging.makeLogRecord(
+        {"name": "x", "levelname": "INFO", "msg": "batch %s", "args": ("stored",), "offset": 7}
+    )
+    assert TextFormatter().format(record).endswith("x: batch stored offset=7")
+    plain = logging.makeLogRecord({"name": "x", "levelname": "INFO", "msg": "hi"})
+    assert TextFormatter().format(plain).endswith("x: hi")
+
+
+@pytest.mark.parametrize(("fmt", "cls"), [("json", "JsonFormatter"), ("text", "TextFormatter")])
+def test_logging_config(fmt, cls):
     config = logging_config("DEBUG", fmt)
-    assert key in config["formatters"]["default"]
+    assert config["formatters"]["default"]["()"].endswith(cls)
     assert config["root"]["level"] == "DEBUG"
 
 

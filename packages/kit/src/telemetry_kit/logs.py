@@ -30,6 +30,25 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(body, default=str).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """Plain text for a terminal; extra fields are appended as ``key=value``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extra = [
+            f"{k}={v}"
+            for k, v in record.__dict__.items()
+            if k not in _RESERVED and not k.startswith("_")
+        ]
+        if not extra:
+            return text
+        head, sep, tail = text.partition("\n")
+        return f"{head} {' '.join(extra)}{sep}{tail}"
+
+
 def logging_config(level: str = "INFO", fmt: str = "auto") -> dict[str, Any]:
     """A ``dictConfig`` dict, also handed to Hypercorn as ``logconfig_dict``."""
     if fmt == "auto":
@@ -38,7 +57,7 @@ def logging_config(level: str = "INFO", fmt: str = "auto") -> dict[str, Any]:
     if fmt == "json":
         formatter = {"()": f"{__name__}.JsonFormatter"}
     else:
-        formatter = {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}
+        formatter = {"()": f"{__name__}.TextFormatter"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
