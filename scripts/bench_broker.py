@@ -1,0 +1,1286 @@
+"""Benchmark the telemetry broker against NATS JetStream and Redis Streams.
+
+Run it as ``task bench:broker`` (``--quick`` for a smoke run). For every system it starts a fresh
+server process on loopback in a temporary directory, runs one producer process and one consumer
+process that publish and consume concurrently, and reports end-to-end records/s (first publish to
+last ack) and publish-to-fetch latency (each record carries its publish time). It also runs a
+paced run at a fixed rate and measures the broker's RSS with a large backlog. The result table is
+printed and written into the "Broker" section of ``docs/benchmarks.md``.
+
+Servers: ``nats-server -js`` (file storage), ``redis-server`` (AOF, no RDB, appendfsync everysec
+and always) and ``python -m telemetry_broker`` (fsync on every publish, its default). Missing
+Debian packages are installed with apt-get when running as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import datetime as dt
+import importlib.metadata
+import multiprocessing
+import multiprocessing.synchronize
+import os
+import platform
+import queue
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self, cast
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+CSV: Final = ROOT / "data" / "dcgm_metrics_20250718_134233.csv"
+DOC: Final = ROOT / "docs" / "benchmarks.md"
+STREAM_ID: Final = b'"bench"'
+GROUP: Final = "bench"
+PARTITIONS: Final = 16
+SECTION: Final = "## Broker"
+
+OURS: Final = "ours"
+JETSTREAM: Final = "jetstream"
+REDIS_EVERYSEC: Final = "redis-everysec"
+REDIS_ALWAYS: Final = "redis-always"
+ALL_SYSTEMS: Final = (OURS, JETSTREAM, REDIS_EVERYSEC, REDIS_ALWAYS)
+LABELS: Final = {
+    OURS: ("telemetry-broker", "fsync before every publish ack (group commit)"),
+    JETSTREAM: ("NATS JetStream", "file storage, server default sync"),
+    REDIS_EVERYSEC: ("Redis Streams", "AOF, appendfsync everysec"),
+    REDIS_ALWAYS: ("Redis Streams", "AOF, appendfsync always"),
+}
+APT_PACKAGES: Final = {"nats-server": "nats-server", "redis-server": "redis-server"}
+
+
+class BenchError(RuntimeError):
+    """A benchmark step failed in a way the user must see (missing binary, dead server...)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+
+
+class Workload:
+    """Real DCGM rows as wire templates; record ``i`` is row ``i mod rows`` stamped with seq i."""
+
+    def __init__(self) -> None:
+        from telemetry_model import WireTemplate, read_samples
+
+        samples = list(read_samples(str(CSV)))
+        if not samples:
+            raise BenchError(f"no samples in {CSV}")
+        self.keys = [s.gpu.uuid for s in samples]
+        self.templates = [WireTemplate(s) for s in samples]
+
+    def batch(self, start: int, stop: int, ts_us: int) -> list[tuple[str, bytes]]:
+        rows = len(self.keys)
+        keys, tpl = self.keys, self.templates
+        return [
+            (keys[i % rows], tpl[i % rows].encode(STREAM_ID, i, ts_us)) for i in range(start, stop)
+        ]
+
+    def mean_size(self) -> float:
+        return statistics.fmean(
+            len(t.encode(STREAM_ID, 100_000, 1_752_846_153_000_000)) for t in self.templates
+        )
+
+
+def parse_stamp(value: bytes) -> tuple[int, int]:
+    """``(seq, ts_us)`` of a wire record: ``{"stream":"bench","seq":N,"ts":T,...``."""
+    parts = value.split(b",", 3)
+    return int(parts[1][6:]), int(parts[2][5:])
+
+
+# --------------------------------------------------------------------------------------------
+# Client drivers: one interface over the three systems
+# --------------------------------------------------------------------------------------------
+
+AckFn = Callable[[], Awaitable[None]]
+
+
+class Fetcher(ABC):
+    @abstractmethod
+    async def fetch(self, max_records: int, max_wait: float) -> tuple[list[bytes], AckFn | None]:
+        """Up to ``max_records`` values (empty after ``max_wait``) and how to ack them."""
+
+
+class Driver(ABC):
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def connect(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def create(self, topic: str, max_unacked: int) -> None:
+        """Create the topic/stream and the consumer group (from the beginning)."""
+
+    @abstractmethod
+    async def publish(self, topic: str, records: list[tuple[str, bytes]]) -> None:
+        """Publish one batch and return once the system acknowledged all of it."""
+
+    @abstractmethod
+    async def fetcher(self, topic: str, worker: int) -> Fetcher: ...
+
+
+class OursDriver(Driver):
+    async def connect(self) -> None:
+        from telemetry_mq import BrokerClient
+
+        self._mq = BrokerClient(self.url, token=None, timeout=30.0, max_retries=8)
+        await self._mq.__aenter__()
+
+    async def close(self) -> None:
+        await self._mq.__aexit__(None, None, None)
+
+    async def create(self, topic: str, max_unacked: int) -> None:
+        await self._mq.create_topic(topic, partitions=PARTITIONS)
+
+    async def publish(self, topic: str, records: list[tuple[str, bytes]]) -> None:
+        await self._mq.publish(topic, records)
+
+    async def fetcher(self, topic: str, worker: int) -> Fetcher:
+        mq = self._mq
+
+        class _F(Fetcher):
+            async def fetch(
+                self, max_records: int, max_wait: float
+            ) -> tuple[list[bytes], AckFn | None]:
+                batch = await mq.fetch(
+                    topic, GROUP, max_records=max_records, max_wait=max_wait, ack_wait=30.0
+                )
+                if batch is None or not batch.records:
+                    return [], None
+
+                async def ack() -> None:
+                    await mq.ack(batch)
+
+                return [d.value for d in batch.records], ack
+
+        return _F()
+
+
+class JetStreamDriver(Driver):
+    async def connect(self) -> None:
+        import nats
+
+        self._nc = await nats.connect(self.url, connect_timeout=10, max_reconnect_attempts=3)
+        self._js = self._nc.jetstream(timeout=30.0, publish_async_max_pending=65_536)
+
+    async def close(self) -> None:
+        await self._nc.close()
+
+    async def create(self, topic: str, max_unacked: int) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType
+
+        await self._js.add_stream(name=topic, subjects=[f"{topic}.>"], storage=StorageType.FILE)
+        await self._js.add_consumer(
+            topic,
+            ConsumerConfig(
+                durable_name=GROUP,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=30.0,
+                max_ack_pending=max_unacked,
+            ),
+        )
+
+    async def publish(self, topic: str, records: list[tuple[str, bytes]]) -> None:
+        js = self._js
+        futures = [await js.publish_async(f"{topic}.{k}", v) for k, v in records]
+        await asyncio.wait_for(asyncio.gather(*futures), timeout=60.0)
+
+    async def fetcher(self, topic: str, worker: int) -> Fetcher:
+        sub = await self._js.pull_subscribe(f"{topic}.>", durable=GROUP, stream=topic)
+
+        class _F(Fetcher):
+            async def fetch(
+                self, max_records: int, max_wait: float
+            ) -> tuple[list[bytes], AckFn | None]:
+                try:
+                    msgs = await sub.fetch(max_records, timeout=max_wait)
+                except TimeoutError:  # nats.errors.TimeoutError or asyncio's: nothing yet
+                    return [], None
+
+                async def ack() -> None:
+                    for m in msgs:
+                        await m.ack()
+
+                return [m.data for m in msgs], ack
+
+        return _F()
+
+
+class RedisDriver(Driver):
+    async def connect(self) -> None:
+        import redis.asyncio
+
+        self._r = redis.asyncio.Redis.from_url(self.url, max_connections=64)
+        await cast(Awaitable[Any], self._r.ping())
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+    async def create(self, topic: str, max_unacked: int) -> None:
+        await self._r.xgroup_create(topic, GROUP, id="0", mkstream=True)
+
+    async def publish(self, topic: str, records: list[tuple[str, bytes]]) -> None:
+        if len(records) == 1:
+            k, v = records[0]
+            await cast(Awaitable[Any], self._r.xadd(topic, {"k": k, "v": v}))
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for k, v in records:
+            pipe.xadd(topic, {"k": k, "v": v})
+        await pipe.execute()
+
+    async def fetcher(self, topic: str, worker: int) -> Fetcher:
+        r = self._r
+        consumer = f"c{worker}"
+
+        class _F(Fetcher):
+            async def fetch(
+                self, max_records: int, max_wait: float
+            ) -> tuple[list[bytes], AckFn | None]:
+                resp = await cast(
+                    Awaitable[Any],
+                    r.xreadgroup(
+                        GROUP, consumer, {topic: ">"}, count=max_records, block=int(max_wait * 1000)
+                    ),
+                )
+                if not resp:
+                    return [], None
+                entries: list[tuple[bytes, dict[bytes, bytes]]] = resp[0][1]
+                if not entries:
+                    return [], None
+                ids = [e[0] for e in entries]
+
+                async def ack() -> None:
+                    await cast(Awaitable[Any], r.xack(topic, GROUP, *ids))
+
+                return [e[1][b"v"] for e in entries], ack
+
+        return _F()
+
+
+def make_driver(system: str, url: str) -> Driver:
+    if system == OURS:
+        return OursDriver(url)
+    if system == JETSTREAM:
+        return JetStreamDriver(url)
+    return RedisDriver(url)
+
+
+# --------------------------------------------------------------------------------------------
+# Producer and consumer processes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    system: str
+    batch: int
+    records: int
+    rate: float | None = None  # records/s for a paced run, None = as fast as possible
+
+    @property
+    def name(self) -> str:
+        paced = f"_r{int(self.rate)}" if self.rate else ""
+        return f"bench_b{self.batch}{paced}"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    system: str
+    url: str
+    topic: str
+    records: int
+    batch: int
+    inflight: int
+    consumers: int
+    rate: float | None
+    timeout: float
+    max_wait: float = 1.0
+
+
+class _StopError(Exception):
+    pass
+
+
+def _signals_to_exit() -> None:
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def producer_main(
+    spec: WorkerSpec,
+    results: multiprocessing.Queue[dict[str, Any]],
+    go: multiprocessing.synchronize.Event,
+    abort: multiprocessing.synchronize.Event,
+) -> None:
+    _signals_to_exit()
+    try:
+        out = asyncio.run(_produce(spec, go, abort))
+    except BaseException as e:
+        out = {"error": f"producer: {type(e).__name__}: {e}"}
+    results.put({"role": "producer", **out})
+
+
+async def _produce(
+    spec: WorkerSpec,
+    go: multiprocessing.synchronize.Event,
+    abort: multiprocessing.synchronize.Event,
+) -> dict[str, Any]:
+    work = Workload()
+    async with make_driver(spec.system, spec.url) as driver:
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, go.wait, 60.0):
+            raise BenchError("producer: the consumer never became ready")
+        sem = asyncio.Semaphore(spec.inflight)
+        pending: set[asyncio.Task[None]] = set()
+        failures: list[BaseException] = []
+        interval = spec.batch / spec.rate if spec.rate else 0.0
+        deadline = time.monotonic() + spec.timeout
+
+        def done(t: asyncio.Task[None]) -> None:
+            pending.discard(t)
+            sem.release()
+            if not t.cancelled() and t.exception() is not None:
+                failures.append(cast(BaseException, t.exception()))
+
+        t0 = time.time()
+        for n, start in enumerate(range(0, spec.records, spec.batch)):
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await sem.acquire()
+            if failures:
+                raise failures[0]
+            if abort.is_set():
+                raise BenchError("aborted by the parent")
+            if spec.rate:
+                due = t0 + n * interval
+                delay = due - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                # Stamp the intended send time: a stalled publisher shows up as latency.
+                ts_us = int(due * 1_000_000)
+            else:
+                ts_us = time.time_ns() // 1000
+            records = work.batch(start, min(start + spec.batch, spec.records), ts_us)
+            task = asyncio.create_task(driver.publish(spec.topic, records))
+            pending.add(task)
+            task.add_done_callback(done)
+        if pending:
+            async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
+                await asyncio.gather(*list(pending), return_exceptions=True)
+        if failures:
+            raise failures[0]
+        return {"first_publish": t0, "last_publish": time.time(), "published": spec.records}
+
+
+def consumer_main(
+    spec: WorkerSpec,
+    results: multiprocessing.Queue[dict[str, Any]],
+    ready: multiprocessing.synchronize.Event,
+    abort: multiprocessing.synchronize.Event,
+) -> None:
+    _signals_to_exit()
+    try:
+        out = asyncio.run(_consume(spec, ready, abort))
+    except BaseException as e:
+        out = {"error": f"consumer: {type(e).__name__}: {e}"}
+    results.put({"role": "consumer", **out})
+
+
+async def _consume(
+    spec: WorkerSpec,
+    ready: multiprocessing.synchronize.Event,
+    abort: multiprocessing.synchronize.Event,
+) -> dict[str, Any]:
+    n = spec.records
+    seen = bytearray(n)
+    latencies: list[int] = []
+    state = {"unique": 0, "dups": 0, "last_ack": 0.0, "first_fetch": 0.0}
+    finished = asyncio.Event()
+    deadline = time.monotonic() + spec.timeout
+
+    async def worker(fetcher: Fetcher) -> None:
+        while not finished.is_set():
+            if abort.is_set() or time.monotonic() > deadline:
+                raise _StopError()
+            async with asyncio.timeout(spec.max_wait + 60.0):
+                values, ack = await fetcher.fetch(spec.batch, spec.max_wait)
+            if not values or ack is None:
+                continue
+            now_us = time.time_ns() // 1000
+            if not state["first_fetch"]:
+                state["first_fetch"] = now_us / 1e6
+            for v in values:
+                seq, ts = parse_stamp(v)
+                latencies.append(now_us - ts)
+                if seen[seq]:
+                    state["dups"] += 1
+                else:
+                    seen[seq] = 1
+                    state["unique"] += 1
+            await ack()
+            state["last_ack"] = time.time()
+            if state["unique"] >= n:
+                finished.set()
+
+    async with make_driver(spec.system, spec.url) as driver:
+        fetchers = [await driver.fetcher(spec.topic, i) for i in range(spec.consumers)]
+        ready.set()
+        tasks = [asyncio.create_task(worker(f)) for f in fetchers]
+        try:
+            waiter = asyncio.create_task(finished.wait())
+            await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_EXCEPTION)
+            for t in tasks:
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    exc = t.exception()
+                    if isinstance(exc, _StopError):
+                        why = "aborted" if abort.is_set() else f"timed out after {spec.timeout}s"
+                        raise BenchError(
+                            f"consumer {why} with {state['unique']}/{n} records"
+                        ) from None
+                    raise cast(BaseException, exc)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    latencies.sort()
+    return {
+        "last_ack": state["last_ack"],
+        "unique": state["unique"],
+        "dups": state["dups"],
+        "p50_us": _pct(latencies, 50),
+        "p99_us": _pct(latencies, 99),
+        "max_us": latencies[-1] if latencies else 0,
+    }
+
+
+def _pct(sorted_values: Sequence[int], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values)) - 1))
+    return float(sorted_values[k])
+
+
+# --------------------------------------------------------------------------------------------
+# Server processes
+# --------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: the server gets SIGTERM if this benchmark dies without cleaning up.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+class Server:
+    """A server child process with its log; ``stop()`` is idempotent (SIGTERM, then SIGKILL)."""
+
+    def __init__(
+        self, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = workdir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=workdir,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def wait_ready(self, probe: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"{self.name} exited with {self.proc.returncode} while starting:\n"
+                    + self.log_tail()
+                )
+            with contextlib.suppress(OSError, urllib.error.URLError, TimeoutError):
+                if probe():
+                    return
+            time.sleep(0.1)
+        raise BenchError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+def _tcp_probe(port: int, send: bytes = b"", expect: bytes = b"") -> Callable[[], bool]:
+    def probe() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            if send:
+                s.sendall(send)
+                return s.recv(64).startswith(expect)
+            return True
+
+    return probe
+
+
+def _http_probe(url: str) -> Callable[[], bool]:
+    def probe() -> bool:
+        with urllib.request.urlopen(url, timeout=1.0) as r:
+            return bool(r.status == 200)
+
+    return probe
+
+
+@contextlib.contextmanager
+def start_system(
+    system: str, workdir: Path, broker_env: dict[str, str]
+) -> Iterator[tuple[Server, str]]:
+    """Start a fresh server for ``system`` in ``workdir``; yield it and its client URL."""
+    port = _free_port()
+    server: Server
+    if system == OURS:
+        data = workdir / "broker-data"
+        data.mkdir()
+        env = {
+            "BROKER_HOST": "127.0.0.1",
+            "BROKER_PORT": str(port),
+            "BROKER_DATA_DIR": str(data),
+            **broker_env,
+        }
+        server = Server(
+            "telemetry-broker", [sys.executable, "-m", "telemetry_broker"], workdir, env
+        )
+        url = f"http://127.0.0.1:{port}"
+        probe = _http_probe(f"{url}/readyz")
+    elif system == JETSTREAM:
+        store = workdir / "nats-store"
+        argv = ["nats-server", "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port)]
+        server = Server("nats-server", argv, workdir)
+        url = f"nats://127.0.0.1:{port}"
+        probe = _tcp_probe(port, b"", b"")
+    else:
+        fsync = "always" if system == REDIS_ALWAYS else "everysec"
+        argv = [
+            "redis-server",
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", str(workdir),
+            "--appendonly", "yes",
+            "--appendfsync", fsync,
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", "",
+        ]  # fmt: skip
+        server = Server(f"redis-server-{fsync}", argv, workdir)
+        url = f"redis://127.0.0.1:{port}/0"
+        probe = _tcp_probe(port, b"PING\r\n", b"+PONG")
+    try:
+        server.wait_ready(probe)
+        yield server, url
+    finally:
+        server.stop()
+
+
+def ensure_binaries(names: Sequence[str]) -> None:
+    """Install missing Debian packages when running as root; otherwise say what to install."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if not missing:
+        return
+    pkgs = [APT_PACKAGES[n] for n in missing]
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise BenchError(
+            f"{', '.join(missing)} not found and cannot be installed here (not root or no apt-get):"
+            f" install the Debian packages {' '.join(pkgs)} or skip with --systems"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+
+    def has_candidate() -> bool:
+        out = subprocess.run(
+            ["apt-cache", "policy", *pkgs], capture_output=True, text=True, timeout=120, env=env
+        ).stdout
+        return out.count("Candidate:") == len(pkgs) and "Candidate: (none)" not in out
+
+    if not has_candidate():
+        print(f"apt-get update (for {' '.join(pkgs)})", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=False, timeout=600, env=env)
+        if not has_candidate():
+            raise BenchError(f"apt has no installable candidate for {' '.join(pkgs)}")
+    print(f"apt-get install {' '.join(pkgs)}", flush=True)
+    r = subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *pkgs],
+        capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    still = [n for n in missing if shutil.which(n) is None]
+    if still:
+        raise BenchError(
+            f"apt-get install {' '.join(pkgs)} failed (exit {r.returncode}); still missing "
+            f"{', '.join(still)}:\n{r.stderr[-2000:]}"
+        )
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    """VmRSS/VmHWM (KiB) of ``pid`` plus those of its direct children."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    out = {"VmRSS": 0, "VmHWM": 0}
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                name, _, rest = line.partition(":")
+                if name in out:
+                    out[name] += int(rest.split()[0])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Running cases
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    case: Case
+    rps: float = float("nan")
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    max_ms: float = float("nan")
+    dups: int = 0
+    seconds: float = float("nan")
+    publish_rps: float = float("nan")
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Options:
+    inflight: int
+    paced_inflight: int
+    consumers: int
+    timeout: float
+    broker_env: dict[str, str] = field(default_factory=dict)
+    workroot: Path = Path(tempfile.gettempdir())
+    deadline: float = float("inf")  # time.monotonic() past which no case starts
+
+    def case_timeout(self) -> float:
+        """The per-case timeout, cut to what is left of the time budget."""
+        return min(self.timeout, self.deadline - time.monotonic())
+
+
+async def _prepare(system: str, url: str, topic: str, max_unacked: int) -> None:
+    async with asyncio.timeout(60), make_driver(system, url) as d:
+        await d.create(topic, max_unacked)
+
+
+def _join(proc: multiprocessing.process.BaseProcess, timeout: float) -> None:
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+
+def run_case(case: Case, url: str, opts: Options, timeout: float) -> Result:
+    ctx = multiprocessing.get_context("spawn")
+    topic = case.name
+    asyncio.run(_prepare(case.system, url, topic, max(65_536, 2 * case.batch * opts.consumers)))
+    spec = WorkerSpec(
+        system=case.system,
+        url=url,
+        topic=topic,
+        records=case.records,
+        batch=case.batch,
+        inflight=opts.paced_inflight if case.rate else opts.inflight,
+        consumers=opts.consumers,
+        rate=case.rate,
+        timeout=timeout,
+    )
+    results: multiprocessing.Queue[dict[str, Any]] = ctx.Queue()
+    ready, abort = ctx.Event(), ctx.Event()
+    consumer = ctx.Process(target=consumer_main, args=(spec, results, ready, abort), daemon=True)
+    producer = ctx.Process(target=producer_main, args=(spec, results, ready, abort), daemon=True)
+    consumer.start()
+    producer.start()
+    got: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout + 90
+    try:
+        while len(got) < 2 and time.monotonic() < deadline:
+            try:
+                msg = results.get(timeout=1.0)
+            except queue.Empty:
+                if not consumer.is_alive() and not producer.is_alive() and results.empty():
+                    break
+                continue
+            got[msg["role"]] = msg
+            if "error" in msg:
+                abort.set()
+    finally:
+        abort.set()
+        _join(producer, 15)
+        _join(consumer, 15)
+    res = Result(case)
+    errors = [m["error"] for m in got.values() if "error" in m]
+    if len(got) < 2:
+        errors.append(f"no result from {sorted({'producer', 'consumer'} - set(got))}")
+    if errors:
+        res.error = "; ".join(errors)
+        return res
+    p, c = got["producer"], got["consumer"]
+    res.seconds = c["last_ack"] - p["first_publish"]
+    res.rps = case.records / res.seconds
+    res.p50_ms, res.p99_ms, res.max_ms = c["p50_us"] / 1e3, c["p99_us"] / 1e3, c["max_us"] / 1e3
+    res.dups = c["dups"]
+    res.publish_rps = case.records / max(1e-9, p["last_publish"] - p["first_publish"])
+    return res
+
+
+def run_cases(cases: list[Case], opts: Options) -> list[Result]:
+    out: list[Result] = []
+    for case in cases:
+        system = case.system
+        label = f"{system} batch={case.batch} records={case.records}"
+        label += f" rate={case.rate:.0f}/s" if case.rate else ""
+        print(f"-- {label}", flush=True)
+        timeout = opts.case_timeout()
+        if timeout < 10:
+            out.append(Result(case, error="skipped: the time budget (--budget) is used up"))
+            print(f"   {out[-1].error}", flush=True)
+            continue
+        case_t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix=f"bench-{system}-", dir=opts.workroot) as tmp:
+            try:
+                with start_system(system, Path(tmp), opts.broker_env) as (server, url):
+                    up = time.monotonic() - case_t0
+                    res = run_case(case, url, opts, timeout)
+                    if not res.ok:
+                        res.error = f"{res.error}\n{server.name} log tail:\n{server.log_tail(8)}"
+            except BenchError as e:
+                res = Result(case, error=str(e))
+        out.append(res)
+        if res.ok:
+            print(
+                f"   {res.rps:,.0f} records/s in {res.seconds:.2f}s, p50 {res.p50_ms:.1f} ms,"
+                f" p99 {res.p99_ms:.1f} ms, max {res.max_ms:.1f} ms, redelivered {res.dups};"
+                f" publishing alone took {res.publish_rps:,.0f} records/s"
+                f" [case {time.monotonic() - case_t0:.1f}s, server start {up:.1f}s]",
+                flush=True,
+            )
+        else:
+            print(f"   FAILED: {res.error}", flush=True)
+    return out
+
+
+@dataclass
+class Backlog:
+    records: int
+    rss_before_mib: float = float("nan")
+    rss_after_mib: float = float("nan")
+    hwm_mib: float = float("nan")
+    publish_rps: float = float("nan")
+    error: str | None = None
+
+
+async def _publish_backlog(
+    url: str, records: int, batch: int, inflight: int, timeout: float
+) -> float:
+    work = Workload()
+    async with asyncio.timeout(timeout), make_driver(OURS, url) as d:
+        await d.create("backlog", 0)
+        sem = asyncio.Semaphore(inflight)
+
+        async def one(start: int) -> None:
+            async with sem:
+                recs = work.batch(start, min(start + batch, records), time.time_ns() // 1000)
+                await d.publish("backlog", recs)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(s) for s in range(0, records, batch)))
+        return records / (time.perf_counter() - t0)
+
+
+def run_backlog(records: int, opts: Options) -> Backlog:
+    print(f"-- ours backlog records={records} (no consumer)", flush=True)
+    out = Backlog(records)
+    timeout = opts.case_timeout()
+    if timeout < 10:
+        out.error = "skipped: the time budget (--budget) is used up"
+        print(f"   {out.error}", flush=True)
+        return out
+    with tempfile.TemporaryDirectory(prefix="bench-backlog-", dir=opts.workroot) as tmp:
+        try:
+            with start_system(OURS, Path(tmp), opts.broker_env) as (server, url):
+                out.rss_before_mib = rss_kib(server.pid)["VmRSS"] / 1024
+                try:
+                    out.publish_rps = asyncio.run(
+                        _publish_backlog(url, records, 1000, opts.inflight, timeout)
+                    )
+                except Exception as e:
+                    out.error = f"{type(e).__name__}: {e}\n{server.log_tail(8)}"
+                time.sleep(1.0)
+                mem = rss_kib(server.pid)
+                out.rss_after_mib, out.hwm_mib = mem["VmRSS"] / 1024, mem["VmHWM"] / 1024
+        except BenchError as e:
+            out.error = str(e)
+    if out.error:
+        print(f"   FAILED: {out.error}", flush=True)
+    else:
+        print(
+            f"   RSS {out.rss_before_mib:.0f} MiB idle -> {out.rss_after_mib:.0f} MiB with backlog"
+            f" (peak {out.hwm_mib:.0f} MiB), published at {out.publish_rps:,.0f} records/s",
+            flush=True,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Machine, versions and the report
+# --------------------------------------------------------------------------------------------
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _pkg(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def versions() -> dict[str, str]:
+    nats_v = re.search(r"v?(\d+\.\d+\.\d+)", _run(["nats-server", "--version"]))
+    redis_v = re.search(r"v=(\S+)", _run(["redis-server", "--version"]))
+    return {
+        "python": platform.python_version(),
+        "nats-server": nats_v.group(1) if nats_v else "n/a",
+        "redis-server": redis_v.group(1) if redis_v else "n/a",
+        "nats-py": _pkg("nats-py"),
+        "redis-py": _pkg("redis"),
+        "hiredis": _pkg("hiredis"),
+        "telemetry-mq": _pkg("telemetry-mq"),
+    }
+
+
+def _fsync_ms(directory: Path, n: int = 100) -> float:
+    path = directory / ".fsync-probe"
+    times: list[float] = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(n):
+            os.write(fd, b"x" * 4096)
+            t0 = time.perf_counter()
+            os.fsync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    return statistics.median(times) * 1000
+
+
+def machine(workroot: Path) -> dict[str, str]:
+    cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    mem = re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.M)
+    target = workroot.resolve()
+    best = ("", "", "")
+    for line in Path("/proc/mounts").read_text().splitlines():
+        dev, mnt, fstype = line.split()[:3]
+        if (str(target) + "/").startswith(mnt.rstrip("/") + "/") and len(mnt) >= len(best[1]):
+            best = (dev, mnt, fstype)
+    dev, mnt, fstype = best
+    rota = Path(f"/sys/block/{Path(dev).name}/queue/rotational")
+    kind = ""
+    with contextlib.suppress(OSError):
+        kind = ", rotational" if rota.read_text().strip() == "1" else ", non-rotational"
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    return {
+        "load": " ".join(load),
+        "nproc": str(os.cpu_count()),
+        "cpu": model.group(1).strip() if model else platform.processor() or "unknown",
+        "ram": f"{int(mem.group(1)) / 1024 / 1024:.1f} GiB" if mem else "unknown",
+        "kernel": platform.release(),
+        "disk": f"{dev} {fstype} at {mnt}{kind} (data dirs under {target}); "
+        f"fsync of a 4 KiB append: median {_fsync_ms(target):.2f} ms",
+    }
+
+
+def _fmt(x: float, digits: int = 1) -> str:
+    return "n/a" if x != x else f"{x:,.{digits}f}"
+
+
+def table(results: list[Result]) -> str:
+    def ref(system: str, case: Case) -> Result | None:
+        for r in results:
+            if r.case.system == system and r.case.batch == case.batch and r.case.rate == case.rate:
+                return r
+        return None
+
+    def ratio(r: Result, system: str) -> str:
+        other = ref(system, r.case)
+        if r.case.rate or not r.ok or other is None or not other.ok:
+            return "-"
+        return f"{r.rps / other.rps:.2f}x"
+
+    lines = [
+        "| system | config | batch | records | records/s | p50 ms | p99 ms "
+        "| vs JetStream | vs Redis everysec |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    order = {s: i for i, s in enumerate(ALL_SYSTEMS)}
+    rows = sorted(results, key=lambda r: (order[r.case.system], bool(r.case.rate), r.case.batch))
+    for r in rows:
+        name, config = LABELS[r.case.system]
+        if r.case.rate:
+            config += f"; paced at {r.case.rate:,.0f} records/s"
+        if r.ok:
+            cells = [_fmt(r.rps, 0), _fmt(r.p50_ms), _fmt(r.p99_ms)]
+        else:
+            cells = ["skipped" if (r.error or "").startswith("skipped") else "failed", "-", "-"]
+        lines.append(
+            f"| {name} | {config} | {r.case.batch:,} | {r.case.records:,} | "
+            + " | ".join(cells)
+            + f" | {ratio(r, JETSTREAM)} | {ratio(r, REDIS_EVERYSEC)} |"
+        )
+    return "\n".join(lines)
+
+
+def verdicts(results: list[Result], backlog: Backlog | None, rate: float) -> list[str]:
+    out: list[str] = []
+
+    def find(system: str, batch: int, paced: bool = False) -> Result | None:
+        for r in results:
+            if r.case.system == system and r.case.batch == batch and bool(r.case.rate) == paced:
+                return r if r.ok else None
+        return None
+
+    for batch in (100, 1000):
+        ours = find(OURS, batch)
+        if ours is None:
+            continue
+        for system, target in ((JETSTREAM, 2.0), (REDIS_EVERYSEC, 1.0)):
+            other = find(system, batch)
+            if other is None:
+                continue
+            x = ours.rps / other.rps
+            mark = "met" if x >= target else "NOT met"
+            out.append(
+                f"batch {batch}: {x:.2f}x {LABELS[system][0]} ({LABELS[system][1]});"
+                f" target >= {target:g}x: {mark}"
+            )
+    paced = next((r for r in results if r.case.system == OURS and r.case.rate and r.ok), None)
+    if paced is not None:
+        mark = "met" if paced.p99_ms < 50 else "NOT met"
+        held = (
+            ""
+            if paced.rps >= 0.97 * rate
+            else f" (the rate was not held: {paced.rps:,.0f} records/s end to end)"
+        )
+        out.append(
+            f"p99 publish-to-fetch at {rate:,.0f} records/s: {paced.p99_ms:.1f} ms{held};"
+            f" target < 50 ms: {mark}"
+        )
+    if backlog is not None and backlog.error is None:
+        mark = "met" if backlog.rss_after_mib < 200 else "NOT met"
+        out.append(
+            f"broker RSS with a {backlog.records:,}-record backlog: {backlog.rss_after_mib:.0f} MiB"
+            f" (idle {backlog.rss_before_mib:.0f} MiB, peak {backlog.hwm_mib:.0f} MiB);"
+            f" target < 200 MiB: {mark}"
+        )
+    elif backlog is not None:
+        out.append(f"backlog RSS run failed: {backlog.error}")
+    return out
+
+
+def render(
+    results: list[Result],
+    backlog: Backlog | None,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    vers: dict[str, str],
+    record_bytes: float,
+    started: dt.datetime,
+    elapsed: float,
+) -> str:
+    cmd = "task bench:broker" + (" -- " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+    sizes = (
+        f"batch 1 with {args.batch1_records:,} records (one request per record: more would not"
+        f" fit the time budget), batch 100 and 1,000 with {args.records:,} records"
+    )
+    if args.paced_seconds > 0:
+        sizes += (
+            f", paced runs at {args.rate:,.0f} records/s for {args.paced_seconds:g} s"
+            f" ({int(args.rate * args.paced_seconds):,} records, batch 100)"
+        )
+    load_before = float(env["load"].split()[0])
+    busy = (
+        [
+            f"**Noisy run:** the 1-minute load average was {load_before:.2f} on"
+            f" {env['nproc']} CPUs before it started (other work shared the machine); rerun"
+            " on a quiet machine before drawing conclusions.",
+            "",
+        ]
+        if load_before > 0.5
+        else []
+    )
+    parts = [
+        SECTION,
+        "",
+        "Written by `task bench:broker` (`scripts/bench_broker.py`); do not edit by hand.",
+        "",
+        *busy,
+        f"- Date: {started:%Y-%m-%d %H:%M %Z} (run took {elapsed / 60:.1f} min)",
+        f"- Command: `{cmd}`",
+        f"- Machine: {env['nproc']} CPUs ({env['cpu']}), {env['ram']} RAM, kernel"
+        f" {env['kernel']}; disk: {env['disk']}; load average before the run: {env['load']}"
+        f" (after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])})",
+        "- Software: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
+        f"- Records: real DCGM rows from `data/` in the wire form (mean {record_bytes:.0f} bytes"
+        " of JSON value, key = GPU uuid); " + sizes + f". The default sizes keep the whole run"
+        f" under 10 minutes on 2 cores; no case starts after {args.budget:g} s (`--budget`).",
+        f"- Method: each case gets a fresh server process in a fresh temporary directory; one"
+        f" producer process ({args.inflight} batches in flight) and one consumer process"
+        f" ({args.consumers} concurrent fetch loops, fetch size = batch) run concurrently."
+        " records/s = records / (first publish -> last ack). Latency = fetch time - publish"
+        " time stamped in the record; in the unpaced runs the producer outruns the consumer,"
+        " so those percentiles include queueing; the paced rows show latency at a fixed rate"
+        " (stamped with the intended send time, so a stalled publisher counts; up to"
+        f" {args.paced_inflight} batches in flight so the offered rate does not depend on"
+        " publish latency).",
+        "- Equivalent batching: telemetry-broker publishes a batch per request and fetches a"
+        " batch per lease, acked in one request; JetStream publishes a batch with async"
+        " publishes and waits for all acks, pull-consumer `fetch(batch)` + one ack per message;"
+        " Redis pipelines a batch of XADDs, `XREADGROUP COUNT batch` + one XACK of all ids."
+        f" Layout: telemetry-broker topic with {PARTITIONS} partitions keyed by GPU uuid;"
+        " JetStream stream with one subject per GPU uuid and a durable pull consumer with"
+        " explicit acks; one Redis stream with one consumer group. Clients: telemetry-mq's"
+        " `BrokerClient`, nats-py, redis-py asyncio with hiredis; default asyncio event loop.",
+        f"- Durability: telemetry-broker fsyncs before every publish ack; JetStream"
+        f" (nats-server {vers['nats-server']}) syncs in the background (no per-message fsync;"
+        " `sync_interval` is not available in this version); Redis AOF everysec may lose the"
+        " last second, always fsyncs per write batch.",
+        "",
+        table(results),
+        "",
+    ]
+    checks = verdicts(results, backlog, args.rate)
+    if checks:
+        parts += ["Targets (issue 4):", ""] + [f"- {c}" for c in checks] + [""]
+    if backlog is not None and backlog.error is None:
+        parts += [
+            f"Backlog: {backlog.records:,} records published at batch 1,000 with no consumer"
+            f" ({backlog.publish_rps:,.0f} records/s), then VmRSS of the broker process from"
+            " `/proc/<pid>/status`.",
+            "",
+        ]
+    failed = [r for r in results if not r.ok]
+    if failed:
+        parts += ["Failures:", ""]
+        for r in failed:
+            first = (r.error or "").splitlines()[0]
+            paced = f" paced at {r.case.rate:,.0f}/s" if r.case.rate else ""
+            parts.append(f"- {r.case.system} batch {r.case.batch}{paced}: {first}")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the ``## Broker`` section of ``path`` (up to the next ``## ``) or append it."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
+    new = section.rstrip("\n").splitlines()
+    if start is None:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += ["", *new]
+    else:
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        tail = lines[end:]
+        lines = lines[:start] + new + ([""] + tail if tail else [])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines).rstrip("\n") + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--records", type=int, default=200_000, help="records per batch-100/1000 case")
+    p.add_argument("--batch1-records", type=int, default=5_000, help="records per batch-1 case")
+    p.add_argument("--batches", default="1,100,1000", help="batch sizes (comma-separated)")
+    p.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"subset of {ALL_SYSTEMS}")
+    p.add_argument("--rate", type=float, default=20_000.0, help="records/s of the paced runs")
+    p.add_argument("--paced-seconds", type=float, default=10.0, help="0 skips the paced runs")
+    p.add_argument("--backlog", type=int, default=1_000_000, help="backlog for RSS; 0 skips")
+    p.add_argument("--inflight", type=int, default=4, help="producer batches in flight")
+    p.add_argument(
+        "--paced-inflight", type=int, default=16, help="publish batches in flight when paced"
+    )
+    p.add_argument("--consumers", type=int, default=4, help="concurrent fetch loops")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds per case before failing")
+    p.add_argument(
+        "--budget", type=float, default=540.0, help="seconds after which no further case starts"
+    )
+    p.add_argument(
+        "--broker-env", action="append", default=[], metavar="K=V", help="extra broker env"
+    )
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="data root")
+    p.add_argument("--output", type=Path, default=DOC, help="markdown file to update")
+    p.add_argument("--no-write", action="store_true", help="print only, do not update --output")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run; does not write docs")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.records = min(args.records, 3_000)
+        args.batch1_records = min(args.batch1_records, 300)
+        args.paced_seconds = min(args.paced_seconds, 1.0)
+        args.rate = min(args.rate, 5_000.0)
+        args.backlog = min(args.backlog, 20_000)
+        args.timeout = min(args.timeout, 60.0)
+        args.no_write = True
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(args.systems) - set(ALL_SYSTEMS)
+    if unknown:
+        p.error(f"unknown systems {sorted(unknown)}; choose from {ALL_SYSTEMS}")
+    args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    return args
+
+
+def plan(args: argparse.Namespace) -> list[Case]:
+    """Cases in run order: each batch size across all systems, then the paced runs.
+
+    Interleaving the systems spreads any background noise over all of them, and a run cut
+    short by the time budget still has comparable rows.
+    """
+    cases: list[Case] = []
+    for batch in args.batches:
+        records = args.batch1_records if batch == 1 else args.records
+        cases += [Case(system, batch, records) for system in args.systems]
+    if args.paced_seconds > 0:
+        n = int(args.rate * args.paced_seconds)
+        cases += [Case(s, 100, n, args.rate) for s in args.systems if s != REDIS_ALWAYS]
+    return cases
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    _signals_to_exit()
+    started = dt.datetime.now(dt.UTC).astimezone()
+    t0 = time.monotonic()
+    try:
+        needed = []
+        if JETSTREAM in args.systems:
+            needed.append("nats-server")
+        if REDIS_EVERYSEC in args.systems or REDIS_ALWAYS in args.systems:
+            needed.append("redis-server")
+        ensure_binaries(needed)
+        if OURS in args.systems:
+            try:
+                import telemetry_broker  # noqa: F401
+                from telemetry_mq import BrokerClient  # noqa: F401
+            except ImportError as e:
+                raise BenchError(f"the telemetry broker is not importable: {e}") from e
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        env = machine(args.workdir)
+        vers = versions()
+        record_bytes = Workload().mean_size()
+        opts = Options(
+            inflight=args.inflight,
+            paced_inflight=args.paced_inflight,
+            consumers=args.consumers,
+            timeout=args.timeout,
+            broker_env=dict(kv.split("=", 1) for kv in args.broker_env),
+            workroot=args.workdir,
+            deadline=t0 + args.budget,
+        )
+        cases = plan(args)
+        print(
+            f"{len(cases)} cases on {env['nproc']} CPUs ({env['cpu']}); records ~"
+            f"{record_bytes:.0f} bytes",
+            flush=True,
+        )
+        results = run_cases(cases, opts)
+        backlog = run_backlog(args.backlog, opts) if OURS in args.systems and args.backlog else None
+    except BenchError as e:
+        print(f"bench_broker: error: {e}", file=sys.stderr)
+        return 2
+    elapsed = time.monotonic() - t0
+    section = render(results, backlog, args, env, vers, record_bytes, started, elapsed)
+    print()
+    print(section)
+    if not args.no_write:
+        write_section(args.output, section)
+        print(f"wrote the {SECTION!r} section of {args.output}")
+    failed = sum(not r.ok for r in results) + bool(backlog and backlog.error)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
