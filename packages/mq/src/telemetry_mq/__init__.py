@@ -1,1 +1,47 @@
-"""telemetry-mq."""
+"""telemetry-mq: a durable partitioned log with consumer groups and leases, and its client.
+
+The broker core (``Broker``) runs in the broker service; producers and consumers use the async
+HTTP client (``BrokerClient``).
+"""
+
+from .client import BrokerClient
+from .errors import (
+    BacklogFullError,
+    BrokerUnavailableError,
+    CorruptLogError,
+    LeaseExpiredError,
+    MQError,
+    ProtocolError,
+    RequestTooLargeError,
+    StorageError,
+    TopicNotFoundError,
+    UnauthorizedError,
+)
+from .protocol import Batch, Delivery, partition_for
+from .server import DLQ_SUFFIX, Broker, BrokerConfig
+from .stats import GroupPartitionStats, GroupStats, Observer, PartitionStats, TopicStats
+
+__all__ = [
+    "DLQ_SUFFIX",
+    "BacklogFullError",
+    "Batch",
+    "Broker",
+    "BrokerClient",
+    "BrokerConfig",
+    "BrokerUnavailableError",
+    "CorruptLogError",
+    "Delivery",
+    "GroupPartitionStats",
+    "GroupStats",
+    "LeaseExpiredError",
+    "MQError",
+    "Observer",
+    "PartitionStats",
+    "ProtocolError",
+    "RequestTooLargeError",
+    "StorageError",
+    "TopicNotFoundError",
+    "TopicStats",
+    "UnauthorizedError",
+    "partition_for",
+]

@@ -1,0 +1,299 @@
+"""The async HTTP client of the broker: pooled connections, orjson bodies, retries.
+
+Connection errors and 429/503 answers are retried with exponential backoff and full jitter,
+never shorter than the broker's ``Retry-After``. A retried publish may store its records twice
+(at-least-once delivery): consumers write idempotently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Final, Self
+
+import aiohttp
+import orjson
+
+from .errors import (
+    BacklogFullError,
+    BrokerUnavailableError,
+    LeaseExpiredError,
+    MQError,
+    ProtocolError,
+    RequestTooLargeError,
+    TopicNotFoundError,
+    UnauthorizedError,
+)
+from .protocol import NDJSON, Batch, decode_batch_ndjson, encode_publish
+
+log = logging.getLogger(__name__)
+
+_JSON: Final = "application/json"
+_RETRY_STATUSES: Final = frozenset({429, 503})
+_RETRY_EXCEPTIONS: Final = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
+
+
+class BrokerClient:
+    """An async client for one broker; use it as ``async with BrokerClient(url) as mq``.
+
+    Arguments:
+        url: the broker's base URL, e.g. ``http://127.0.0.1:8001``.
+        token: bearer token, when the broker requires one.
+        timeout: seconds for one request (a fetch adds its ``max_wait``).
+        max_retries: retries on connection errors and 429/503 before giving up.
+        pool_size: connections kept to the broker.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 8,
+        backoff: float = 0.05,
+        max_backoff: float = 5.0,
+        pool_size: int = 64,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._pool_size = pool_size
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=30.0)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers, auto_decompress=False
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- transport -------------------------------------------------------------------------
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        delay = random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
+        if retry_after:
+            try:
+                delay = max(delay, float(retry_after))
+            except ValueError:
+                pass
+        return delay
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        accept: str = _JSON,
+        extra_time: float = 0.0,
+        topic: str | None = None,
+    ) -> tuple[int, bytes]:
+        session = self._open()
+        headers = {"Accept": accept}
+        if body is not None:
+            headers["Content-Type"] = _JSON
+        timeout = aiohttp.ClientTimeout(total=self.timeout + extra_time)
+        url = self.url + path
+        attempt = 0
+        while True:
+            try:
+                async with session.request(
+                    method, url, data=body, headers=headers, timeout=timeout
+                ) as resp:
+                    data = await resp.read()
+                    status = resp.status
+                    retry_after = resp.headers.get("Retry-After")
+            except _RETRY_EXCEPTIONS as e:
+                if attempt >= self.max_retries:
+                    raise BrokerUnavailableError(f"{method} {path}: {e!r}") from e
+                delay = self._delay(attempt, None)
+                log.debug("%s %s failed (%r), retry in %.3fs", method, path, e, delay)
+            else:
+                if status < 300:
+                    return status, data
+                if status not in _RETRY_STATUSES or attempt >= self.max_retries:
+                    raise _error(status, data, topic, retry_after)
+                delay = self._delay(attempt, retry_after)
+                log.debug("%s %s answered %d, retry in %.3fs", method, path, status, delay)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _json(self, method: str, path: str, doc: Any = None, **kw: Any) -> Any:
+        body = None if doc is None else orjson.dumps(doc)
+        _, data = await self._request(method, path, body, **kw)
+        return orjson.loads(data) if data else None
+
+    # -- API ---------------------------------------------------------------------------------
+
+    async def create_topic(self, name: str, partitions: int | None = None) -> dict[str, Any]:
+        """Create a topic if it does not exist (idempotent); return its description."""
+        doc: dict[str, Any] = {"name": name}
+        if partitions is not None:
+            doc["partitions"] = partitions
+        result: dict[str, Any] = await self._json("POST", "/v1/topics/", doc, topic=name)
+        return result
+
+    async def publish(
+        self, topic: str, records: Sequence[tuple[str, bytes]]
+    ) -> list[tuple[int, int]]:
+        """Publish ``(key, value)`` records (value: one JSON document as bytes).
+
+        Returns ``(partition, offset)`` per record, once they are durable on the broker.
+        """
+        if not records:
+            return []
+        _, data = await self._request(
+            "POST", f"/v1/topics/{topic}/records/", encode_publish(records), topic=topic
+        )
+        return [(p, o) for p, o in orjson.loads(data)["positions"]]
+
+    async def fetch(
+        self,
+        topic: str,
+        group: str,
+        *,
+        max_records: int = 1000,
+        max_wait: float = 1.0,
+        ack_wait: float | None = None,
+    ) -> Batch | None:
+        """Lease the next records for ``group``, waiting up to ``max_wait``; None if none came."""
+        doc: dict[str, Any] = {"max_records": max_records, "max_wait": max_wait}
+        if ack_wait is not None:
+            doc["ack_wait"] = ack_wait
+        status, data = await self._request(
+            "POST",
+            f"/v1/topics/{topic}/groups/{group}/fetch",
+            orjson.dumps(doc),
+            accept=NDJSON,
+            extra_time=max_wait,
+            topic=topic,
+        )
+        if status == 204 or not data:
+            return None
+        return decode_batch_ndjson(data)
+
+    def _lease_path(self, batch: Batch, action: str) -> str:
+        return f"/v1/topics/{batch.topic}/groups/{batch.group}/leases/{batch.lease}/{action}"
+
+    async def _settle(self, batch: Batch, action: str, doc: dict[str, Any]) -> int:
+        try:
+            result = await self._json(
+                "POST", self._lease_path(batch, action), doc, topic=batch.topic
+            )
+        except _LeaseGoneError as e:
+            raise LeaseExpiredError(batch.topic, batch.group, batch.lease) from e
+        return int(result["records"])
+
+    async def ack(self, batch: Batch, offsets: Sequence[int] | None = None) -> int:
+        """Ack the lease's records (all, or ``offsets``); return how many were acked now."""
+        doc: dict[str, Any] = {} if offsets is None else {"offsets": list(offsets)}
+        return await self._settle(batch, "ack", doc)
+
+    async def nack(
+        self,
+        batch: Batch,
+        offsets: Sequence[int] | None = None,
+        *,
+        delay: float = 0.0,
+        error: str | None = None,
+    ) -> int:
+        """Hand records back for redelivery after ``delay`` seconds."""
+        doc: dict[str, Any] = {"delay": delay}
+        if offsets is not None:
+            doc["offsets"] = list(offsets)
+        if error is not None:
+            doc["error"] = error
+        return await self._settle(batch, "nack", doc)
+
+    async def reject(
+        self, batch: Batch, offsets: Sequence[int] | None = None, *, error: str | None = None
+    ) -> int:
+        """Move records to the dead-letter topic ``<topic>.dlq`` now."""
+        doc: dict[str, Any] = {}
+        if offsets is not None:
+            doc["offsets"] = list(offsets)
+        if error is not None:
+            doc["error"] = error
+        return await self._settle(batch, "reject", doc)
+
+    async def extend(self, batch: Batch, ack_wait: float | None = None) -> float:
+        """Extend the lease by ``ack_wait`` seconds from now; return the seconds granted."""
+        doc: dict[str, Any] = {} if ack_wait is None else {"ack_wait": ack_wait}
+        try:
+            result = await self._json(
+                "POST", self._lease_path(batch, "extend"), doc, topic=batch.topic
+            )
+        except _LeaseGoneError as e:
+            raise LeaseExpiredError(batch.topic, batch.group, batch.lease) from e
+        return float(result["ack_wait"])
+
+    async def topic_stats(self, topic: str) -> dict[str, Any]:
+        """The topic's partitions, groups, lag and backlog."""
+        result: dict[str, Any] = await self._json("GET", f"/v1/topics/{topic}", topic=topic)
+        return result
+
+    async def topics(self) -> list[dict[str, Any]]:
+        """Every topic with its stats."""
+        result: dict[str, Any] = await self._json("GET", "/v1/topics/")
+        topics: list[dict[str, Any]] = result["topics"]
+        return topics
+
+
+class _LeaseGoneError(MQError):
+    """The broker answered 409 LEASE_EXPIRED (turned into ``LeaseExpiredError`` with context)."""
+
+
+def _error(status: int, data: bytes, topic: str | None, retry_after: str | None) -> MQError:
+    try:
+        body = orjson.loads(data) if data else {}
+        if not isinstance(body, dict):
+            body = {}
+    except orjson.JSONDecodeError:
+        body = {}
+    detail = str(body.get("detail") or body.get("code") or data[:200])
+    if status == 400:
+        return ProtocolError(f"broker refused the request: {detail} {body.get('errors', '')}")
+    if status == 401:
+        return UnauthorizedError(detail)
+    if status == 404:
+        return TopicNotFoundError(topic or "?")
+    if status == 409 and body.get("code") == "LEASE_EXPIRED":
+        return _LeaseGoneError(detail)
+    if status == 413:
+        return RequestTooLargeError(detail)
+    if status == 429:
+        return BacklogFullError(
+            topic or "?",
+            backlog_bytes=int(body.get("backlog_bytes", 0)),
+            limit=int(body.get("max_backlog_bytes", 0)),
+            retry_after=float(retry_after or 1.0),
+        )
+    if status == 503:
+        return BrokerUnavailableError(detail)
+    return ProtocolError(f"unexpected answer {status}: {detail}")

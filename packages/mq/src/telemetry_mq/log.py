@@ -1,0 +1,306 @@
+"""A partition's append-only log: segment files, appends through group commit, reads, retention."""
+
+from __future__ import annotations
+
+import logging
+import os
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from time import perf_counter
+
+from .errors import CorruptLogError, StorageError
+from .protocol import decode_frames, encode_frame
+from .segment import SUFFIX, Segment, load_segment, segment_name
+
+log = logging.getLogger(__name__)
+
+Record = tuple[int, int, str, bytes]
+"""A stored record: ``(offset, timestamp_us, key, value)``."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PartitionLog:
+    """One partition: an ordered list of segments; only the last one is written to.
+
+    Offsets are assigned on append (on the event loop); records become readable once the
+    committer has written them and advanced ``durable_offset``.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        path: Path,
+        segments: list[Segment],
+        *,
+        segment_bytes: int,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.path = path
+        self.segments = segments
+        self._bases = [s.base_offset for s in segments]
+        self.segment_bytes = segment_bytes
+        self.next_offset = segments[-1].end_offset if segments else 0
+        self.durable_offset = self.next_offset
+        self.failed: BaseException | None = None
+        self.on_durable: Callable[[], None] = lambda: None
+        self._pending: list[tuple[Segment, bytearray]] = []
+        # Owned by the committer's worker thread between prepare() and finish().
+        self._wseg: Segment | None = None
+        self._wfd: int | None = None
+        self._unsynced = False
+
+    @classmethod
+    def open(cls, topic: str, partition: int, path: Path, *, segment_bytes: int) -> PartitionLog:
+        """Open (recovering) the partition stored in ``path``; create it if missing."""
+        path.mkdir(parents=True, exist_ok=True)
+        files = sorted(p for p in path.iterdir() if p.name.endswith(SUFFIX))
+        segments: list[Segment] = []
+        base_pos = 0
+        for i, file in enumerate(files):
+            base = int(file.name.removesuffix(SUFFIX))
+            if segments and base != segments[-1].end_offset:
+                raise CorruptLogError(
+                    f"segment starts at offset {base}, expected {segments[-1].end_offset}",
+                    path=str(file),
+                    position=0,
+                    topic=topic,
+                    partition=partition,
+                    offset=segments[-1].end_offset,
+                )
+            seg = load_segment(
+                file, base, base_pos, last=i == len(files) - 1, topic=topic, partition=partition
+            )
+            segments.append(seg)
+            base_pos += seg.size
+        return cls(topic, partition, path, segments, segment_bytes=segment_bytes)
+
+    # -- sizes ------------------------------------------------------------------------------
+
+    @property
+    def start_offset(self) -> int:
+        """The oldest retained offset."""
+        return self.segments[0].base_offset if self.segments else self.next_offset
+
+    @property
+    def end_pos(self) -> int:
+        """Cumulative bytes appended to the partition (since the oldest retained segment)."""
+        return self.segments[-1].base_pos + self.segments[-1].size if self.segments else 0
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes retained on disk (including writes in flight)."""
+        return self.end_pos - (self.segments[0].base_pos if self.segments else 0)
+
+    def pos(self, offset: int) -> int:
+        """Cumulative byte position of ``offset`` (clamped to the retained range)."""
+        if not self.segments or offset >= self.next_offset:
+            return self.end_pos
+        if offset <= self.start_offset:
+            return self.segments[0].base_pos
+        seg = self.segments[bisect_right(self._bases, offset) - 1]
+        return seg.base_pos + seg.pos_of(offset)
+
+    # -- append (event loop) + write (committer thread) ----------------------------------
+
+    def append(self, items: Sequence[tuple[bytes, bytes]], timestamp_us: int) -> int:
+        """Assign offsets to ``items`` and buffer their frames; return the first offset."""
+        if self.failed is not None:
+            raise StorageError(
+                f"partition {self.partition} of {self.topic!r} failed a write: {self.failed}",
+                topic=self.topic,
+                partition=self.partition,
+            )
+        first = offset = self.next_offset
+        if not self.segments:
+            self._add_segment(offset, 0)
+        seg = self.segments[-1]
+        if self._pending and self._pending[-1][0] is seg:
+            buf = self._pending[-1][1]
+        else:
+            buf = bytearray()
+            self._pending.append((seg, buf))
+        positions = seg.positions
+        size = seg.size
+        limit = self.segment_bytes
+        if not positions:
+            seg.first_ts = timestamp_us
+        for key, value in items:
+            if size >= limit and positions:
+                seg.size = size
+                seg.last_ts = timestamp_us
+                seg = self._add_segment(offset, seg.base_pos + size)
+                seg.first_ts = timestamp_us
+                positions = seg.positions
+                size = 0
+                buf = bytearray()
+                self._pending.append((seg, buf))
+            frame = encode_frame(offset, timestamp_us, key, value)
+            positions.append(size)
+            size += len(frame)
+            buf += frame
+            offset += 1
+        seg.size = size
+        seg.last_ts = timestamp_us
+        self.next_offset = offset
+        return first
+
+    def _add_segment(self, base_offset: int, base_pos: int) -> Segment:
+        seg = Segment(self.path / segment_name(base_offset), base_offset, base_pos)
+        self.segments.append(seg)
+        self._bases.append(base_offset)
+        return seg
+
+    def prepare(self) -> _WriteJob:
+        """Detach the pending frames for the committer."""
+        chunks, self._pending = self._pending, []
+        return _WriteJob(self, chunks, self.next_offset)
+
+    def _write(self, chunks: list[tuple[Segment, bytearray]], fsync: bool) -> float:
+        new_file = False
+        fd = self._wfd
+        for seg, data in chunks:
+            if fd is None or seg is not self._wseg:
+                if fd is not None:  # a sealed segment is always fsynced before it is left
+                    os.fdatasync(fd)
+                    os.close(fd)
+                    self._wfd = None
+                flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+                fd = self._wfd = os.open(seg.path, flags, 0o644)
+                self._wseg = seg
+                new_file = True
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            self._unsynced = True
+        spent = 0.0
+        if fsync and self._unsynced and self._wfd is not None:
+            started = perf_counter()
+            os.fdatasync(self._wfd)
+            if new_file:
+                _fsync_dir(self.path)
+            spent = perf_counter() - started
+            self._unsynced = False
+        elif new_file:
+            _fsync_dir(self.path)
+        return spent
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def read(self, start: int, max_records: int, max_bytes: int) -> list[Record]:
+        """Durable records from ``start`` on, at most ``max_records`` and about ``max_bytes``.
+
+        A read never crosses a segment boundary and always returns at least one record when
+        ``start`` is below the durable end.
+        """
+        start = max(start, self.start_offset)
+        stop = min(self.durable_offset, start + max_records)
+        if start >= stop:
+            return []
+        seg = self.segments[bisect_right(self._bases, start) - 1]
+        stop = min(stop, seg.end_offset)
+        first = seg.pos_of(start)
+        if seg.pos_of(stop) - first > max_bytes:
+            i0 = start - seg.base_offset
+            idx = bisect_right(seg.positions, first + max_bytes, i0 + 1, stop - seg.base_offset)
+            stop = seg.base_offset + max(idx - 1, i0 + 1)
+        data = seg.read(start, stop)
+        try:
+            records = list(decode_frames(data, stop - start))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptLogError(
+                str(e),
+                path=str(seg.path),
+                position=first,
+                topic=self.topic,
+                partition=self.partition,
+                offset=start,
+            ) from e
+        return records
+
+    def read_offsets(self, offsets: Sequence[int]) -> list[Record]:
+        """The records at ``offsets`` (sorted ascending, all retained and durable)."""
+        out: list[Record] = []
+        i = 0
+        while i < len(offsets):
+            # Read runs of consecutive offsets in one go.
+            j = i + 1
+            while j < len(offsets) and offsets[j] == offsets[j - 1] + 1:
+                j += 1
+            start = offsets[i]
+            while start <= offsets[j - 1]:
+                got = self.read(start, offsets[j - 1] + 1 - start, 1 << 62)
+                out.extend(got)
+                start = got[-1][0] + 1
+            i = j
+        return out
+
+    # -- retention, close ------------------------------------------------------------------
+
+    def retain(
+        self, consumed: int, now_us: int, max_age_us: int | None, max_bytes: int | None
+    ) -> int:
+        """Delete old segments below ``consumed`` that are too old or over the size bound.
+
+        The active (last) segment is never deleted. Returns the number of segments deleted.
+        """
+        deleted = 0
+        while len(self.segments) > 1:
+            seg = self.segments[0]
+            if seg.end_offset > consumed:
+                break
+            too_old = max_age_us is not None and now_us - seg.last_ts > max_age_us
+            too_big = max_bytes is not None and self.size_bytes > max_bytes
+            if not (too_old or too_big):
+                break
+            seg.close()
+            seg.path.unlink(missing_ok=True)
+            self.segments.pop(0)
+            self._bases.pop(0)
+            deleted += 1
+            log.info(
+                "retention deleted %s (offsets %d-%d)",
+                seg.path,
+                seg.base_offset,
+                seg.end_offset - 1,
+            )
+        return deleted
+
+    def close(self) -> None:
+        """Close every descriptor (after the committer has stopped)."""
+        for seg in self.segments:
+            seg.close()
+        if self._wfd is not None:
+            os.fdatasync(self._wfd)
+            os.close(self._wfd)
+            self._wfd = None
+
+
+class _WriteJob:
+    __slots__ = ("_chunks", "_end", "_log")
+
+    def __init__(self, plog: PartitionLog, chunks: list[tuple[Segment, bytearray]], end: int):
+        self._log = plog
+        self._chunks = chunks
+        self._end = end
+
+    def run(self, fsync: bool) -> float:
+        return self._log._write(self._chunks, fsync)
+
+    def finish(self, error: BaseException | None) -> None:
+        plog = self._log
+        if error is not None:
+            plog.failed = error
+            return
+        if self._end > plog.durable_offset:
+            plog.durable_offset = self._end
+            plog.on_durable()

@@ -1,0 +1,200 @@
+"""Wire formats shared by the broker and its client: record framing, names, batches.
+
+Record frame on disk (little endian)::
+
+    size   u32   length of the body that follows the 8-byte prefix
+    crc    u32   CRC-32 (zlib) of the body
+    body:  offset u64 | timestamp_us i64 | key_len u16 | key (UTF-8) | value
+
+Fetched batches travel over HTTP either as one JSON document, or (``Accept:
+application/x-ndjson``, what the client uses) as a JSON header line followed by one line per
+record value, so a value is handed over as the exact bytes that were published.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from .errors import ProtocolError
+
+PREFIX: Final = struct.Struct("<II")
+BODY_HEAD: Final = struct.Struct("<QqH")
+FRAME_HEAD: Final = struct.Struct("<IIQqH")
+FRAME_OVERHEAD: Final = FRAME_HEAD.size
+MAX_KEY_BYTES: Final = 1024
+NDJSON: Final = "application/x-ndjson"
+_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Return ``name`` if it is a valid topic or group name, else raise ``ProtocolError``."""
+    if not _NAME.fullmatch(name):
+        raise ProtocolError(
+            f"invalid {kind} name {name!r}: 1-200 of [A-Za-z0-9._-], not starting with '.' or '-'"
+        )
+    return name
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition of ``key``: CRC-32 of its UTF-8 bytes modulo the partition count (stable)."""
+    return zlib.crc32(key) % partitions
+
+
+def encode_frame(offset: int, timestamp_us: int, key: bytes, value: bytes) -> bytes:
+    """Frame one record."""
+    body = BODY_HEAD.pack(offset, timestamp_us, len(key)) + key + value
+    return PREFIX.pack(len(body), zlib.crc32(body)) + body
+
+
+def decode_frames(buf: bytes, count: int) -> Iterator[tuple[int, int, str, bytes]]:
+    """Decode ``count`` consecutive frames from ``buf``: ``(offset, timestamp_us, key, value)``.
+
+    Raises ``ValueError`` on a checksum or framing mismatch (the caller names the place).
+    """
+    pos = 0
+    unpack = FRAME_HEAD.unpack_from
+    crc32 = zlib.crc32
+    for _ in range(count):
+        size, crc, offset, ts, key_len = unpack(buf, pos)
+        body_end = pos + 8 + size
+        if body_end > len(buf) or crc32(buf[pos + 8 : body_end]) != crc:
+            raise ValueError(f"bad frame at buffer position {pos}")
+        key_end = pos + FRAME_OVERHEAD + key_len
+        yield offset, ts, buf[pos + FRAME_OVERHEAD : key_end].decode(), buf[key_end:body_end]
+        pos = body_end
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One fetched record: where it sits, what it holds, and how often it was delivered."""
+
+    offset: int
+    key: str
+    value: bytes
+    timestamp_us: int
+    delivery_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A lease over records of one partition, fetched by one consumer of a group."""
+
+    topic: str
+    group: str
+    partition: int
+    lease: str
+    ack_wait: float
+    records: list[Delivery]
+
+    @property
+    def offsets(self) -> list[int]:
+        """The offsets of the leased records."""
+        return [d.offset for d in self.records]
+
+
+def encode_publish(records: Sequence[tuple[str, bytes]]) -> bytes:
+    """The publish request body: ``{"records": [{"key": k, "value": <JSON>}, ...]}``."""
+    fragment = orjson.Fragment
+    return orjson.dumps({"records": [{"key": k, "value": fragment(v)} for k, v in records]})
+
+
+def decode_publish(body: bytes, max_records: int = 100_000) -> list[tuple[str, bytes]]:
+    """Parse a publish body into ``(key, value)`` pairs; each value is re-encoded compactly."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise ProtocolError(f"body is not JSON: {e}") from e
+    records = doc.get("records") if isinstance(doc, dict) else None
+    if not isinstance(records, list) or not records:
+        raise ProtocolError('body must be {"records": [{"key": str, "value": JSON}, ...]}')
+    if len(records) > max_records:
+        raise ProtocolError(f"at most {max_records} records per publish")
+    out: list[tuple[str, bytes]] = []
+    dumps = orjson.dumps
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or "value" not in rec or not isinstance(rec.get("key"), str):
+            raise ProtocolError(f'records[{i}] must be {{"key": str, "value": JSON}}')
+        key: str = rec["key"]
+        try:
+            too_long = len(key.encode()) > MAX_KEY_BYTES
+        except UnicodeEncodeError as e:
+            raise ProtocolError(f"records[{i}].key is not valid UTF-8") from e
+        if too_long:
+            raise ProtocolError(f"records[{i}].key is longer than {MAX_KEY_BYTES} bytes")
+        out.append((key, dumps(rec["value"])))
+    return out
+
+
+def _one_line(value: bytes) -> bytes:
+    # Values published over HTTP are compact orjson output already; re-encode anything else.
+    return orjson.dumps(orjson.loads(value)) if b"\n" in value else value
+
+
+def encode_batch_json(batch: Batch) -> bytes:
+    """A fetched batch as one JSON document (values embedded as JSON)."""
+    fragment = orjson.Fragment
+    return orjson.dumps(
+        {
+            "topic": batch.topic,
+            "group": batch.group,
+            "partition": batch.partition,
+            "lease": batch.lease,
+            "ack_wait": batch.ack_wait,
+            "records": [
+                {
+                    "offset": d.offset,
+                    "key": d.key,
+                    "timestamp_us": d.timestamp_us,
+                    "delivery_count": d.delivery_count,
+                    "value": fragment(d.value),
+                }
+                for d in batch.records
+            ],
+        }
+    )
+
+
+def encode_batch_ndjson(batch: Batch) -> bytes:
+    """A fetched batch as a JSON header line then one line per record value."""
+    head = orjson.dumps(
+        {
+            "topic": batch.topic,
+            "group": batch.group,
+            "partition": batch.partition,
+            "lease": batch.lease,
+            "ack_wait": batch.ack_wait,
+            "records": [[d.offset, d.timestamp_us, d.delivery_count, d.key] for d in batch.records],
+        }
+    )
+    return b"\n".join([head, *(_one_line(d.value) for d in batch.records)]) + b"\n"
+
+
+def decode_batch_ndjson(body: bytes) -> Batch:
+    """Parse the NDJSON form of a fetched batch."""
+    try:
+        lines = body.split(b"\n")
+        head: dict[str, Any] = orjson.loads(lines[0])
+        meta = head["records"]
+        if len(lines) < len(meta) + 1:
+            raise ValueError("fewer value lines than records")
+        records = [
+            Delivery(offset, key, value, ts, count)
+            for (offset, ts, count, key), value in zip(meta, lines[1:], strict=False)
+        ]
+        return Batch(
+            head["topic"],
+            head["group"],
+            head["partition"],
+            head["lease"],
+            head["ack_wait"],
+            records,
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise ProtocolError(f"malformed fetch answer: {e}") from e

@@ -1,0 +1,65 @@
+"""The broker service: the HTTP API over the durable log of ``telemetry_mq``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from importlib.metadata import version
+
+from prometheus_client import CollectorRegistry
+from quart import Quart
+from telemetry_kit import base_app
+from telemetry_mq import Broker
+
+from .blueprints.groups import groups_blueprint
+from .blueprints.records import records_blueprint
+from .blueprints.topics import topics_blueprint
+from .metrics import BacklogCollector, BrokerMetrics
+from .runtime import Runtime, register_mq_errors
+from .settings import BrokerSettings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: BrokerSettings) -> Quart:
+    """Build the broker app; the broker opens (recovering its data) when serving starts."""
+    registry = CollectorRegistry()
+    metrics = BrokerMetrics(registry)
+    runtime = Runtime()
+
+    async def readiness() -> str | None:
+        broker = runtime.broker_or_none
+        return "the broker is not open" if broker is None else broker.healthy
+
+    app = base_app(
+        "broker",
+        title="Telemetry broker",
+        version=version("telemetry-broker"),
+        registry=registry,
+        readiness=readiness,
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+        security=[{"bearer": []}],
+    )
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    register_mq_errors(app)
+    registry.register(BacklogCollector(lambda: runtime.broker_or_none))
+    token = settings.token.get_secret_value() if settings.token else None
+    app.register_blueprint(topics_blueprint(runtime, token))
+    app.register_blueprint(records_blueprint(runtime, token))
+    app.register_blueprint(groups_blueprint(runtime, token, settings.max_fetch_wait))
+    app.extensions["telemetry_broker"] = runtime
+
+    @app.while_serving
+    async def broker_lifespan() -> AsyncGenerator[None]:
+        broker = await Broker.open(settings.data_dir, settings.broker_config(), observer=metrics)
+        for name, partitions in settings.topic_specs():
+            await broker.create_topic(name, partitions)
+        runtime.broker_or_none = broker
+        log.info("broker open in %s", settings.data_dir)
+        try:
+            yield
+        finally:
+            runtime.broker_or_none = None
+            await broker.close()
+
+    return app

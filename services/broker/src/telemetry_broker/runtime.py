@@ -1,0 +1,109 @@
+"""What the routes share: the open broker, the token check, body parsing, error mapping."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from quart import Blueprint, Quart, Response, request
+from telemetry_kit import APIError, problem
+from telemetry_mq import (
+    BacklogFullError,
+    Broker,
+    BrokerUnavailableError,
+    CorruptLogError,
+    LeaseExpiredError,
+    MQError,
+    ProtocolError,
+    StorageError,
+    TopicNotFoundError,
+)
+
+
+class Runtime:
+    """Holds the broker while the app is serving."""
+
+    def __init__(self) -> None:
+        self.broker_or_none: Broker | None = None
+
+    @property
+    def broker(self) -> Broker:
+        """The open broker, or a 503 problem while starting or stopping."""
+        broker = self.broker_or_none
+        if broker is None:
+            raise APIError(
+                503, "NOT_READY", "the broker is starting or stopping", headers={"Retry-After": "1"}
+            )
+        return broker
+
+
+def require_token(bp: Blueprint, token: str | None) -> None:
+    """Answer 401 on every route of ``bp`` unless the request carries ``Bearer <token>``."""
+    if not token:
+        return
+    expected = f"Bearer {token}".encode()
+
+    @bp.before_request
+    async def _check_token() -> None:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise APIError(
+                401,
+                "UNAUTHORIZED",
+                "a valid bearer token is required",
+                headers={"WWW-Authenticate": 'Bearer realm="broker"'},
+            )
+
+
+async def request_body() -> bytes:
+    """The raw request body (413 past ``MAX_CONTENT_LENGTH``)."""
+    data = await request.get_data(cache=False)
+    return data if isinstance(data, bytes) else data.encode()
+
+
+def parse[M: BaseModel](model: type[M], body: bytes) -> M:
+    """Validate a JSON body (empty means ``{}``) against ``model``; 400 problem if it fails."""
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as e:
+        raise APIError(
+            400,
+            "INVALID_REQUEST",
+            "the request does not match the schema",
+            errors=orjson.loads(e.json(include_url=False, include_context=False)),
+        ) from e
+
+
+def json_response(doc: Any, status: int = 200) -> Response:
+    """A JSON response serialised by orjson (dataclasses included)."""
+    return Response(orjson.dumps(doc), status=status, content_type="application/json")
+
+
+def register_mq_errors(app: Quart) -> None:
+    """Map the core's errors to problem responses."""
+
+    @app.errorhandler(MQError)
+    async def _mq_error(error: MQError) -> Response:
+        if isinstance(error, BacklogFullError):
+            return problem(
+                429,
+                "BACKLOG_FULL",
+                str(error),
+                headers={"Retry-After": str(max(1, round(error.retry_after)))},
+                backlog_bytes=error.backlog_bytes,
+                max_backlog_bytes=error.limit,
+            )
+        if isinstance(error, TopicNotFoundError):
+            return problem(404, "TOPIC_NOT_FOUND", str(error))
+        if isinstance(error, LeaseExpiredError):
+            return problem(409, "LEASE_EXPIRED", str(error))
+        if isinstance(error, ProtocolError):
+            return problem(400, "INVALID_REQUEST", str(error))
+        if isinstance(error, StorageError | BrokerUnavailableError):
+            code = "STORAGE_ERROR" if isinstance(error, StorageError) else "BROKER_UNAVAILABLE"
+            return problem(503, code, str(error), headers={"Retry-After": "1"})
+        if isinstance(error, CorruptLogError):
+            return problem(500, "CORRUPT_LOG", str(error))
+        return problem(500, "INTERNAL_SERVER_ERROR", str(error))
