@@ -5,7 +5,7 @@ from .control import ReadinessCheck, control_blueprint
 from .errors import PROBLEM_JSON, APIError, problem, register_error_handlers
 from .httpmetrics import instrument
 from .logs import JsonFormatter, TextFormatter, logging_config
-from .serve import hypercorn_config, run, serve_until_stopped
+from .serve import draining, hypercorn_config, run, serve_until_stopped
 from .settings import ServiceSettings
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "TextFormatter",
     "base_app",
     "control_blueprint",
+    "draining",
     "hypercorn_config",
     "instrument",
     "logging_config",

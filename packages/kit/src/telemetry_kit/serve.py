@@ -17,6 +17,16 @@ from .settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 
+def draining(app: Quart) -> asyncio.Event:
+    """Set as soon as a stop signal arrives, before Hypercorn drains open requests.
+
+    Long-running handlers (long-polls) wait on it too, so they answer at once
+    instead of holding the shutdown until their own timeout.
+    """
+    event: asyncio.Event = app.extensions.setdefault("telemetry_draining", asyncio.Event())
+    return event
+
+
 def hypercorn_config(settings: ServiceSettings) -> Config:
     """The Hypercorn config for a service: one worker, our logging, our graceful timeout."""
     config = Config()
@@ -31,9 +41,16 @@ def hypercorn_config(settings: ServiceSettings) -> Config:
 async def serve_until_stopped(app: Quart, settings: ServiceSettings) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, then drain requests and run the app's shutdown."""
     stop = asyncio.Event()
+    drain = draining(app)
+
+    def on_signal() -> None:
+        log.info("stop signal received; draining")
+        drain.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     config = hypercorn_config(settings)
     await serve(app, config, shutdown_trigger=stop.wait)
     log.info("stopped")
