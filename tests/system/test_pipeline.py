@@ -85,3 +85,37 @@ async def _count_is(db, n: int) -> bool:
     count, _, _ = await stored(db)
     assert count <= n, f"more rows than published: {count} > {n}"
     return count == n
+
+
+async def test_crash_and_scaling_mid_stream_lose_nothing(make_stack, db):
+    loops = 3
+    total = loops * ROWS
+    stack = await make_stack(
+        streamers=1,
+        collectors=2,
+        rate=1000,
+        env={
+            "STREAMER_LOOPS": str(loops),
+            "STREAMER_CHUNK_SIZE": "200",
+            "STREAMER_BATCH_SIZE": "100",
+            "COLLECTOR_BATCH_SIZE": "100",
+            "COLLECTOR_ACK_WAIT": "2",
+        },
+    )
+
+    async def some_stored() -> bool:
+        count, _, _ = await stored(db)
+        return count >= 500
+
+    await wait_for(some_stored, timeout=30, what="the first datapoints")
+    stack.collectors[0].kill()  # a crash with leases in flight: they expire and are redelivered
+    await stack.add_streamer()  # scale out while streaming: the work index shares the stream
+    await stack.add_collector()
+    await wait_for(lambda: _count_is(db, total), timeout=90, what=f"{total} stored datapoints")
+    assert await stored(db) == (total, 0, total - 1)
+    published = [
+        await scrape(p.url, "telemetry_streamer_datapoints_published_total")
+        for p in stack.streamers
+    ]
+    assert sum(published) == total
+    assert published[1] > 0, "the streamer added mid-stream took part"
