@@ -1,0 +1,105 @@
+"""The API app factory: routes, OpenAPI, the database pool for the serving lifetime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any, Final
+
+import orjson
+import psycopg2
+from prometheus_client import CollectorRegistry
+from pydantic_core import to_jsonable_python
+from quart import Quart, Response
+from quart.json.provider import DefaultJSONProvider
+from quart_schema import Tag
+from telemetry_kit import base_app
+from telemetry_store import create_pool, ping
+
+from .blueprints import assets, catalog, gpus, telemetry
+from .db import STATE_KEY, ApiState
+from .metrics import ApiMetrics
+from .problems import register_error_handlers
+from .settings import Settings
+from .spec import ApiOpenAPIProvider
+
+log = logging.getLogger(__name__)
+
+API_VERSION: Final = "1.0.0"
+DESCRIPTION: Final = """\
+Read the GPU fleet telemetry the pipeline stores: the GPUs, each GPU's latest state,
+time windows of datapoints (raw or bucketed), and the metric catalog.
+
+Times are RFC 3339 with a UTC offset. Lists are paged: pass `next_cursor` back as
+`cursor`, or follow `next`. Errors are `application/problem+json` with a stable `code`.
+"""
+TAGS: Final = [
+    Tag(name="GPUs", description="The GPUs that have telemetry, and their latest state."),
+    Tag(name="Telemetry", description="One GPU's datapoints over time."),
+    Tag(name="Metrics", description="The metric catalog: names, units, meanings."),
+]
+
+
+_OPTIONS: Final = orjson.OPT_NON_STR_KEYS
+
+
+class OrjsonProvider(DefaultJSONProvider):
+    """JSON through orjson: responses of a thousand datapoints are the hot path."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj, default=to_jsonable_python, option=_OPTIONS).decode()
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        obj = self._prepare_response_obj(args, kwargs)
+        body = orjson.dumps(obj, default=to_jsonable_python, option=_OPTIONS)
+        return Response(body, mimetype=self.mimetype)
+
+
+def create_app(settings: Settings) -> Quart:
+    """Build the API app; the database pool opens when serving starts."""
+    registry = CollectorRegistry()
+    api = ApiState(settings=settings, metrics=ApiMetrics(registry))
+    app = base_app(
+        "api",
+        title="GPU Telemetry API",
+        version=API_VERSION,
+        registry=registry,
+        readiness=api.readiness,
+        tags=TAGS,
+        openapi_provider_class=ApiOpenAPIProvider,
+    )
+    app.extensions[STATE_KEY] = api
+    app.extensions["QUART_SCHEMA"].info.description = DESCRIPTION
+    app.json = OrjsonProvider(app)
+    app.config.update(
+        QUART_SCHEMA_PYDANTIC_DUMP_OPTIONS={"mode": "json"},
+        QUART_SCHEMA_SWAGGER_JS_URL=assets.JS_URL,
+        QUART_SCHEMA_SWAGGER_CSS_URL=assets.CSS_URL,
+    )
+    register_error_handlers(app)
+    for blueprint in (gpus.bp, telemetry.bp, catalog.bp, assets.bp):
+        app.register_blueprint(blueprint)
+
+    @app.while_serving
+    async def database() -> AsyncGenerator[None]:
+        # minsize 0: the app starts (and /readyz says why it is not ready) while the
+        # database is down; the warm-up below opens the first connections when it is up.
+        api.pool = await create_pool(
+            settings.database_url.get_secret_value(),
+            minsize=0,
+            maxsize=settings.pool_max_size,
+            timeout=settings.query_timeout,
+        )
+        try:
+            for _ in range(settings.pool_min_size):
+                await ping(api.pool)
+        except (psycopg2.Error, OSError, TimeoutError) as e:
+            log.warning("database not reachable at start: %s", e)
+        try:
+            yield
+        finally:
+            pool, api.pool = api.pool, None
+            pool.close()
+            await pool.wait_closed()
+
+    return app

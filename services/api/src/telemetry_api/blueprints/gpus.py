@@ -1,0 +1,163 @@
+"""``/api/v1/gpus``: the GPUs with stored telemetry, and one GPU's latest state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
+from quart import Blueprint, Response
+from quart_schema import tag_blueprint, validate_querystring, validate_response
+from telemetry_kit import APIError
+from telemetry_model import METRICS_BY_ID
+from telemetry_store import Cursor, GpuRow, find_gpu, latest_values, list_gpus
+
+from ..cursors import decode_gpu, encode_gpu
+from ..db import db, state
+from ..params import CURSOR_DOC, LIMIT_DOC, Limit, next_link, page_limit
+from ..problems import Problem
+from ..responses import documents, json_response
+
+bp = Blueprint("gpus", __name__, url_prefix="/api/v1/gpus")
+tag_blueprint(bp, ["GPUs"])
+
+EXAMPLE_UUID = "GPU-5fd4f087-86f3-7a43-b711-4771313afc50"
+
+
+class GpuQuery(BaseModel):
+    """Filters and paging of the GPU list."""
+
+    hostname: str | SkipJsonSchema[None] = Field(
+        None,
+        description="Only the GPUs of this host (exact match).",
+        examples=["mtv5-dgx1-hgpu-031"],
+    )
+    limit: Limit | SkipJsonSchema[None] = Field(None, description=LIMIT_DOC)
+    cursor: str | SkipJsonSchema[None] = Field(None, description=CURSOR_DOC)
+
+
+class Gpu(BaseModel):
+    """A GPU: ``id`` is its uuid; ``index`` is only unique per host."""
+
+    id: str = Field(description="The GPU uuid, its identity.", examples=[EXAMPLE_UUID])
+    hostname: str
+    index: int = Field(description="The GPU's index on its host (DCGM gpu label).")
+    device: str = Field(examples=["nvidia0"])
+    model: str = Field(examples=["NVIDIA H100 80GB HBM3"])
+    driver_version: str | None
+    first_seen: datetime = Field(description="Time of its first stored datapoint.")
+    last_seen: datetime = Field(description="Time of its latest stored datapoint.")
+
+    @classmethod
+    def of(cls, row: GpuRow) -> Gpu:
+        """The API view of a stored GPU."""
+        return cls(
+            id=row.uuid,
+            hostname=row.hostname,
+            index=row.index,
+            device=row.device,
+            model=row.model,
+            driver_version=row.driver_version,
+            first_seen=row.first_seen.astimezone(UTC),
+            last_seen=row.last_seen.astimezone(UTC),
+        )
+
+
+class GpuPage(BaseModel):
+    """One page of GPUs, ordered by hostname, index, id."""
+
+    items: list[Gpu]
+    next_cursor: str | None = Field(
+        description="Pass as cursor for the next page; null at the end."
+    )
+    next: str | None = Field(description="URL of the next page; null at the end.")
+
+
+class LatestValue(BaseModel):
+    """The latest datapoint of one metric."""
+
+    metric: str = Field(examples=["DCGM_FI_DEV_GPU_TEMP"])
+    unit: str = Field(examples=["C"])
+    value: float
+    time: datetime
+
+
+class GpuState(Gpu):
+    """A GPU with the latest value of each metric it reports."""
+
+    metrics: list[LatestValue]
+
+
+@bp.get("", strict_slashes=False)
+@validate_querystring(GpuQuery)
+@documents(GpuPage)
+@validate_response(Problem, 400)
+@validate_response(Problem, 503)
+async def list_all(query_args: GpuQuery) -> Response:
+    """List the GPUs that have telemetry, optionally of one host.
+
+    Ordered by hostname, per-host index and id; paged with limit and cursor.
+    Errors: 400 INVALID_LIMIT, INVALID_CURSOR.
+    """
+    limit = page_limit(query_args.limit)
+    after = decode_gpu(query_args.cursor) if query_args.cursor is not None else None
+    if query_args.hostname is not None and "\x00" in query_args.hostname:
+        rows: list[GpuRow] = []  # no stored hostname has a NUL, and PostgreSQL refuses one
+    else:
+        async with db() as cur:
+            rows = await state().timed(
+                "list_gpus",
+                list_gpus(cur, limit=limit + 1, hostname=query_args.hostname, after=after),
+            )
+    cursor = encode_gpu(rows[limit - 1].key) if len(rows) > limit else None
+    items = [
+        {
+            "id": row.uuid,
+            "hostname": row.hostname,
+            "index": row.index,
+            "device": row.device,
+            "model": row.model,
+            "driver_version": row.driver_version,
+            "first_seen": row.first_seen.astimezone(UTC),
+            "last_seen": row.last_seen.astimezone(UTC),
+        }
+        for row in rows[:limit]
+    ]
+    return json_response({"items": items, "next_cursor": cursor, "next": next_link(cursor)})
+
+
+async def lookup(cur: Cursor, gpu_id: str) -> GpuRow:
+    """The stored GPU with this id; a 404 ``GPU_NOT_FOUND`` when there is none."""
+    row = None
+    if "\x00" not in gpu_id:
+        row = await state().timed("find_gpu", find_gpu(cur, gpu_id))
+    if row is None:
+        raise APIError(404, "GPU_NOT_FOUND", f"no GPU has id {gpu_id[:100]!r}")
+    return row
+
+
+@bp.get("/<gpu_id>")
+@validate_response(GpuState)
+@validate_response(Problem, 404)
+@validate_response(Problem, 503)
+async def show(gpu_id: str) -> GpuState:
+    """Show one GPU with the latest value, unit and time of each metric.
+
+    Errors: 404 GPU_NOT_FOUND.
+    """
+    async with db() as cur:
+        row = await lookup(cur, gpu_id)
+        latest = await state().timed("latest_values", latest_values(cur, row.id))
+    gpu = Gpu.of(row)
+    return GpuState(
+        **gpu.model_dump(),
+        metrics=[
+            LatestValue(
+                metric=METRICS_BY_ID[v.metric_id].name,
+                unit=METRICS_BY_ID[v.metric_id].unit,
+                value=v.value,
+                time=v.ts.astimezone(UTC),
+            )
+            for v in latest
+        ],
+    )

@@ -1,0 +1,209 @@
+"""``/api/v1/gpus/{gpu_id}/telemetry``: one GPU's datapoints over time, raw or bucketed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+from pydantic import BaseModel, Field, JsonValue, field_validator
+from pydantic.json_schema import SkipJsonSchema
+from quart import Blueprint, Response
+from quart_schema import tag_blueprint, validate_querystring, validate_response
+from telemetry_kit import APIError
+from telemetry_model import EPOCH, METRICS, METRICS_BY_NAME
+from telemetry_store import Window, read_buckets, read_window
+
+from ..cursors import decode_bucket, decode_point, encode_bucket, encode_point
+from ..db import db, state
+from ..params import CURSOR_DOC, LIMIT_DOC, Limit, next_link, page_limit, parse_step, parse_time
+from ..problems import Problem
+from ..responses import documents, json_response
+from .gpus import lookup
+
+bp = Blueprint("telemetry", __name__, url_prefix="/api/v1/gpus")
+tag_blueprint(bp, ["Telemetry"])
+
+_TIME_DOC: Final = (
+    "RFC 3339 time with a UTC offset (Z or +HH:MM) and optional fractional seconds;"
+    " the bound is inclusive."
+)
+_METRIC_NAMES: Final[list[JsonValue]] = [m.name for m in METRICS]
+_NAMES: Final = {m.id: m.name for m in METRICS}
+_UNITS: Final = {m.id: m.unit for m in METRICS}
+
+
+class TelemetryQuery(BaseModel):
+    """The window, metric filter, paging and optional bucketing of a telemetry query."""
+
+    start_time: str | SkipJsonSchema[None] = Field(
+        None,
+        description=f"Earliest datapoint time. {_TIME_DOC}",
+        json_schema_extra={"format": "date-time", "examples": ["2025-07-18T20:42:34Z"]},
+    )
+    end_time: str | SkipJsonSchema[None] = Field(
+        None,
+        description=f"Latest datapoint time. {_TIME_DOC}",
+        json_schema_extra={"format": "date-time", "examples": ["2025-07-18T21:42:34.5+02:00"]},
+    )
+    metric: list[str] = Field(
+        default_factory=list,
+        description="Only these metrics (repeat the parameter for several); default all.",
+        json_schema_extra={"items": {"type": "string", "enum": _METRIC_NAMES}},
+    )
+    limit: Limit | SkipJsonSchema[None] = Field(None, description=LIMIT_DOC)
+    cursor: str | SkipJsonSchema[None] = Field(None, description=CURSOR_DOC)
+    step: str | SkipJsonSchema[None] = Field(
+        None,
+        description="Bucket width (30s, 5m, 1h, 1d; at most 366d): aggregate per metric and"
+        " bucket instead of listing datapoints. Buckets start at start_time (else the epoch).",
+        json_schema_extra={"pattern": "^[1-9][0-9]{0,7}[smhd]$", "examples": ["5m"]},
+    )
+    agg: Literal["avg", "min", "max"] | SkipJsonSchema[None] = Field(
+        None, description="Aggregate of each bucket (needs step). Default avg."
+    )
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _repeatable(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
+class Datapoint(BaseModel):
+    """One stored datapoint."""
+
+    time: datetime
+    metric: str = Field(examples=["DCGM_FI_DEV_GPU_UTIL"])
+    unit: str = Field(examples=["%"])
+    value: float
+    container: str | None = None
+    pod: str | None = None
+    namespace: str | None = None
+
+
+class Bucket(BaseModel):
+    """The aggregate of one metric over [time, time + step)."""
+
+    time: datetime = Field(description="Start of the bucket.")
+    metric: str = Field(examples=["DCGM_FI_DEV_GPU_UTIL"])
+    unit: str = Field(examples=["%"])
+    value: float = Field(description="The aggregate (agg) of the bucket's values.")
+    count: int = Field(description="How many datapoints the bucket holds.")
+
+
+class TelemetryPage(BaseModel):
+    """One page of a GPU's telemetry, oldest first: datapoints, or buckets when step is set."""
+
+    gpu_id: str
+    step: str | None = Field(description="The bucket width, or null for raw datapoints.")
+    agg: str | None = Field(description="The bucket aggregate, or null for raw datapoints.")
+    items: list[Datapoint] | list[Bucket]
+    next_cursor: str | None = Field(
+        description="Pass as cursor for the next page; null at the end."
+    )
+    next: str | None = Field(description="URL of the next page; null at the end.")
+
+
+def _bounds(query: TelemetryQuery) -> tuple[datetime | None, datetime | None, tuple[int, ...]]:
+    """The inclusive time bounds and metric ids the query asks for."""
+    start = end = None
+    if query.start_time is not None:
+        start = parse_time("start_time", query.start_time)
+    if query.end_time is not None:
+        end = parse_time("end_time", query.end_time)
+    if start is not None and end is not None and start > end:
+        raise APIError(400, "INVALID_TIME_RANGE", "start_time is after end_time")
+    unknown = sorted({name for name in query.metric if name not in METRICS_BY_NAME})
+    if unknown:
+        raise APIError(
+            400, "UNKNOWN_METRIC", f"unknown metric {unknown[0][:100]!r}: see /api/v1/metrics"
+        )
+    ids = tuple(sorted({METRICS_BY_NAME[name].id for name in query.metric}))
+    # A bound between two microseconds narrows to the storable times inside the window.
+    return (
+        start.ceil if start is not None else None,
+        end.floor if end is not None else None,
+        ids,
+    )
+
+
+@bp.get("/<gpu_id>/telemetry")
+@validate_querystring(TelemetryQuery)
+@documents(TelemetryPage)
+@validate_response(Problem, 400)
+@validate_response(Problem, 404)
+@validate_response(Problem, 503)
+async def series(gpu_id: str, query_args: TelemetryQuery) -> Response:
+    """List a GPU's datapoints in a time window, oldest first, or aggregate them into buckets.
+
+    start_time and end_time are inclusive. Page with limit and cursor (or follow next):
+    every datapoint is on exactly one page. A known GPU with nothing in the window gives
+    an empty list; an unknown GPU a 404. Errors: 400 INVALID_TIME, NAIVE_TIME,
+    INVALID_TIME_RANGE, INVALID_LIMIT, INVALID_CURSOR, UNKNOWN_METRIC, INVALID_STEP,
+    INVALID_AGGREGATE; 404 GPU_NOT_FOUND.
+    """
+    limit = page_limit(query_args.limit)
+    start, end, metric_ids = _bounds(query_args)
+    if query_args.agg is not None and query_args.step is None:
+        raise APIError(400, "INVALID_AGGREGATE", "agg needs step")
+    if query_args.step is None:
+        after = decode_point(query_args.cursor) if query_args.cursor is not None else None
+        async with db() as cur:
+            gpu = await lookup(cur, gpu_id)
+            window = Window(gpu.id, start, end, metric_ids)
+            points = await state().timed(
+                "read_window", read_window(cur, window, limit=limit + 1, after=after)
+            )
+        cursor = encode_point(points[limit - 1].key) if len(points) > limit else None
+        items = [
+            {
+                "time": p.ts.astimezone(UTC),
+                "metric": _NAMES[p.metric_id],
+                "unit": _UNITS[p.metric_id],
+                "value": p.value,
+                "container": p.container,
+                "pod": p.pod,
+                "namespace": p.namespace,
+            }
+            for p in points[:limit]
+        ]
+        agg = None
+    else:
+        step = parse_step(query_args.step)
+        agg = query_args.agg or "avg"
+        b_after = decode_bucket(query_args.cursor) if query_args.cursor is not None else None
+        async with db() as cur:
+            gpu = await lookup(cur, gpu_id)
+            window = Window(gpu.id, start, end, metric_ids)
+            buckets = await state().timed(
+                "read_buckets",
+                read_buckets(
+                    cur,
+                    window,
+                    step=step,
+                    origin=start or EPOCH,
+                    aggregate=agg,
+                    limit=limit + 1,
+                    after=b_after,
+                ),
+            )
+        cursor = encode_bucket(buckets[limit - 1].key) if len(buckets) > limit else None
+        items = [
+            {
+                "time": b.start.astimezone(UTC),
+                "metric": _NAMES[b.metric_id],
+                "unit": _UNITS[b.metric_id],
+                "value": b.value,
+                "count": b.count,
+            }
+            for b in buckets[:limit]
+        ]
+    return json_response(
+        {
+            "gpu_id": gpu.uuid,
+            "step": query_args.step,
+            "agg": agg,
+            "items": items,
+            "next_cursor": cursor,
+            "next": next_link(cursor),
+        }
+    )

@@ -1,0 +1,39 @@
+"""The API's settings, read once from ``API_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Final, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+from telemetry_kit import ServiceSettings
+
+DEFAULT_LIMIT: Final = 1000
+MAX_LIMIT: Final = 10_000
+
+
+class Settings(ServiceSettings):
+    """Serving options plus the database and the paging limits."""
+
+    model_config = SettingsConfigDict(env_prefix="API_", frozen=True, extra="ignore")
+
+    database_url: SecretStr = Field(description="libpq DSN (URI or key=value) of the database.")
+    pool_min_size: int = Field(1, ge=0, description="Connections opened at start.")
+    pool_max_size: int = Field(10, ge=1, description="Most connections the pool holds.")
+    query_timeout: float = Field(
+        10.0, gt=0, description="Seconds a database call may take before the request gets 503."
+    )
+    default_limit: int = Field(
+        DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Page size when a request sets no limit."
+    )
+    max_limit: int = Field(
+        MAX_LIMIT, ge=1, le=MAX_LIMIT, description="Largest page size a request may ask for."
+    )
+
+    @model_validator(mode="after")
+    def _limits_are_ordered(self) -> Self:
+        if self.default_limit > self.max_limit:
+            raise ValueError("default_limit must not exceed max_limit")
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("pool_min_size must not exceed pool_max_size")
+        return self
