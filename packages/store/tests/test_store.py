@@ -99,3 +99,12 @@ async def test_gpu_upsert_widens_the_seen_range(cur):
         (samples[0].gpu.uuid,),
     )
     assert tuple(round(float(x)) for x in await cur.fetchone()) == (1_000, 3_000)
+
+
+def test_public_surface():
+    import telemetry_store
+
+    modules = {"errors", "pool", "reads", "streams", "writes"}  # "migrate" is the function
+    assert sorted(telemetry_store.__all__) == sorted(
+        n for n in dir(telemetry_store) if not n.startswith("_") and n not in modules
+    )
