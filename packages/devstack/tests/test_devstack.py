@@ -46,9 +46,9 @@ async def test_a_process_that_exits_is_reported_with_its_output():
 
 
 async def test_a_process_that_never_gets_ready_times_out_and_is_stopped():
-    port = free_port()
-    proc = ServiceProcess("idle", "http.server", port=port, env={}, sink=None)
-    proc.module = "http.server"
+    # It serves on a port of its own choosing, so nothing ever answers on ``port``.
+    args = ["0", "--bind", "127.0.0.1"]
+    proc = ServiceProcess("idle", "http.server", port=free_port(), env={}, args=args, sink=None)
     await proc.start()
     try:
         with pytest.raises(TimeoutError, match="not ready"):
