@@ -118,6 +118,10 @@ class Fetcher(ABC):
     async def fetch(self, max_records: int, max_wait: float) -> tuple[list[bytes], AckFn | None]:
         """Up to ``max_records`` values (empty after ``max_wait``) and how to ack them."""
 
+    async def flush(self) -> None:
+        """Send acks still held back (a protocol that piggybacks acks on the next fetch)."""
+        return None
+
 
 class Driver(ABC):
     def __init__(self, url: str) -> None:
@@ -167,22 +171,40 @@ class OursDriver(Driver):
         await self._mq.publish(topic, records)
 
     async def fetcher(self, topic: str, worker: int) -> Fetcher:
+        from telemetry_mq import Batch
+
         mq = self._mq
 
         class _F(Fetcher):
+            """Acks ride on the next fetch (the broker's piggybacked acks: one round trip)."""
+
+            def __init__(self) -> None:
+                self.unacked: Batch | None = None
+
             async def fetch(
                 self, max_records: int, max_wait: float
             ) -> tuple[list[bytes], AckFn | None]:
                 batch = await mq.fetch(
-                    topic, GROUP, max_records=max_records, max_wait=max_wait, ack_wait=30.0
+                    topic,
+                    GROUP,
+                    max_records=max_records,
+                    max_wait=max_wait,
+                    ack_wait=30.0,
+                    ack=self.unacked,
                 )
+                self.unacked = None
                 if batch is None or not batch.records:
                     return [], None
 
                 async def ack() -> None:
-                    await mq.ack(batch)
+                    self.unacked = batch  # acked, durably, before the next fetch leases more
 
                 return [d.value for d in batch.records], ack
+
+            async def flush(self) -> None:
+                if self.unacked is not None:
+                    await mq.ack(self.unacked)
+                    self.unacked = None
 
         return _F()
 
@@ -452,8 +474,11 @@ async def _consume(
                     seen[seq] = 1
                     state["unique"] += 1
             await ack()
+            complete = state["unique"] >= n
+            if complete:
+                await fetcher.flush()  # the last batch's ack must have reached the server
             state["last_ack"] = time.time()
-            if state["unique"] >= n:
+            if complete:
                 finished.set()
 
     async with make_driver(spec.system, spec.url) as driver:
@@ -1110,7 +1135,10 @@ def render(
         f" {args.paced_inflight} batches in flight so the offered rate does not depend on"
         " publish latency).",
         "- Equivalent batching: telemetry-broker publishes a batch per request and fetches a"
-        " batch per lease, acked in one request; JetStream publishes a batch with async"
+        " batch per lease; each fetch request carries the ack of the consumer's previous lease"
+        " (the broker's piggybacked acks, applied durably before the fetch: one round trip per"
+        " batch; the final batch is acked with its own request before the clock stops);"
+        " JetStream publishes a batch with async"
         " publishes and waits for all acks, pull-consumer `fetch(batch)` + one ack per message;"
         " Redis pipelines a batch of XADDs, `XREADGROUP COUNT batch` + one XACK of all ids."
         f" Layout: telemetry-broker topic with {PARTITIONS} partitions keyed by GPU uuid;"

@@ -3,7 +3,7 @@
 from .app import base_app
 from .control import ReadinessCheck, control_blueprint
 from .errors import PROBLEM_JSON, APIError, problem, register_error_handlers
-from .httpmetrics import instrument
+from .httpmetrics import HttpMetrics, http_metrics, instrument
 from .logs import JsonFormatter, TextFormatter, logging_config
 from .serve import draining, hypercorn_config, run, serve_until_stopped
 from .settings import ServiceSettings
@@ -11,6 +11,7 @@ from .settings import ServiceSettings
 __all__ = [
     "PROBLEM_JSON",
     "APIError",
+    "HttpMetrics",
     "JsonFormatter",
     "ReadinessCheck",
     "ServiceSettings",
@@ -18,6 +19,7 @@ __all__ = [
     "base_app",
     "control_blueprint",
     "draining",
+    "http_metrics",
     "hypercorn_config",
     "instrument",
     "logging_config",

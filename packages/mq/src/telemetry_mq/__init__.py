@@ -5,6 +5,8 @@ HTTP client (``BrokerClient``).
 """
 
 from .client import BrokerClient
+from .config import BrokerConfig
+from .deadletter import DLQ_SUFFIX
 from .errors import (
     BacklogFullError,
     BrokerUnavailableError,
@@ -18,7 +20,7 @@ from .errors import (
     UnauthorizedError,
 )
 from .protocol import Batch, Delivery, partition_for
-from .server import DLQ_SUFFIX, Broker, BrokerConfig
+from .server import Broker
 from .stats import GroupPartitionStats, GroupStats, Observer, PartitionStats, TopicStats
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -27,7 +27,14 @@ from .errors import (
     TopicNotFoundError,
     UnauthorizedError,
 )
-from .protocol import NDJSON, Batch, decode_batch_ndjson, encode_publish
+from .protocol import (
+    EXPIRED_LEASES,
+    NDJSON,
+    Batch,
+    decode_batch_ndjson,
+    encode_publish,
+    parse_expired_leases,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +120,7 @@ class BrokerClient:
         accept: str = _JSON,
         extra_time: float = 0.0,
         topic: str | None = None,
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, Mapping[str, str]]:
         session = self._open()
         headers = {"Accept": accept}
         if body is not None:
@@ -128,7 +135,8 @@ class BrokerClient:
                 ) as resp:
                     data = await resp.read()
                     status = resp.status
-                    retry_after = resp.headers.get("Retry-After")
+                    resp_headers = resp.headers
+                    retry_after = resp_headers.get("Retry-After")
             except _RETRY_EXCEPTIONS as e:
                 if attempt >= self.max_retries:
                     raise BrokerUnavailableError(f"{method} {path}: {e!r}") from e
@@ -136,7 +144,7 @@ class BrokerClient:
                 log.debug("%s %s failed (%r), retry in %.3fs", method, path, e, delay)
             else:
                 if status < 300:
-                    return status, data
+                    return status, data, resp_headers
                 if status not in _RETRY_STATUSES or attempt >= self.max_retries:
                     raise _error(status, data, topic, retry_after)
                 delay = self._delay(attempt, retry_after)
@@ -146,7 +154,7 @@ class BrokerClient:
 
     async def _json(self, method: str, path: str, doc: Any = None, **kw: Any) -> Any:
         body = None if doc is None else orjson.dumps(doc)
-        _, data = await self._request(method, path, body, **kw)
+        _, data, _ = await self._request(method, path, body, **kw)
         return orjson.loads(data) if data else None
 
     # -- API ---------------------------------------------------------------------------------
@@ -168,7 +176,7 @@ class BrokerClient:
         """
         if not records:
             return []
-        _, data = await self._request(
+        _, data, _ = await self._request(
             "POST", f"/v1/topics/{topic}/records/", encode_publish(records), topic=topic
         )
         return [(p, o) for p, o in orjson.loads(data)["positions"]]
@@ -181,12 +189,27 @@ class BrokerClient:
         max_records: int = 1000,
         max_wait: float = 1.0,
         ack_wait: float | None = None,
+        ack: Batch | Sequence[Batch] | None = None,
     ) -> Batch | None:
-        """Lease the next records for ``group``, waiting up to ``max_wait``; None if none came."""
+        """Lease the next records for ``group``, waiting up to ``max_wait``; None if none came.
+
+        ``ack``: earlier batches of this topic and group to ack in the same round trip (all of
+        their records still leased), durably before the fetch, so a consumer loop needs one
+        request per batch. A lease that expired meanwhile does not fail the fetch: it is logged
+        (its records are redelivered, as after ``ack`` raised ``LeaseExpiredError``).
+        """
         doc: dict[str, Any] = {"max_records": max_records, "max_wait": max_wait}
         if ack_wait is not None:
             doc["ack_wait"] = ack_wait
-        status, data = await self._request(
+        if ack is not None:
+            acked = [ack] if isinstance(ack, Batch) else list(ack)
+            for b in acked:
+                if b.topic != topic or b.group != group:
+                    raise ValueError(
+                        f"cannot ack a batch of {b.topic}/{b.group} with a fetch of {topic}/{group}"
+                    )
+            doc["ack"] = [b.lease for b in acked]
+        status, data, headers = await self._request(
             "POST",
             f"/v1/topics/{topic}/groups/{group}/fetch",
             orjson.dumps(doc),
@@ -194,6 +217,15 @@ class BrokerClient:
             extra_time=max_wait,
             topic=topic,
         )
+        expired = parse_expired_leases(headers.get(EXPIRED_LEASES))
+        if expired:
+            log.warning(
+                "%s/%s: %d acked leases had expired; their records are redelivered: %s",
+                topic,
+                group,
+                len(expired),
+                ", ".join(expired),
+            )
         if status == 204 or not data:
             return None
         return decode_batch_ndjson(data)

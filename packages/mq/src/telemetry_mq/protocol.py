@@ -30,6 +30,10 @@ FRAME_HEAD: Final = struct.Struct("<IIQqH")
 FRAME_OVERHEAD: Final = FRAME_HEAD.size
 MAX_KEY_BYTES: Final = 1024
 NDJSON: Final = "application/x-ndjson"
+ACKED_RECORDS: Final = "Acked-Records"
+"""Fetch response header: records acked now by the leases the fetch carried in ``ack``."""
+EXPIRED_LEASES: Final = "Expired-Leases"
+"""Fetch response header: the carried leases that were unknown or expired (comma-separated)."""
 _NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
 
 
@@ -130,6 +134,11 @@ def decode_publish(body: bytes, max_records: int = 100_000) -> list[tuple[str, b
             raise ProtocolError(f"records[{i}].key is longer than {MAX_KEY_BYTES} bytes")
         out.append((key, dumps(rec["value"])))
     return out
+
+
+def parse_expired_leases(header: str | None) -> list[str]:
+    """The lease ids of an ``Expired-Leases`` header (none when it is absent)."""
+    return [lease for lease in (header or "").replace(" ", "").split(",") if lease]
 
 
 def _one_line(value: bytes) -> bytes:

@@ -3,6 +3,8 @@
 Pure asyncio plus files; the HTTP service in ``telemetry_broker`` is a thin layer over it.
 Blocking file writes and fsyncs run in the committer's worker threads; reads are ``pread`` calls
 on the event loop (a fetch reads at most ``max_fetch_bytes``, normally from the page cache).
+Topics (with their stats) live in ``topic.py``, dead-letter envelopes in ``deadletter.py``, the
+group bookkeeping in ``groups.py``; this module orchestrates them and awaits the commits.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import orjson
 
-from .commit import Committer, FsyncPolicy, Unit
+from .commit import Committer, Unit
+from .config import BrokerConfig
+from .deadletter import dlq_name, envelopes
 from .errors import (
     BacklogFullError,
     BrokerUnavailableError,
@@ -35,62 +38,13 @@ from .groups import Dead, Group
 from .journal import read_journal
 from .log import PartitionLog
 from .protocol import MAX_KEY_BYTES, Batch, Delivery, check_name
-from .stats import GroupPartitionStats, GroupStats, Observer, PartitionStats, TopicStats
+from .stats import GroupStats, Observer, TopicStats
+from .topic import Topic
 
 log = logging.getLogger(__name__)
 
-DLQ_SUFFIX: Final = ".dlq"
 _TOPIC_META: Final = "topic.json"
 _JOURNAL_SUFFIX: Final = ".journal"
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerConfig:
-    """Tunables of the broker core (the service fills them from ``BROKER_*`` env vars).
-
-    Sizes are bytes, durations seconds. ``retention_bytes`` is per partition;
-    ``max_backlog_bytes`` per topic.
-    """
-
-    default_partitions: int = 16
-    fsync: FsyncPolicy = "always"
-    fsync_interval: float = 0.05
-    segment_bytes: int = 64 * 1024 * 1024
-    retention_age: float | None = 3600.0
-    retention_bytes: int | None = None
-    max_backlog_bytes: int = 1024 * 1024 * 1024
-    max_record_bytes: int = 1024 * 1024
-    max_fetch_bytes: int = 4 * 1024 * 1024
-    default_ack_wait: float = 30.0
-    max_deliveries: int = 5
-    dlq_partitions: int = 1
-    journal_compact_bytes: int = 1024 * 1024
-    maintenance_interval: float | None = 1.0
-    retry_after: float = 1.0
-    commit_workers: int = 8
-
-
-class Topic:
-    """A topic: its partition logs and the consumer groups reading it."""
-
-    def __init__(self, name: str, path: Path, logs: list[PartitionLog]) -> None:
-        self.name = name
-        self.path = path
-        self.logs = logs
-        self.groups: dict[str, Group] = {}
-        self.changed = asyncio.Event()
-        for plog in logs:
-            plog.on_durable = self.notify
-
-    @property
-    def partitions(self) -> int:
-        """The partition count."""
-        return len(self.logs)
-
-    def notify(self) -> None:
-        """Wake every long-polling fetch of this topic."""
-        self.changed.set()
-        self.changed.clear()
 
 
 class Broker:
@@ -125,6 +79,7 @@ class Broker:
         self._lease_prefix = secrets.token_hex(4) + "-"
         self._create_lock = asyncio.Lock()
         self._closing = False
+        self._draining = False
         self._closed = False
         self._maintenance: asyncio.Task[None] | None = None
 
@@ -282,15 +237,7 @@ class Broker:
 
     def backlog_bytes(self, topic: Topic) -> int:
         """Unconsumed bytes: behind the slowest group, or the whole log if no group exists."""
-        if not topic.groups:
-            return sum(plog.size_bytes for plog in topic.logs)
-        worst = 0
-        for group in topic.groups.values():
-            behind = 0
-            for plog, cur in zip(topic.logs, group.cursors, strict=True):
-                behind += plog.end_pos - plog.pos(cur.committed)
-            worst = max(worst, behind)
-        return worst
+        return topic.backlog_bytes()
 
     async def publish(
         self, topic: str, records: Sequence[tuple[str, bytes]], *, _bypass_backlog: bool = False
@@ -356,8 +303,9 @@ class Broker:
     ) -> Batch | None:
         """Lease the next available records of one partition for ``group``.
 
-        Waits up to ``max_wait`` seconds for records; ``None`` when none came. The group is
-        created on its first fetch, starting at the earliest retained offset.
+        Waits up to ``max_wait`` seconds for records; ``None`` when none came, or at once while
+        the broker drains (``drain``). The group is created on its first fetch, starting at the
+        earliest retained offset.
         """
         if max_records < 1:
             raise ProtocolError("max_records must be at least 1")
@@ -367,10 +315,12 @@ class Broker:
         max_bytes = min(max_bytes or self.config.max_fetch_bytes, self.config.max_fetch_bytes)
         t = self.topic(topic)
         self._check_open()
+        if self._draining:
+            return None
         g = await self._group(t, group)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + max_wait
-        while not self._closing:
+        while not (self._closing or self._draining):
             await self._expire(t, g)
             now = self._clock()
             taken = g.take(
@@ -431,6 +381,32 @@ class Broker:
             self.observer.acked(topic, group, n)
         return n
 
+    async def ack_leases(
+        self, topic: str, group: str, leases: Sequence[str]
+    ) -> tuple[int, list[str]]:
+        """Ack every record of each lease, durable before it returns (one commit for all).
+
+        What a fetch with piggybacked acks does first. Returns the number of records acked
+        now and the leases that were unknown or expired: those do not raise (their records
+        are redelivered, as with ``ack``), so the caller's fetch still goes ahead.
+        """
+        t = self.topic(topic)
+        g = t.groups.get(group)
+        if g is None:
+            return 0, list(leases)
+        await self._expire(t, g)
+        n = 0
+        expired: list[str] = []
+        for lease in leases:
+            try:
+                n += g.ack(lease, None)
+            except LeaseExpiredError:
+                expired.append(lease)
+        if n:
+            await self._commit([g.journal], topic)
+            self.observer.acked(topic, group, n)
+        return n, expired
+
     async def nack(
         self,
         topic: str,
@@ -489,38 +465,20 @@ class Broker:
 
     async def _dead_letter(self, t: Topic, g: Group, dead: Dead, reason: str) -> None:
         p, offsets = dead
-        cur = g.cursors[p]
-        records = t.logs[p].read_offsets(offsets)
-        fragment = orjson.Fragment
-        envelopes = [
-            (
-                key,
-                orjson.dumps(
-                    {
-                        "reason": reason,
-                        "error": cur.errors.get(o),
-                        "origin": {
-                            "topic": t.name,
-                            "group": g.name,
-                            "partition": p,
-                            "offset": o,
-                            "timestamp_us": ts,
-                            "delivery_count": cur.counts.get(o, 0),
-                        },
-                        "value": fragment(value),
-                    }
-                ),
-            )
-            for o, ts, key, value in records
-        ]
-        dlq_name = t.name + DLQ_SUFFIX
+        letters = envelopes(t.name, g, dead, t.logs[p].read_offsets(offsets), reason)
+        dlq = dlq_name(t.name)
         try:
-            await self.create_topic(dlq_name, self.config.dlq_partitions)
-            await self.publish(dlq_name, envelopes, _bypass_backlog=True)
+            await self.create_topic(dlq, self.config.dlq_partitions)
+            await self.publish(dlq, letters, _bypass_backlog=True)
         except MQError as e:
             log.error("dead-lettering %d records of %s/%d failed: %s", len(offsets), t.name, p, e)
             g.restore(dead)
             return
+        except asyncio.CancelledError:
+            # The caller went away (a client disconnected mid-fetch): the records must not be
+            # stranded. If the dead letters were written, they come again (duplicates allowed).
+            g.restore(dead)
+            raise
         g.mark_dead(dead)
         await self._commit([g.journal], t.name)
         self.observer.dead_lettered(t.name, g.name, len(offsets), reason)
@@ -554,9 +512,7 @@ class Broker:
     async def _retain(self, t: Topic) -> None:
         if not t.groups:
             return  # nobody consumed anything yet: keep it all (backpressure bounds the size)
-        consumed = [
-            min(g.cursors[p].committed for g in t.groups.values()) for p in range(t.partitions)
-        ]
+        consumed = t.consumed()
         candidates = [
             p
             for p, plog in enumerate(t.logs)
@@ -578,54 +534,19 @@ class Broker:
 
     def group_stats(self, topic: str, group: str) -> GroupStats:
         """Committed offsets, lag and in-flight records of one group."""
-        t = self.topic(topic)
-        g = t.groups.get(group)
-        if g is None:
-            raise TopicNotFoundError(f"{topic}/{group}")
-        lags = g.lag(t.logs)
-        parts = [
-            GroupPartitionStats(
-                p, cur.committed, lags[p], len(cur.leased), len(cur.ready) + len(cur.delayed)
-            )
-            for p, cur in enumerate(g.cursors)
-        ]
-        backlog = sum(
-            plog.end_pos - plog.pos(cur.committed)
-            for plog, cur in zip(t.logs, g.cursors, strict=True)
-        )
-        return GroupStats(topic, group, sum(lags), g.in_flight(), backlog, parts)
+        return self.topic(topic).group_stats(group)
 
     def topic_stats(self, topic: str) -> TopicStats:
         """Partitions, groups and backlog of one topic."""
-        t = self.topic(topic)
-        parts = [
-            PartitionStats(
-                p, plog.start_offset, plog.next_offset, plog.size_bytes, len(plog.segments)
-            )
-            for p, plog in enumerate(t.logs)
-        ]
-        groups = [self.group_stats(topic, name) for name in sorted(t.groups)]
-        if groups:
-            backlog_records = max(g.lag for g in groups)
-        else:
-            backlog_records = sum(s.end_offset - s.start_offset for s in parts)
-        return TopicStats(
-            name=t.name,
-            partitions=t.partitions,
-            records=sum(s.end_offset - s.start_offset for s in parts),
-            bytes=sum(s.bytes for s in parts),
-            backlog_bytes=self.backlog_bytes(t),
-            backlog_records=backlog_records,
-            max_backlog_bytes=self.config.max_backlog_bytes,
-            partition_stats=parts,
-            groups=groups,
-        )
+        return self.topic(topic).stats(self.config.max_backlog_bytes)
 
     @property
     def healthy(self) -> str | None:
         """``None`` when the broker can serve, else why not."""
         if self._closing:
             return "shutting down"
+        if self._draining:
+            return "draining"
         for t in self.topics.values():
             for plog in t.logs:
                 if plog.failed is not None:
@@ -633,6 +554,16 @@ class Broker:
         return None
 
     # -- shutdown ----------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Stop leasing records: waiting fetches answer ``None`` now, later ones at once.
+
+        Publishes, acks and the other lease outcomes still work. The service calls it as soon
+        as a stop signal arrives, so open long-polls do not hold the shutdown.
+        """
+        self._draining = True
+        for t in self.topics.values():
+            t.notify()
 
     async def close(self) -> None:
         """Stop taking requests, commit and fsync everything pending, close every file."""

@@ -213,6 +213,39 @@ async def test_group_state_survives_a_restart(open_broker: OpenBroker) -> None:
     assert b.group_stats("t", "g").partitions[0].committed == 6
 
 
+async def test_ack_leases_acks_durably_and_reports_expired_leases(
+    open_broker: OpenBroker, clock: Clock
+) -> None:
+    b = await one_partition(open_broker, 6, default_ack_wait=10.0)
+    first = await b.fetch("t", "g", max_records=2)
+    late = await b.fetch("t", "g", max_records=2)
+    assert first is not None and late is not None
+    clock.advance(5)
+    second = await b.fetch("t", "g", max_records=2, ack_wait=60.0)
+    assert second is not None
+    clock.advance(6)  # first and late expire; second is still leased
+    acked, expired = await b.ack_leases("t", "g", [second.lease, late.lease, "nope"])
+    assert (acked, expired) == (2, [late.lease, "nope"])
+    assert await b.ack_leases("t", "g", [second.lease]) == (0, [])  # a retry: nothing new
+    assert await b.ack_leases("t", "other", [second.lease]) == (0, [second.lease])
+    await b.close()
+
+    b = await open_broker()  # the acks were durable: only 0-3 come again
+    again = await b.fetch("t", "g")
+    assert ids(again) == [0, 1, 2, 3]
+
+
+async def test_drain_ends_long_polls_and_stops_leasing(open_broker: OpenBroker) -> None:
+    b = await one_partition(open_broker, 0)
+    waiting = asyncio.create_task(b.fetch("t", "g", max_wait=30))
+    await asyncio.sleep(0)
+    b.drain()
+    assert await asyncio.wait_for(waiting, 5) is None
+    await b.publish("t", [("k", value(1))])  # publishing still works
+    assert await b.fetch("t", "g", max_wait=30) is None  # at once, records or not
+    assert b.healthy == "draining"
+
+
 async def test_journal_compaction_keeps_the_state(open_broker: OpenBroker, tmp_path: Path) -> None:
     b = await one_partition(open_broker, 0, journal_compact_bytes=512)
     for i in range(40):

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from importlib.metadata import version
 
 from prometheus_client import CollectorRegistry
 from quart import Quart
-from telemetry_kit import base_app
+from telemetry_kit import base_app, draining
 from telemetry_mq import Broker
 
 from .blueprints.groups import groups_blueprint
 from .blueprints.records import records_blueprint
 from .blueprints.topics import topics_blueprint
+from .fastpath import FastPath
 from .metrics import BacklogCollector, BrokerMetrics
 from .runtime import Runtime, register_mq_errors
 from .settings import BrokerSettings
@@ -44,9 +46,11 @@ def create_app(settings: BrokerSettings) -> Quart:
     register_mq_errors(app)
     registry.register(BacklogCollector(lambda: runtime.broker_or_none))
     token = settings.token.get_secret_value() if settings.token else None
+    # The hot routes (publish, fetch, lease outcomes) bypass Quart: see fastpath.py.
+    fast = FastPath(app, token=token, max_body=settings.max_request_bytes)
     app.register_blueprint(topics_blueprint(runtime, token))
-    app.register_blueprint(records_blueprint(runtime, token))
-    app.register_blueprint(groups_blueprint(runtime, token, settings.max_fetch_wait))
+    app.register_blueprint(records_blueprint(runtime, fast))
+    app.register_blueprint(groups_blueprint(runtime, token, fast, settings.max_fetch_wait))
     app.extensions["telemetry_broker"] = runtime
 
     @app.while_serving
@@ -56,10 +60,18 @@ def create_app(settings: BrokerSettings) -> Quart:
             await broker.create_topic(name, partitions)
         runtime.broker_or_none = broker
         log.info("broker open in %s", settings.data_dir)
+        # On SIGTERM, end the long-polls at once (204) rather than at their max_wait.
+        drain = asyncio.create_task(_drain_when(draining(app), broker))
         try:
             yield
         finally:
+            drain.cancel()
             runtime.broker_or_none = None
             await broker.close()
 
     return app
+
+
+async def _drain_when(stop: asyncio.Event, broker: Broker) -> None:
+    await stop.wait()
+    broker.drain()

@@ -1,4 +1,7 @@
-"""What the routes share: the open broker, the token check, body parsing, error mapping."""
+"""What the routes share: the open broker, the token check, body parsing, error mapping.
+
+Used by the Quart routes and by the ASGI fast path alike, so both answer the same way.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +42,17 @@ class Runtime:
         return broker
 
 
+def check_token(given: bytes, expected: bytes) -> None:
+    """Raise a 401 problem unless the ``Authorization`` value ``given`` is ``expected``."""
+    if not hmac.compare_digest(given, expected):
+        raise APIError(
+            401,
+            "UNAUTHORIZED",
+            "a valid bearer token is required",
+            headers={"WWW-Authenticate": 'Bearer realm="broker"'},
+        )
+
+
 def require_token(bp: Blueprint, token: str | None) -> None:
     """Answer 401 on every route of ``bp`` unless the request carries ``Bearer <token>``."""
     if not token:
@@ -47,14 +61,7 @@ def require_token(bp: Blueprint, token: str | None) -> None:
 
     @bp.before_request
     async def _check_token() -> None:
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise APIError(
-                401,
-                "UNAUTHORIZED",
-                "a valid bearer token is required",
-                headers={"WWW-Authenticate": 'Bearer realm="broker"'},
-            )
+        check_token(request.headers.get("Authorization", "").encode(), expected)
 
 
 async def request_body() -> bytes:
@@ -81,29 +88,34 @@ def json_response(doc: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(doc), status=status, content_type="application/json")
 
 
+def mq_problem(error: MQError) -> Response:
+    """The problem response for an error of the broker core."""
+    if isinstance(error, BacklogFullError):
+        return problem(
+            429,
+            "BACKLOG_FULL",
+            str(error),
+            headers={"Retry-After": str(max(1, round(error.retry_after)))},
+            backlog_bytes=error.backlog_bytes,
+            max_backlog_bytes=error.limit,
+        )
+    if isinstance(error, TopicNotFoundError):
+        return problem(404, "TOPIC_NOT_FOUND", str(error))
+    if isinstance(error, LeaseExpiredError):
+        return problem(409, "LEASE_EXPIRED", str(error))
+    if isinstance(error, ProtocolError):
+        return problem(400, "INVALID_REQUEST", str(error))
+    if isinstance(error, StorageError | BrokerUnavailableError):
+        code = "STORAGE_ERROR" if isinstance(error, StorageError) else "BROKER_UNAVAILABLE"
+        return problem(503, code, str(error), headers={"Retry-After": "1"})
+    if isinstance(error, CorruptLogError):
+        return problem(500, "CORRUPT_LOG", str(error))
+    return problem(500, "INTERNAL_SERVER_ERROR", str(error))
+
+
 def register_mq_errors(app: Quart) -> None:
-    """Map the core's errors to problem responses."""
+    """Map the core's errors to problem responses on the Quart routes."""
 
     @app.errorhandler(MQError)
     async def _mq_error(error: MQError) -> Response:
-        if isinstance(error, BacklogFullError):
-            return problem(
-                429,
-                "BACKLOG_FULL",
-                str(error),
-                headers={"Retry-After": str(max(1, round(error.retry_after)))},
-                backlog_bytes=error.backlog_bytes,
-                max_backlog_bytes=error.limit,
-            )
-        if isinstance(error, TopicNotFoundError):
-            return problem(404, "TOPIC_NOT_FOUND", str(error))
-        if isinstance(error, LeaseExpiredError):
-            return problem(409, "LEASE_EXPIRED", str(error))
-        if isinstance(error, ProtocolError):
-            return problem(400, "INVALID_REQUEST", str(error))
-        if isinstance(error, StorageError | BrokerUnavailableError):
-            code = "STORAGE_ERROR" if isinstance(error, StorageError) else "BROKER_UNAVAILABLE"
-            return problem(503, code, str(error), headers={"Retry-After": "1"})
-        if isinstance(error, CorruptLogError):
-            return problem(500, "CORRUPT_LOG", str(error))
-        return problem(500, "INTERNAL_SERVER_ERROR", str(error))
+        return mq_problem(error)

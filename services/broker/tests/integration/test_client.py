@@ -11,9 +11,11 @@ import pytest
 from telemetry_devstack import free_port
 from telemetry_mq import (
     BacklogFullError,
+    Batch,
     BrokerClient,
     BrokerUnavailableError,
     LeaseExpiredError,
+    MQError,
     ProtocolError,
     RequestTooLargeError,
     TopicNotFoundError,
@@ -97,3 +99,50 @@ async def test_unreachable_broker_raises_after_retries() -> None:
             await mq.publish("telemetry", [("k", b"1")])
         with pytest.raises(BrokerUnavailableError):
             await mq.fetch("telemetry", "g", max_wait=0)
+
+
+async def test_fetch_acks_the_previous_batch_in_the_same_round_trip(
+    start_broker: StartBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    proc = await start_broker(BROKER_ACK_WAIT="30")
+    async with BrokerClient(proc.url) as mq:
+        await mq.publish("telemetry", [(f"k{i}", orjson.dumps(i)) for i in range(20)])
+        seen: list[int] = []
+        batch = await mq.fetch("telemetry", "g", max_records=3, max_wait=0)
+        while batch is not None:
+            seen.extend(orjson.loads(d.value) for d in batch.records)
+            batch = await mq.fetch("telemetry", "g", max_records=3, max_wait=0, ack=batch)
+        assert sorted(seen) == list(range(20))
+        stats = await mq.topic_stats("telemetry")
+        assert stats["groups"][0]["lag"] == 0 and stats["groups"][0]["in_flight"] == 0
+
+        await mq.publish("telemetry", [("k", b"1")])
+        gone = replace(await _fetch(mq), lease="gone-1")
+        with caplog.at_level("WARNING", "telemetry_mq.client"):
+            assert await mq.fetch("telemetry", "g", max_wait=0, ack=gone) is None  # not raised
+        assert "gone-1" in caplog.text
+        with pytest.raises(ValueError, match="cannot ack"):
+            await mq.fetch("telemetry", "other", ack=gone)
+
+
+async def _fetch(mq: BrokerClient) -> Batch:
+    batch = await mq.fetch("telemetry", "g", max_wait=5)
+    assert batch is not None
+    return batch
+
+
+async def test_sigterm_ends_open_long_polls_at_once(start_broker: StartBroker) -> None:
+    # Without draining, Hypercorn would wait up to 30 s for the 25 s long-poll to end.
+    proc = await start_broker(BROKER_GRACEFUL_TIMEOUT="30")
+    async with BrokerClient(proc.url, max_retries=0) as mq:
+        waiting = asyncio.create_task(mq.fetch("telemetry", "g", max_wait=25))
+        async with asyncio.timeout(10):
+            while True:  # the group exists once the fetch is inside the broker, waiting
+                try:
+                    if (await mq.topic_stats("telemetry"))["groups"]:
+                        break
+                except MQError:
+                    pass
+                await asyncio.sleep(0.05)
+        assert await proc.stop(timeout=10) == 0  # exits on its own, not killed after 10 s
+        assert await asyncio.wait_for(waiting, 5) is None  # the long-poll answered 204

@@ -1,7 +1,12 @@
-"""The broker's HTTP API through ``app.test_client()`` (a real broker core on a temp dir)."""
+"""The broker's HTTP API through ``app.test_client()`` (a real broker core on a temp dir).
+
+The test client calls the app's ASGI entry, so the hot routes go through the fast path, as
+they do when Hypercorn serves the app.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from quart.typing import TestClientProtocol as Client
 from telemetry_broker import BrokerSettings, create_app
+from telemetry_broker.fastpath import FastPath
 from telemetry_mq.protocol import NDJSON, decode_batch_ndjson
 
 TOPIC = "/v1/topics/telemetry"
@@ -280,3 +286,84 @@ async def test_openapi_documents_the_api(client: Client) -> None:
     assert "requestBody" in publish_op and "200" in publish_op["responses"]
     assert "/healthz" not in paths and "/metrics" not in paths
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+async def test_fetch_carries_acks_of_earlier_leases(client: Client) -> None:
+    await publish(client, 10)
+    first = await fetch(client, max_records=3)
+    resp = await client.post(FETCH, json={"max_records": 100, "ack": [first["lease"]]})
+    assert resp.status_code == 200 and resp.headers["Acked-Records"] == str(len(first["records"]))
+    assert "Expired-Leases" not in resp.headers
+    second = await resp.get_json()
+    stats = await (await client.get(f"{TOPIC}/groups/collectors/")).get_json()
+    assert stats["in_flight"] == len(second["records"])  # the first lease is acked, not in flight
+    # An unknown (or expired) lease does not cost the fetch: it is reported instead.
+    resp = await client.post(FETCH, json={"ack": [second["lease"], "gone-1"]})
+    assert resp.headers["Acked-Records"] == str(len(second["records"]))
+    assert resp.headers["Expired-Leases"] == "gone-1"
+    acked = len(first["records"]) + len(second["records"])
+    if acked < 10:
+        assert resp.status_code == 200
+        third = await resp.get_json()
+        resp = await client.post(FETCH, json={"ack": [third["lease"]]})
+        acked += int(resp.headers["Acked-Records"])
+    assert resp.status_code == 204 or acked < 10
+    again = await client.post(FETCH, json={"ack": [first["lease"]]})  # a retried ack
+    assert again.headers["Acked-Records"] == "0" and "Expired-Leases" not in again.headers
+
+
+@pytest.mark.parametrize("ack", [["bad lease"], "x", [1], ["x"] * 1001])
+async def test_fetch_with_malformed_acks_is_400(client: Client, ack: Any) -> None:
+    await assert_problem(await client.post(FETCH, json={"ack": ack}), 400, "INVALID_REQUEST")
+
+
+async def test_hot_routes_are_served_by_the_fast_path(tmp_path: Path) -> None:
+    app = create_app(settings(tmp_path))
+    fast = app.asgi_app
+    assert isinstance(fast, FastPath)
+    # Every documentation-only view is shadowed by the dispatcher, so none can ever answer.
+    stubs = [r for r in app.url_map.iter_rules() if r.endpoint.startswith(("records.", "groups."))]
+    hot = [r for r in stubs if r.endpoint != "groups.group_stats"]
+    assert len(hot) == 6
+    for rule in hot:
+        path = rule.rule.replace("<topic>", "t").replace("<group>", "g").replace("<lease>", "l")
+        assert fast.match("POST", path) is not None, rule.rule
+    assert fast.match("GET", "/v1/topics/t/groups/g/fetch") is None
+    assert fast.match("POST", "/v1/topics/t/records") is None  # Quart redirects that one
+    assert fast.match("POST", "/v1/topics//records/") is None
+
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await publish(client, 3)
+        await fetch(client)
+        wrong_method = await client.get(FETCH)
+        await assert_problem(wrong_method, 405)
+
+        async def count(route: str, status: str | None = None) -> float | None:
+            if status is None:
+                name, labels = "telemetry_broker_http_request_duration_seconds_count", {}
+            else:
+                name, labels = "telemetry_broker_http_requests_total", {"status": status}
+            labels = {"method": "POST", "route": route, **labels}
+            text = (await raw(await client.get("/metrics"))).decode()
+            for family in text_string_to_metric_families(text):
+                for s in family.samples:
+                    if s.name == name and s.labels == labels:
+                        return s.value
+            return None
+
+        assert await count("/v1/topics/<topic>/records/", "200") == 1
+        assert await count("/v1/topics/<topic>/groups/<group>/fetch", "200") == 1
+        await client.post(f"{TOPIC}/records/", data=b"{")
+        assert await count("/v1/topics/<topic>/records/", "400") == 1
+        assert await count("/v1/topics/<topic>/records/") == 2
+
+
+async def test_a_long_poll_is_cancelled_when_the_client_goes_away(client: Client) -> None:
+    async with client.request(FETCH, method="POST") as connection:
+        await connection.send(orjson.dumps({"max_wait": 30}))
+        await connection.send_complete()
+        await asyncio.sleep(0.05)  # the fetch is waiting now
+        await connection.disconnect()
+    await publish(client, 1)  # had the fetch still been waiting, it would lease this record
+    assert (await fetch(client))["records"][0]["delivery_count"] == 1

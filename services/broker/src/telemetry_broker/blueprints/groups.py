@@ -1,17 +1,29 @@
-"""Consumer groups: fetch a lease, settle it (ack, nack, reject, extend), group stats."""
+"""Consumer groups: fetch a lease, settle it (ack, nack, reject, extend), group stats.
+
+Fetch and the lease outcomes are hot routes, served by the fast path; group stats by Quart.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
-from quart import Blueprint, Response, request
-from quart_schema import document_request, document_response, tag_blueprint
+from quart import Blueprint, Response
+from quart_schema import document_response, tag_blueprint
 from telemetry_kit import APIError
 from telemetry_mq import GroupStats
-from telemetry_mq.protocol import NDJSON, encode_batch_json, encode_batch_ndjson
+from telemetry_mq.protocol import (
+    ACKED_RECORDS,
+    EXPIRED_LEASES,
+    NDJSON,
+    encode_batch_json,
+    encode_batch_ndjson,
+)
 
-from ..runtime import Runtime, json_response, parse, request_body, require_token
+from ..fastpath import FastPath, FastRequest, FastResponse
+from ..runtime import Runtime, json_response, parse, require_token
+
+LeaseId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,100}$")]
 
 
 class FetchRequest(BaseModel):
@@ -21,6 +33,14 @@ class FetchRequest(BaseModel):
     max_wait: float = Field(0.0, ge=0, description="Long-poll: seconds to wait for records.")
     ack_wait: float | None = Field(None, gt=0, le=86_400, description="Lease duration (s).")
     max_bytes: int | None = Field(None, ge=1, description="Bound on the batch size in bytes.")
+    ack: list[LeaseId] | None = Field(
+        None,
+        max_length=1000,
+        description="Leases of this group to ack in full first, durably, as with /ack. The"
+        " answer (200 or 204) carries Acked-Records (records acked now) and, if some of these"
+        " leases were unknown or expired, Expired-Leases (comma-separated): that never fails"
+        " the fetch.",
+    )
 
 
 class FetchedRecord(BaseModel):
@@ -85,19 +105,29 @@ class Extended(BaseModel):
     ack_wait: float
 
 
-def groups_blueprint(runtime: Runtime, token: str | None, max_fetch_wait: float) -> Blueprint:
-    """Build the consumer-groups blueprint."""
+def groups_blueprint(
+    runtime: Runtime, token: str | None, fast: FastPath, max_fetch_wait: float
+) -> Blueprint:
+    """Build the consumer-groups blueprint and register its hot routes with ``fast``."""
     bp = Blueprint("groups", __name__, url_prefix="/v1/topics/<topic>/groups/<group>")
     tag_blueprint(bp, ["consumer groups"])
     require_token(bp, token)
 
-    @bp.post("/fetch")
-    @document_request(FetchRequest)
-    @document_response(FetchResponse)
-    async def fetch(topic: str, group: str) -> Response:
-        """Lease the next records of one partition; 204 when none came within max_wait."""
+    @fast.post(bp, "/fetch", FetchRequest, (FetchResponse, 200), long_poll=True)
+    async def fetch(req: FastRequest, topic: str, group: str) -> FastResponse:
+        """Lease the next records of one partition; 204 when none came within max_wait.
+
+        With ``ack``, the leases of the consumer's previous batches are acked first (durable
+        before the answer), so a consumer loop needs one round trip per batch.
+        """
         broker = runtime.broker
-        data = parse(FetchRequest, await request_body())
+        data = parse(FetchRequest, req.body)
+        headers: list[tuple[str, str]] = []
+        if data.ack:
+            acked, expired = await broker.ack_leases(topic, group, data.ack)
+            headers.append((ACKED_RECORDS, str(acked)))
+            if expired:
+                headers.append((EXPIRED_LEASES, ",".join(expired)))
         batch = await broker.fetch(
             topic,
             group,
@@ -107,48 +137,42 @@ def groups_blueprint(runtime: Runtime, token: str | None, max_fetch_wait: float)
             max_bytes=data.max_bytes,
         )
         if batch is None:
-            return Response(b"", status=204)
-        if NDJSON in request.headers.get("Accept", ""):
-            return Response(encode_batch_ndjson(batch), content_type=NDJSON)
-        return Response(encode_batch_json(batch), content_type="application/json")
+            return FastResponse(status=204, headers=headers)
+        if NDJSON in req.header(b"accept"):
+            return FastResponse(encode_batch_ndjson(batch), content_type=NDJSON, headers=headers)
+        return FastResponse(encode_batch_json(batch), headers=headers)
 
-    @bp.post("/leases/<lease>/ack")
-    @document_request(Settle)
-    @document_response(Settled)
-    async def ack(topic: str, group: str, lease: str) -> Response:
+    on_lease = "/leases/<lease>"
+
+    @fast.post(bp, f"{on_lease}/ack", Settle, (Settled, 200))
+    async def ack(req: FastRequest, topic: str, group: str, lease: str) -> FastResponse:
         """Ack records of the lease; durable before the answer. 409 if the lease expired."""
-        data = parse(Settle, await request_body())
+        data = parse(Settle, req.body)
         n = await runtime.broker.ack(topic, group, lease, data.offsets)
-        return json_response({"records": n})
+        return FastResponse.json({"records": n})
 
-    @bp.post("/leases/<lease>/nack")
-    @document_request(NackRequest)
-    @document_response(Settled)
-    async def nack(topic: str, group: str, lease: str) -> Response:
+    @fast.post(bp, f"{on_lease}/nack", NackRequest, (Settled, 200))
+    async def nack(req: FastRequest, topic: str, group: str, lease: str) -> FastResponse:
         """Hand records back for redelivery after an optional delay."""
-        data = parse(NackRequest, await request_body())
+        data = parse(NackRequest, req.body)
         n = await runtime.broker.nack(
             topic, group, lease, data.offsets, delay=data.delay, error=data.error
         )
-        return json_response({"records": n})
+        return FastResponse.json({"records": n})
 
-    @bp.post("/leases/<lease>/reject")
-    @document_request(RejectRequest)
-    @document_response(Settled)
-    async def reject(topic: str, group: str, lease: str) -> Response:
+    @fast.post(bp, f"{on_lease}/reject", RejectRequest, (Settled, 200))
+    async def reject(req: FastRequest, topic: str, group: str, lease: str) -> FastResponse:
         """Move records of the lease to the dead-letter topic now."""
-        data = parse(RejectRequest, await request_body())
+        data = parse(RejectRequest, req.body)
         n = await runtime.broker.reject(topic, group, lease, data.offsets, error=data.error)
-        return json_response({"records": n})
+        return FastResponse.json({"records": n})
 
-    @bp.post("/leases/<lease>/extend")
-    @document_request(ExtendRequest)
-    @document_response(Extended)
-    async def extend(topic: str, group: str, lease: str) -> Response:
+    @fast.post(bp, f"{on_lease}/extend", ExtendRequest, (Extended, 200))
+    async def extend(req: FastRequest, topic: str, group: str, lease: str) -> FastResponse:
         """Extend the lease (the consumer is still working on it)."""
-        data = parse(ExtendRequest, await request_body())
+        data = parse(ExtendRequest, req.body)
         granted = await runtime.broker.extend(topic, group, lease, data.ack_wait)
-        return json_response({"ack_wait": granted})
+        return FastResponse.json({"ack_wait": granted})
 
     @bp.get("/")
     @document_response(GroupStats)

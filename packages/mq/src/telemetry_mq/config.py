@@ -1,0 +1,33 @@
+"""The broker core's tunables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .commit import FsyncPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Tunables of the broker core (the service fills them from ``BROKER_*`` env vars).
+
+    Sizes are bytes, durations seconds. ``retention_bytes`` is per partition;
+    ``max_backlog_bytes`` per topic.
+    """
+
+    default_partitions: int = 16
+    fsync: FsyncPolicy = "always"
+    fsync_interval: float = 0.05
+    segment_bytes: int = 64 * 1024 * 1024
+    retention_age: float | None = 3600.0
+    retention_bytes: int | None = None
+    max_backlog_bytes: int = 1024 * 1024 * 1024
+    max_record_bytes: int = 1024 * 1024
+    max_fetch_bytes: int = 4 * 1024 * 1024
+    default_ack_wait: float = 30.0
+    max_deliveries: int = 5
+    dlq_partitions: int = 1
+    journal_compact_bytes: int = 1024 * 1024
+    maintenance_interval: float | None = 1.0
+    retry_after: float = 1.0
+    commit_workers: int = 8

@@ -1,0 +1,89 @@
+"""A topic: its partition logs, the consumer groups reading it, its backlog and stats."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from .errors import TopicNotFoundError
+from .groups import Group
+from .log import PartitionLog
+from .stats import GroupPartitionStats, GroupStats, PartitionStats, TopicStats
+
+
+class Topic:
+    """A topic: its partition logs and the consumer groups reading it."""
+
+    def __init__(self, name: str, path: Path, logs: list[PartitionLog]) -> None:
+        self.name = name
+        self.path = path
+        self.logs = logs
+        self.groups: dict[str, Group] = {}
+        self.changed = asyncio.Event()
+        for plog in logs:
+            plog.on_durable = self.notify
+
+    @property
+    def partitions(self) -> int:
+        """The partition count."""
+        return len(self.logs)
+
+    def notify(self) -> None:
+        """Wake every long-polling fetch of this topic."""
+        self.changed.set()
+        self.changed.clear()
+
+    def backlog_bytes(self) -> int:
+        """Unconsumed bytes: behind the slowest group, or the whole log if no group exists."""
+        if not self.groups:
+            return sum(plog.size_bytes for plog in self.logs)
+        return max(self._behind(g) for g in self.groups.values())
+
+    def _behind(self, group: Group) -> int:
+        return sum(
+            plog.end_pos - plog.pos(cur.committed)
+            for plog, cur in zip(self.logs, group.cursors, strict=True)
+        )
+
+    def consumed(self) -> list[int]:
+        """Per partition, the offset below which every group is done (retention's bound)."""
+        return [
+            min(g.cursors[p].committed for g in self.groups.values())
+            for p in range(self.partitions)
+        ]
+
+    def group_stats(self, group: str) -> GroupStats:
+        """Committed offsets, lag and in-flight records of one group."""
+        g = self.groups.get(group)
+        if g is None:
+            raise TopicNotFoundError(f"{self.name}/{group}")
+        lags = g.lag(self.logs)
+        parts = [
+            GroupPartitionStats(
+                p, cur.committed, lags[p], len(cur.leased), len(cur.ready) + len(cur.delayed)
+            )
+            for p, cur in enumerate(g.cursors)
+        ]
+        return GroupStats(self.name, group, sum(lags), g.in_flight(), self._behind(g), parts)
+
+    def stats(self, max_backlog_bytes: int) -> TopicStats:
+        """Partitions, groups and backlog."""
+        parts = [
+            PartitionStats(
+                p, plog.start_offset, plog.next_offset, plog.size_bytes, len(plog.segments)
+            )
+            for p, plog in enumerate(self.logs)
+        ]
+        groups = [self.group_stats(name) for name in sorted(self.groups)]
+        records = sum(s.end_offset - s.start_offset for s in parts)
+        return TopicStats(
+            name=self.name,
+            partitions=self.partitions,
+            records=records,
+            bytes=sum(s.bytes for s in parts),
+            backlog_bytes=self.backlog_bytes(),
+            backlog_records=max(g.lag for g in groups) if groups else records,
+            max_backlog_bytes=max_backlog_bytes,
+            partition_stats=parts,
+            groups=groups,
+        )
