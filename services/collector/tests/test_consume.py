@@ -69,8 +69,8 @@ async def test_batch_is_stored_then_acked(mq, db, consumer_factory):
         registry.get_sample_value("telemetry_collector_datapoints_stored_total", {"topic": TOPIC})
         == 300
     )
-    # Acked: nothing is left to fetch.
-    assert await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=0.2) is None
+    # Stored and committed; the ack rides on the next fetch, which then finds nothing left.
+    assert await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=0.2, ack=batch) is None
 
 
 async def test_invalid_records_go_to_the_dead_letter_topic(mq, db, consumer_factory):
@@ -88,7 +88,7 @@ async def test_invalid_records_go_to_the_dead_letter_topic(mq, db, consumer_fact
     )
     dead = await mq.fetch(f"{TOPIC}.dlq", "inspect", max_records=10, max_wait=2.0)
     assert dead is not None and len(dead.records) == 2
-    assert await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=0.2) is None
+    assert await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=0.2, ack=batch) is None
 
 
 async def test_database_failure_nacks_and_the_redelivery_is_stored(mq, db, consumer_factory):
@@ -122,7 +122,8 @@ async def test_redelivered_datapoints_are_not_stored_twice(mq, db, consumer_fact
     batch = await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=2.0)
     assert await consumer.handle(batch)
     await mq.publish(TOPIC, records(40))  # the same datapoints published again
-    batch = await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=2.0)
+    batch = await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=2.0, ack=batch)
+    assert batch is not None and len(batch.records) == 40
     assert await consumer.handle(batch)
     assert await count(db) == 40
     assert (

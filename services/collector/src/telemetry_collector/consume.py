@@ -55,6 +55,8 @@ class Consumer:
 
     async def _worker(self, index: int, stop: asyncio.Event) -> None:
         failures = 0
+        # A committed batch whose ack rides on the next fetch: one round trip per batch.
+        done: Batch | None = None
         while not stop.is_set():
             try:
                 batch = await self._broker.fetch(
@@ -63,24 +65,38 @@ class Consumer:
                     max_records=self._batch_size,
                     max_wait=self._max_wait,
                     ack_wait=self._ack_wait,
+                    ack=done,
                 )
             except Exception:
+                # ``done`` is kept: the next fetch sends the same ack again (safe to repeat).
                 self.healthy = False
                 failures += 1
                 log.exception("fetch failed (worker %d)", index)
                 await _wait(stop, _backoff(failures))
                 continue
+            done = None
             self.healthy = True
             if batch is None:
                 continue
             if await self.handle(batch):
+                done = batch
                 failures = 0
             else:
                 failures += 1
                 await _wait(stop, _backoff(failures))
+        if done is not None:
+            try:
+                await self._broker.ack(done)
+            except Exception:
+                # Stored already: the redelivery is absorbed by the idempotent insert.
+                log.exception("final ack failed (worker %d); the batch will be redelivered", index)
 
     async def handle(self, batch: Batch) -> bool:
-        """Store one batch and ack it; on failure nack it for redelivery. True on success."""
+        """Store one batch (invalid records go to the DLQ); on failure nack it. True if stored.
+
+        The caller acks a stored batch (after the commit, never before): the worker loop
+        piggybacks the ack on its next fetch.
+        """
         began = time.perf_counter()
         points: list[Datapoint] = []
         encoded: list[bytes] = []
@@ -109,10 +125,6 @@ class Consumer:
                 log.exception("nack failed; the lease will expire and redeliver")
             inserted = 0
         else:
-            bad = set(invalid)
-            valid = [r.offset for r in batch.records if r.offset not in bad]
-            if valid:
-                await self._broker.ack(batch, offsets=valid)
             self._metrics.stored.labels(self._topic).inc(inserted)
             self._metrics.duplicates.labels(self._topic).inc(len(encoded) - inserted)
         duration = time.perf_counter() - began
