@@ -75,8 +75,9 @@ class Stack:
             data_dir=str(c.data_dir / "broker"),
             topics=c.topic,
         )
+        # Everything starts at once: the services wait for the broker (and the database)
+        # themselves and report ready only once they can work, so nothing waits in line.
         await self.broker.start()
-        await self.broker.wait_ready(timeout)
         for _ in range(c.collectors):
             self.collectors.append(self._collector())
         self.api = self._service(
@@ -87,7 +88,7 @@ class Stack:
         rest = [*self.collectors, self.api, *self.streamers]
         for p in rest:
             await p.start()
-        await asyncio.gather(*(p.wait_ready(timeout) for p in rest))
+        await asyncio.gather(*(p.wait_ready(timeout) for p in [self.broker, *rest]))
 
     def _shared(self) -> dict[str, str]:
         assert self.broker is not None, "start the stack first"

@@ -150,7 +150,7 @@ class Consumer:
 
 
 def _backoff(failures: int) -> float:
-    return min(30.0, 0.2 * 2.0 ** min(failures, 8)) * random.uniform(0.5, 1.0)
+    return min(5.0, 0.2 * 2.0 ** min(failures, 8)) * random.uniform(0.5, 1.0)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
