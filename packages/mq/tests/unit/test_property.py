@@ -175,7 +175,7 @@ class BrokerMachine(RuleBasedStateMachine):
 
 TestBrokerProperties = BrokerMachine.TestCase
 TestBrokerProperties.settings = settings(
-    max_examples=200,
+    max_examples=300,
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
