@@ -191,3 +191,14 @@ def test_public_surface():
     assert sorted(telemetry_kit.__all__) == sorted(
         n for n in dir(telemetry_kit) if not n.startswith("_") and n not in modules
     )
+
+
+async def test_wait_or_stop():
+    import asyncio
+
+    from telemetry_kit import wait_or_stop
+
+    stop = asyncio.Event()
+    assert await wait_or_stop(stop, 0.01) is False
+    stop.set()
+    assert await wait_or_stop(stop, 60) is True  # returns at once when stopped

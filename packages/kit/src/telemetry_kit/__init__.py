@@ -5,7 +5,7 @@ from .control import ReadinessCheck, control_blueprint
 from .errors import PROBLEM_JSON, APIError, problem, register_error_handlers
 from .httpmetrics import HttpMetrics, http_metrics, instrument
 from .logs import JsonFormatter, TextFormatter, logging_config
-from .serve import draining, hypercorn_config, run, serve_until_stopped
+from .serve import draining, hypercorn_config, run, serve_until_stopped, wait_or_stop
 from .settings import ServiceSettings
 
 __all__ = [
@@ -27,4 +27,5 @@ __all__ = [
     "register_error_handlers",
     "run",
     "serve_until_stopped",
+    "wait_or_stop",
 ]

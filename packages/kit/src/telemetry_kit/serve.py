@@ -17,6 +17,15 @@ from .settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to ``seconds``, waking early when ``stop`` is set; True if it was set."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
 def draining(app: Quart) -> asyncio.Event:
     """Set as soon as a stop signal arrives, before Hypercorn drains open requests.
 

@@ -8,6 +8,7 @@ import random
 import time
 
 import aiopg
+from telemetry_kit import wait_or_stop
 from telemetry_model import Datapoint, DecodeError, decode
 from telemetry_mq import Batch, BrokerClient
 from telemetry_store import migrate_when_reachable
@@ -72,7 +73,7 @@ class Consumer:
                 self.healthy = False
                 failures += 1
                 log.exception("fetch failed (worker %d)", index)
-                await _wait(stop, _backoff(failures))
+                await wait_or_stop(stop, _backoff(failures))
                 continue
             done = None
             self.healthy = True
@@ -83,7 +84,7 @@ class Consumer:
                 failures = 0
             else:
                 failures += 1
-                await _wait(stop, _backoff(failures))
+                await wait_or_stop(stop, _backoff(failures))
         if done is not None:
             try:
                 await self._broker.ack(done)
@@ -151,10 +152,3 @@ class Consumer:
 
 def _backoff(failures: int) -> float:
     return min(5.0, 0.2 * 2.0 ** min(failures, 8)) * random.uniform(0.5, 1.0)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import aiopg
 import orjson
+from telemetry_kit import wait_or_stop
 from telemetry_model import Sample, WireTemplate
 from telemetry_mq import BrokerClient
 from telemetry_store import Claim, claim, migrate_when_reachable, transaction
@@ -101,14 +102,14 @@ class Replayer:
                 break
             except Exception:
                 log.exception("creating topic %s failed; retrying", self._topic)
-                await _wait(stop, 1.0)
+                await wait_or_stop(stop, 1.0)
         while not stop.is_set():
             try:
                 chunk = await self._claim()
             except Exception:
                 self.healthy = False
                 log.exception("claiming from the work index failed; retrying")
-                await _wait(stop, 1.0)
+                await wait_or_stop(stop, 1.0)
                 continue
             stop_at = chunk.stop
             if self._loops:
@@ -156,7 +157,7 @@ class Replayer:
                 log.exception("publish of seq %d..%d failed; retrying", start, end - 1)
                 if stop.is_set():
                     return False
-                await _wait(stop, 1.0)
+                await wait_or_stop(stop, 1.0)
                 continue
             break
         self.healthy = True
@@ -164,10 +165,3 @@ class Replayer:
         self._metrics.published.labels(self._topic).inc(end - start)
         self._metrics.loop.set((end - 1) // n)
         return True
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
