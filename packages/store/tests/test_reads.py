@@ -6,7 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
+from telemetry_model import METRICS_BY_ID
 from telemetry_store import (
     BucketKey,
     GpuKey,
@@ -21,6 +23,14 @@ from telemetry_store import (
     read_buckets,
     read_window,
     window_query,
+)
+from telemetry_store.reads import (
+    GpuJsonPage,
+    JsonPage,
+    _statement,
+    list_gpus_json,
+    read_window_json,
+    window_json_query,
 )
 
 T0 = datetime(2025, 7, 18, 20, 0, tzinfo=UTC)
@@ -172,6 +182,20 @@ async def test_window_query_uses_the_time_index(fresh_database_url):
                 await cur.execute("EXPLAIN (FORMAT JSON) " + sql, params)
                 (raw,) = await cur.fetchone()
                 plans[name] = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
+            # The API's query: the same walk, rendered without a sort.
+            sql, params = window_json_query(
+                "GPU-x7", start=window.start, end=window.end, limit=1000
+            )
+            await cur.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+            (raw,) = await cur.fetchone()
+            plans["json"] = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
+            # It runs prepared: after five runs PostgreSQL may switch to the generic plan.
+            _, prepare, execute = _statement(sql)
+            await cur.execute("SET plan_cache_mode = force_generic_plan")
+            await cur.execute(prepare)
+            await cur.execute("EXPLAIN (FORMAT JSON) " + execute, params)
+            (raw,) = await cur.fetchone()
+            plans["generic"] = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
     finally:
         pool.close()
         await pool.wait_closed()
@@ -187,3 +211,142 @@ async def test_window_query_uses_the_time_index(fresh_database_url):
     assert len(scans) == 1 and scans[0]["Index Name"] == "telemetry_gpu_time", plans["next"]
     assert "stream_id, seq) >" in scans[0]["Index Cond"], scans[0]
     assert "Seq Scan" not in {n["Node Type"] for n in nxt}
+    for name in ("json", "generic"):
+        rendered = _nodes(plans[name])
+        scans = [n for n in rendered if n.get("Relation Name") == "telemetry"]
+        assert [(n["Node Type"], n["Index Name"]) for n in scans] == [
+            ("Index Scan", "telemetry_gpu_time")
+        ], plans[name]
+        assert "Sort" not in {n["Node Type"] for n in rendered}, plans[name]
+
+
+# --- the JSON renderings: byte for byte what orjson makes of the rows ------------------------
+
+
+def _points_json(points: list[Any]) -> str:
+    return orjson.dumps(
+        [
+            {
+                "time": p.ts.astimezone(UTC),
+                "metric": METRICS_BY_ID[p.metric_id].name,
+                "unit": METRICS_BY_ID[p.metric_id].unit,
+                "value": p.value,
+                "container": p.container,
+                "pod": p.pod,
+                "namespace": p.namespace,
+            }
+            for p in points
+        ],
+        option=orjson.OPT_UTC_Z,
+    ).decode()
+
+
+def _gpus_json(rows: list[Any]) -> str:
+    return orjson.dumps(
+        [
+            {
+                "id": r.uuid,
+                "hostname": r.hostname,
+                "index": r.index,
+                "device": r.device,
+                "model": r.model,
+                "driver_version": r.driver_version,
+                "first_seen": r.first_seen.astimezone(UTC),
+                "last_seen": r.last_seen.astimezone(UTC),
+            }
+            for r in rows
+        ],
+        option=orjson.OPT_UTC_Z,
+    ).decode()
+
+
+async def _json_pages(cur: Any, uuid: str, size: int, **window: Any) -> list[JsonPage]:
+    pages, after = [], None
+    while True:
+        page = await read_window_json(cur, uuid, limit=size, after=after, **window)
+        assert page is not None
+        pages.append(page)
+        if page.last is None:
+            return pages
+        after = page.last
+
+
+async def test_window_json_is_what_orjson_makes_of_the_rows_page_by_page(cur, seeded):
+    whole = await read_window(cur, Window(seeded["GPU-a"]), limit=100)
+    assert len(whole) == 36
+    for size in (1, 5, 35, 36, 37, 1000):  # 36 exactly: a last page, no cursor
+        pages = await _json_pages(cur, "GPU-a", size)
+        assert len(pages) == -(-36 // size)
+        for n, page in enumerate(pages):
+            rows = whole[n * size : (n + 1) * size]
+            assert f"[{page.items}]" == _points_json(rows) and page.count == len(rows)
+            assert page.last == (rows[-1].key if n < len(pages) - 1 else None)
+    window = {"start": T0 + timedelta(seconds=10), "end": T0 + timedelta(seconds=30)}
+    rows = await read_window(cur, Window(seeded["GPU-b"], metric_ids=(2,), **window), limit=99)
+    page = await read_window_json(cur, "GPU-b", metric_ids=(2,), limit=99, **window)
+    assert page is not None and page.count == len(rows) == 6
+    assert f"[{page.items}]" == _points_json(rows)
+
+
+async def test_window_json_of_unknown_gpu_is_none_and_empty_window_is_empty(cur, seeded):
+    assert await read_window_json(cur, "GPU-zzz", limit=10) is None
+    assert await read_window_json(cur, "GPU-c", limit=10) == JsonPage("", 0, None)
+    later = T0 + timedelta(days=1)
+    assert await read_window_json(cur, "GPU-a", start=later, limit=10) == JsonPage("", 0, None)
+
+
+async def test_window_json_renders_times_values_and_labels_exactly(cur, seeded):
+    # Fractional and whole times; integral, tiny, large and negative values; labels that
+    # need escaping. Times and values not a JSON writer's favourites either way.
+    gpu = seeded["GPU-c"]
+    odd = [
+        (T0 + timedelta(microseconds=250000), 50.0, None, None, None),
+        (T0 + timedelta(microseconds=1), -0.0, 'c"1\\', "pod\n\x01", "ns-é-✓"),
+        (T0 + timedelta(seconds=1, microseconds=999999), 48.67, "", None, "x"),
+        (T0 + timedelta(seconds=2), 123456789012345.6, None, "p", None),
+        (T0 + timedelta(seconds=3), 1e14, None, None, None),
+        (T0 + timedelta(seconds=4), -7.0, None, None, None),
+        (T0 + timedelta(seconds=5), 0.5, None, None, None),
+    ]
+    for seq, (ts, value, container, pod, namespace) in enumerate(odd):
+        await cur.execute(
+            "INSERT INTO telemetry (gpu_id, ts, metric_id, value, stream_id, seq, container,"
+            " pod, namespace) SELECT %s, %s, 7, %s, id, %s, %s, %s, %s FROM streams"
+            " WHERE name = 's1'",
+            (gpu, ts, value, 10_000 + seq, container, pod, namespace),
+        )
+    rows = await read_window(cur, Window(gpu), limit=100)
+    page = await read_window_json(cur, "GPU-c", limit=100)
+    assert page is not None and f"[{page.items}]" == _points_json(rows)
+    assert orjson.loads(f"[{page.items}]")[0]["pod"] == "pod\n\x01"
+
+
+async def test_window_json_prepares_each_query_shape_once_per_connection(cur, seeded):
+    after = PointKey(T0, 0, 0)
+    for _ in range(2):
+        for kwargs in ({}, {"metric_ids": (1, 2)}, {"after": after}, {"start": T0, "end": T0}):
+            assert await read_window_json(cur, "GPU-a", limit=3, **kwargs) is not None
+    await cur.execute("SELECT count(*) FROM pg_prepared_statements WHERE name ~ '^telemetry_'")
+    assert (await cur.fetchone())[0] == 4
+
+
+async def test_prepared_window_json_survives_discard_all_outside_a_transaction(pool):
+    async with cursor(pool) as cur:
+        assert await read_window_json(cur, "GPU-none", limit=1) is None
+        await cur.execute("DISCARD ALL")
+        assert await read_window_json(cur, "GPU-none", limit=1) is None
+
+
+async def test_gpu_list_json_is_what_orjson_makes_of_the_rows(cur, seeded):
+    await cur.execute(
+        "UPDATE gpus SET last_seen = last_seen + interval '0.000123 s' WHERE uuid = 'GPU-b'"
+    )
+    rows = await list_gpus(cur, limit=10)
+    assert f"[{(await list_gpus_json(cur, limit=10)).items}]" == _gpus_json(rows)
+    for size in (1, 2):  # 2 exactly: a last page, no cursor
+        page = await list_gpus_json(cur, limit=size)
+        assert f"[{page.items}]" == _gpus_json(rows[:size])
+        assert page.last == (rows[0].key if size == 1 else None)
+    second = await list_gpus_json(cur, limit=1, after=rows[0].key)
+    assert second == GpuJsonPage(_gpus_json(rows[1:])[1:-1], None)
+    assert await list_gpus_json(cur, limit=5, hostname="host-2") == GpuJsonPage("", None)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 from quart import Blueprint, Response
 from quart_schema import tag_blueprint, validate_querystring, validate_response
 from telemetry_kit import APIError
 from telemetry_model import METRICS_BY_ID
-from telemetry_store import Cursor, GpuRow, find_gpu, latest_values, list_gpus
+from telemetry_store import Cursor, GpuRow, find_gpu, latest_values
+from telemetry_store.reads import GpuJsonPage, list_gpus_json
 
 from ..cursors import decode_gpu, encode_gpu
 from ..db import db, state
@@ -91,8 +93,8 @@ class GpuState(Gpu):
 @bp.get("", strict_slashes=False)
 @validate_querystring(GpuQuery)
 @documents(GpuPage)
-@validate_response(Problem, 400)
-@validate_response(Problem, 503)
+@documents(Problem, 400)
+@documents(Problem, 503)
 async def list_all(query_args: GpuQuery) -> Response:
     """List the GPUs that have telemetry, optionally of one host.
 
@@ -102,28 +104,22 @@ async def list_all(query_args: GpuQuery) -> Response:
     limit = page_limit(query_args.limit)
     after = decode_gpu(query_args.cursor) if query_args.cursor is not None else None
     if query_args.hostname is not None and "\x00" in query_args.hostname:
-        rows: list[GpuRow] = []  # no stored hostname has a NUL, and PostgreSQL refuses one
+        page = GpuJsonPage("", None)  # no stored hostname has a NUL, and PostgreSQL refuses one
     else:
         async with db() as cur:
-            rows = await state().timed(
+            page = await state().timed(
                 "list_gpus",
-                list_gpus(cur, limit=limit + 1, hostname=query_args.hostname, after=after),
+                list_gpus_json(cur, limit=limit, hostname=query_args.hostname, after=after),
             )
-    cursor = encode_gpu(rows[limit - 1].key) if len(rows) > limit else None
-    items = [
+    # PostgreSQL rendered the items (list_gpus_json): no row parsing or encoding here.
+    cursor = encode_gpu(page.last) if page.last is not None else None
+    return json_response(
         {
-            "id": row.uuid,
-            "hostname": row.hostname,
-            "index": row.index,
-            "device": row.device,
-            "model": row.model,
-            "driver_version": row.driver_version,
-            "first_seen": row.first_seen.astimezone(UTC),
-            "last_seen": row.last_seen.astimezone(UTC),
+            "items": orjson.Fragment(f"[{page.items}]"),
+            "next_cursor": cursor,
+            "next": next_link(cursor),
         }
-        for row in rows[:limit]
-    ]
-    return json_response({"items": items, "next_cursor": cursor, "next": next_link(cursor)})
+    )
 
 
 async def lookup(cur: Cursor, gpu_id: str) -> GpuRow:
@@ -132,8 +128,13 @@ async def lookup(cur: Cursor, gpu_id: str) -> GpuRow:
     if "\x00" not in gpu_id:
         row = await state().timed("find_gpu", find_gpu(cur, gpu_id))
     if row is None:
-        raise APIError(404, "GPU_NOT_FOUND", f"no GPU has id {gpu_id[:100]!r}")
+        raise not_found(gpu_id)
     return row
+
+
+def not_found(gpu_id: str) -> APIError:
+    """The 404 ``GPU_NOT_FOUND`` of a GPU id no GPU has."""
+    return APIError(404, "GPU_NOT_FOUND", f"no GPU has id {gpu_id[:100]!r}")
 
 
 @bp.get("/<gpu_id>")
