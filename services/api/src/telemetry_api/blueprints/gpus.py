@@ -11,8 +11,7 @@ from quart import Blueprint, Response
 from quart_schema import tag_blueprint, validate_querystring, validate_response
 from telemetry_kit import APIError
 from telemetry_model import METRICS_BY_ID
-from telemetry_store import Cursor, GpuRow, find_gpu, latest_values
-from telemetry_store.reads import GpuJsonPage, list_gpus_json
+from telemetry_store import Cursor, GpuJsonPage, GpuRow, find_gpu, latest_values, list_gpus_json
 
 from ..cursors import decode_gpu, encode_gpu
 from ..db import db, state

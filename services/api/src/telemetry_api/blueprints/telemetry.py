@@ -12,8 +12,7 @@ from quart import Blueprint, Response
 from quart_schema import tag_blueprint, validate_querystring
 from telemetry_kit import APIError
 from telemetry_model import EPOCH, METRICS, METRICS_BY_NAME
-from telemetry_store import Window, read_buckets
-from telemetry_store.reads import read_window_json
+from telemetry_store import Window, read_buckets, read_window_json
 
 from ..cursors import decode_bucket, decode_point, encode_bucket, encode_point
 from ..db import db, state
