@@ -32,6 +32,7 @@ from .protocol import (
     NDJSON,
     Batch,
     decode_batch_ndjson,
+    decode_batches_ndjson,
     encode_publish,
     parse_expired_leases,
 )
@@ -198,9 +199,45 @@ class BrokerClient:
         request per batch. A lease that expired meanwhile does not fail the fetch: it is logged
         (its records are redelivered, as after ``ack`` raised ``LeaseExpiredError``).
         """
+        data = await self._fetch(topic, group, max_records, max_wait, ack_wait, ack, multi=False)
+        return decode_batch_ndjson(data) if data else None
+
+    async def fetch_many(
+        self,
+        topic: str,
+        group: str,
+        *,
+        max_records: int = 1000,
+        max_wait: float = 1.0,
+        ack_wait: float | None = 30.0,
+        ack: Batch | Sequence[Batch] | None = None,
+    ) -> list[Batch]:
+        """Like ``fetch``, but lease records of several partitions: one batch (lease) each.
+
+        Up to ``max_records`` in all; ``[]`` if none came within ``max_wait``. Each batch is
+        acked, nacked, extended or rejected on its own; ``ack`` works as with ``fetch`` (pass
+        the previous call's batches to ack them all in the same round trip).
+        """
+        data = await self._fetch(topic, group, max_records, max_wait, ack_wait, ack, multi=True)
+        return decode_batches_ndjson(data) if data else []
+
+    async def _fetch(
+        self,
+        topic: str,
+        group: str,
+        max_records: int,
+        max_wait: float,
+        ack_wait: float | None,
+        ack: Batch | Sequence[Batch] | None,
+        *,
+        multi: bool,
+    ) -> bytes:
+        """POST a fetch (``multi``: of several partitions); the NDJSON body, b"" for none."""
         doc: dict[str, Any] = {"max_records": max_records, "max_wait": max_wait}
         if ack_wait is not None:
             doc["ack_wait"] = ack_wait
+        if multi:
+            doc["multi"] = True
         if ack is not None:
             acked = [ack] if isinstance(ack, Batch) else list(ack)
             for b in acked:
@@ -226,9 +263,7 @@ class BrokerClient:
                 len(expired),
                 ", ".join(expired),
             )
-        if status == 204 or not data:
-            return None
-        return decode_batch_ndjson(data)
+        return b"" if status == 204 else data
 
     def _lease_path(self, batch: Batch, action: str) -> str:
         return f"/v1/topics/{batch.topic}/groups/{batch.group}/leases/{batch.lease}/{action}"

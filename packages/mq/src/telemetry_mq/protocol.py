@@ -146,28 +146,35 @@ def _one_line(value: bytes) -> bytes:
     return orjson.dumps(orjson.loads(value)) if b"\n" in value else value
 
 
+def _batch_doc(batch: Batch) -> dict[str, Any]:
+    fragment = orjson.Fragment
+    return {
+        "topic": batch.topic,
+        "group": batch.group,
+        "partition": batch.partition,
+        "lease": batch.lease,
+        "ack_wait": batch.ack_wait,
+        "records": [
+            {
+                "offset": d.offset,
+                "key": d.key,
+                "timestamp_us": d.timestamp_us,
+                "delivery_count": d.delivery_count,
+                "value": fragment(d.value),
+            }
+            for d in batch.records
+        ],
+    }
+
+
 def encode_batch_json(batch: Batch) -> bytes:
     """A fetched batch as one JSON document (values embedded as JSON)."""
-    fragment = orjson.Fragment
-    return orjson.dumps(
-        {
-            "topic": batch.topic,
-            "group": batch.group,
-            "partition": batch.partition,
-            "lease": batch.lease,
-            "ack_wait": batch.ack_wait,
-            "records": [
-                {
-                    "offset": d.offset,
-                    "key": d.key,
-                    "timestamp_us": d.timestamp_us,
-                    "delivery_count": d.delivery_count,
-                    "value": fragment(d.value),
-                }
-                for d in batch.records
-            ],
-        }
-    )
+    return orjson.dumps(_batch_doc(batch))
+
+
+def encode_batches_json(batches: Sequence[Batch]) -> bytes:
+    """The batches of a multi fetch as one JSON document: ``{"batches": [<batch>, ...]}``."""
+    return orjson.dumps({"batches": [_batch_doc(b) for b in batches]})
 
 
 def encode_batch_ndjson(batch: Batch) -> bytes:
@@ -185,25 +192,49 @@ def encode_batch_ndjson(batch: Batch) -> bytes:
     return b"\n".join([head, *(_one_line(d.value) for d in batch.records)]) + b"\n"
 
 
+def encode_batches_ndjson(batches: Sequence[Batch]) -> bytes:
+    """The batches of a multi fetch in NDJSON: each batch's NDJSON form, one after another."""
+    return b"".join(encode_batch_ndjson(b) for b in batches)
+
+
 def decode_batch_ndjson(body: bytes) -> Batch:
     """Parse the NDJSON form of a fetched batch."""
     try:
         lines = body.split(b"\n")
-        head: dict[str, Any] = orjson.loads(lines[0])
-        meta = head["records"]
-        if len(lines) < len(meta) + 1:
-            raise ValueError("fewer value lines than records")
-        records = [
-            Delivery(offset, key, value, ts, count)
-            for (offset, ts, count, key), value in zip(meta, lines[1:], strict=False)
-        ]
-        return Batch(
-            head["topic"],
-            head["group"],
-            head["partition"],
-            head["lease"],
-            head["ack_wait"],
-            records,
-        )
+        batch, _ = _decode_ndjson_at(lines, 0)
+        return batch
     except (ValueError, KeyError, TypeError) as e:
         raise ProtocolError(f"malformed fetch answer: {e}") from e
+
+
+def decode_batches_ndjson(body: bytes) -> list[Batch]:
+    """Parse the NDJSON form of a multi fetch's answer (batches one after another)."""
+    try:
+        lines = body.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        batches: list[Batch] = []
+        i = 0
+        while i < len(lines):
+            batch, i = _decode_ndjson_at(lines, i)
+            batches.append(batch)
+        return batches
+    except (ValueError, KeyError, TypeError) as e:
+        raise ProtocolError(f"malformed fetch answer: {e}") from e
+
+
+def _decode_ndjson_at(lines: list[bytes], i: int) -> tuple[Batch, int]:
+    """The batch whose header is ``lines[i]``, and the index of the line after its values."""
+    head: dict[str, Any] = orjson.loads(lines[i])
+    meta = head["records"]
+    end = i + 1 + len(meta)
+    if len(lines) < end:
+        raise ValueError("fewer value lines than records")
+    records = [
+        Delivery(offset, key, value, ts, count)
+        for (offset, ts, count, key), value in zip(meta, lines[i + 1 : end], strict=True)
+    ]
+    batch = Batch(
+        head["topic"], head["group"], head["partition"], head["lease"], head["ack_wait"], records
+    )
+    return batch, end

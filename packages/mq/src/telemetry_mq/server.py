@@ -37,7 +37,7 @@ from .errors import (
 from .groups import Dead, Group
 from .journal import read_journal
 from .log import PartitionLog
-from .protocol import MAX_KEY_BYTES, Batch, Delivery, check_name
+from .protocol import FRAME_OVERHEAD, MAX_KEY_BYTES, Batch, Delivery, check_name
 from .stats import GroupStats, Observer, TopicStats
 from .topic import Topic
 
@@ -307,6 +307,56 @@ class Broker:
         the broker drains (``drain``). The group is created on its first fetch, starting at the
         earliest retained offset.
         """
+        batches = await self._fetch(
+            topic,
+            group,
+            max_records=max_records,
+            max_wait=max_wait,
+            ack_wait=ack_wait,
+            max_bytes=max_bytes,
+            multi=False,
+        )
+        return batches[0] if batches else None
+
+    async def fetch_many(
+        self,
+        topic: str,
+        group: str,
+        *,
+        max_records: int = 1000,
+        max_wait: float = 0.0,
+        ack_wait: float | None = None,
+        max_bytes: int | None = None,
+    ) -> list[Batch]:
+        """Like ``fetch``, but lease records of several partitions: one batch (lease) each.
+
+        Waits like ``fetch`` for the first records; then keeps taking from the next partitions
+        with available records (round robin, each partition at most once per call) until
+        ``max_records`` or about ``max_bytes`` are used up or no partition has records left.
+        Each batch is acked, nacked, extended or rejected on its own. ``[]`` when none came.
+        """
+        return await self._fetch(
+            topic,
+            group,
+            max_records=max_records,
+            max_wait=max_wait,
+            ack_wait=ack_wait,
+            max_bytes=max_bytes,
+            multi=True,
+        )
+
+    async def _fetch(
+        self,
+        topic: str,
+        group: str,
+        *,
+        max_records: int,
+        max_wait: float,
+        ack_wait: float | None,
+        max_bytes: int | None,
+        multi: bool,
+    ) -> list[Batch]:
+        """The body of ``fetch`` (one batch) and ``fetch_many`` (``multi``: several)."""
         if max_records < 1:
             raise ProtocolError("max_records must be at least 1")
         ack_wait = self.config.default_ack_wait if ack_wait is None else ack_wait
@@ -316,35 +366,21 @@ class Broker:
         t = self.topic(topic)
         self._check_open()
         if self._draining:
-            return None
+            return []
         g = await self._group(t, group)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + max_wait
         while not (self._closing or self._draining):
             await self._expire(t, g)
             now = self._clock()
-            taken = g.take(
-                t.logs, now, max_records=max_records, max_bytes=max_bytes, ack_wait=ack_wait
+            batches = self._take(
+                t, g, now, max_records, max_bytes, ack_wait, len(t.logs) if multi else 1
             )
-            if taken is not None:
-                self._committer.request(g.journal)  # delivery counts: written, not awaited
-                counts = taken.counts
-                redelivered = sum(1 for c in counts if c > 1)
-                self.observer.fetched(topic, group, len(counts), redelivered)
-                return Batch(
-                    topic,
-                    group,
-                    taken.lease.partition,
-                    taken.lease.id,
-                    ack_wait,
-                    [
-                        Delivery(o, k, v, ts, c)
-                        for (o, ts, k, v), c in zip(taken.records, counts, strict=True)
-                    ],
-                )
+            if batches:
+                return batches
             remaining = give_up - loop.time()
             if remaining <= 0:
-                return None
+                return []
             due = g.next_due()
             if due is not None:
                 remaining = min(remaining, max(due - now, 0.001))
@@ -353,7 +389,53 @@ class Broker:
                     await t.changed.wait()
             except TimeoutError:
                 pass
-        return None
+        return []
+
+    def _take(
+        self,
+        t: Topic,
+        g: Group,
+        now: float,
+        max_records: int,
+        max_bytes: int,
+        ack_wait: float,
+        max_batches: int,
+    ) -> list[Batch]:
+        """Lease up to ``max_batches`` batches, round robin, within the record and byte budget.
+
+        Each take reads at least one record, so the bytes can overshoot by one record, as a
+        single fetch's ``max_bytes`` can.
+        """
+        batches: list[Batch] = []
+        fetched = redelivered = 0
+        while len(batches) < max_batches and max_records > 0 and max_bytes > 0:
+            taken = g.take(
+                t.logs, now, max_records=max_records, max_bytes=max_bytes, ack_wait=ack_wait
+            )
+            if taken is None:
+                break
+            counts = taken.counts
+            fetched += len(counts)
+            redelivered += sum(1 for c in counts if c > 1)
+            max_records -= len(counts)
+            max_bytes -= sum(FRAME_OVERHEAD + len(k) + len(v) for _, _, k, v in taken.records)
+            batches.append(
+                Batch(
+                    t.name,
+                    g.name,
+                    taken.lease.partition,
+                    taken.lease.id,
+                    ack_wait,
+                    [
+                        Delivery(o, k, v, ts, c)
+                        for (o, ts, k, v), c in zip(taken.records, counts, strict=True)
+                    ],
+                )
+            )
+        if batches:
+            self._committer.request(g.journal)  # delivery counts: written, not awaited
+            self.observer.fetched(t.name, g.name, fetched, redelivered)
+        return batches
 
     async def _expire(self, t: Topic, g: Group) -> None:
         expired, dead = g.expire(self._clock())

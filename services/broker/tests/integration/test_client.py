@@ -125,6 +125,35 @@ async def test_fetch_acks_the_previous_batch_in_the_same_round_trip(
             await mq.fetch("telemetry", "other", ack=gone)
 
 
+async def test_fetch_many_leases_several_partitions(start_broker: StartBroker) -> None:
+    proc = await start_broker(BROKER_ACK_WAIT="30")
+    async with BrokerClient(proc.url) as mq:
+        values = [orjson.dumps({"n": i, "s": "é\n"}) for i in range(40)]
+        await mq.publish("telemetry", [(f"k{i}", v) for i, v in enumerate(values)])
+        batches = await mq.fetch_many("telemetry", "g", max_records=15, max_wait=0)
+        assert len(batches) >= 2 and sum(len(b.records) for b in batches) == 15
+        assert len({b.partition for b in batches}) == len(batches)
+        assert len({b.lease for b in batches}) == len(batches)
+        # Each batch is its own lease: nack one, ack the others with the next fetch.
+        assert await mq.nack(batches[0]) == len(batches[0].records)
+        seen = [d.value for b in batches[1:] for d in b.records]
+        done = batches[1:]
+        while batches := await mq.fetch_many(
+            "telemetry", "g", max_records=15, max_wait=0, ack=done
+        ):
+            seen.extend(d.value for b in batches for d in b.records)
+            done = batches
+        assert sorted(seen, key=lambda v: orjson.loads(v)["n"]) == values  # the exact bytes
+        stats = await mq.topic_stats("telemetry")
+        assert stats["groups"][0]["lag"] == 0 and stats["groups"][0]["in_flight"] == 0
+
+        started = time.monotonic()
+        assert await mq.fetch_many("telemetry", "g", max_wait=0.2) == []
+        assert time.monotonic() - started >= 0.15
+        with pytest.raises(ValueError, match="cannot ack"):
+            await mq.fetch_many("telemetry", "other", ack=done)
+
+
 async def _fetch(mq: BrokerClient) -> Batch:
     batch = await mq.fetch("telemetry", "g", max_wait=5)
     assert batch is not None

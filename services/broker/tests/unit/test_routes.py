@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from quart.typing import TestClientProtocol as Client
 from telemetry_broker import BrokerSettings, create_app
 from telemetry_broker.fastpath import FastPath
-from telemetry_mq.protocol import NDJSON, decode_batch_ndjson
+from telemetry_mq.protocol import NDJSON, decode_batch_ndjson, decode_batches_ndjson
 
 TOPIC = "/v1/topics/telemetry"
 FETCH = f"{TOPIC}/groups/collectors/fetch"
@@ -367,3 +367,44 @@ async def test_a_long_poll_is_cancelled_when_the_client_goes_away(client: Client
         await connection.disconnect()
     await publish(client, 1)  # had the fetch still been waiting, it would lease this record
     assert (await fetch(client))["records"][0]["delivery_count"] == 1
+
+
+async def test_multi_fetch_answers_several_batches(client: Client) -> None:
+    await publish(client, 20)  # 5 keys over 4 partitions: at least two partitions hold records
+    resp = await client.post(FETCH, json={"max_records": 100, "multi": True})
+    assert resp.status_code == 200, await resp.get_data()
+    batches = (await resp.get_json())["batches"]
+    assert len(batches) >= 2
+    assert len({b["partition"] for b in batches}) == len(batches)
+    assert sorted(r["value"]["i"] for b in batches for r in b["records"]) == list(range(20))
+    # The leases are acked together by the next fetch; nothing is left then: 204.
+    resp = await client.post(FETCH, json={"multi": True, "ack": [b["lease"] for b in batches]})
+    assert resp.status_code == 204 and resp.headers["Acked-Records"] == "20"
+    stats = await (await client.get(f"{TOPIC}/groups/collectors/")).get_json()
+    assert stats["lag"] == 0 and stats["in_flight"] == 0
+
+
+async def test_multi_fetch_as_ndjson_and_bounded(client: Client) -> None:
+    await publish(client, 20)
+    resp = await client.post(
+        FETCH, json={"max_records": 7, "multi": True}, headers={"Accept": NDJSON}
+    )
+    assert resp.status_code == 200 and resp.headers["Content-Type"] == NDJSON
+    batches = decode_batches_ndjson(await raw(resp))
+    assert sum(len(b.records) for b in batches) == 7
+    assert all(orjson.loads(d.value)["i"] < 20 for b in batches for d in b.records)
+    # Without "multi" the answer is one batch, as before.
+    single = await fetch(client)
+    assert "batches" not in single and single["records"]
+
+
+async def test_openapi_documents_multi_fetch(client: Client) -> None:
+    spec = await (await client.get("/openapi.json")).get_json()
+    op = spec["paths"]["/v1/topics/{topic}/groups/{group}/fetch"]["post"]
+    answer = op["responses"]["200"]["content"]["application/json"]["schema"]
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in answer["anyOf"]} == {
+        "FetchResponse",
+        "MultiFetchResponse",
+    }
+    request = op["requestBody"]["content"]["application/json"]["schema"]
+    assert "multi" in request["properties"]

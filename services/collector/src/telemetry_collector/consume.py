@@ -1,4 +1,4 @@
-"""The worker loop: fetch a batch, store it in one transaction, then ack. Never ack first."""
+"""The worker loop: fetch batches, store each in one transaction, then ack. Never ack first."""
 
 from __future__ import annotations
 
@@ -56,38 +56,42 @@ class Consumer:
 
     async def _worker(self, index: int, stop: asyncio.Event) -> None:
         failures = 0
-        # A committed batch whose ack rides on the next fetch: one round trip per batch.
-        done: Batch | None = None
+        # Committed batches whose acks ride on the next fetch: one round trip per fetch, which
+        # leases records of several partitions (one batch each) at once.
+        done: list[Batch] = []
         while not stop.is_set():
             try:
-                batch = await self._broker.fetch(
+                batches = await self._broker.fetch_many(
                     self._topic,
                     self._group,
                     max_records=self._batch_size,
                     max_wait=self._max_wait,
                     ack_wait=self._ack_wait,
-                    ack=done,
+                    ack=done or None,
                 )
             except Exception:
-                # ``done`` is kept: the next fetch sends the same ack again (safe to repeat).
+                # ``done`` is kept: the next fetch sends the same acks again (safe to repeat).
                 self.healthy = False
                 failures += 1
                 log.exception("fetch failed (worker %d)", index)
                 await wait_or_stop(stop, _backoff(failures))
                 continue
-            done = None
+            done = []
             self.healthy = True
-            if batch is None:
-                continue
-            if await self.handle(batch):
-                done = batch
-                failures = 0
-            else:
+            failed = False
+            for batch in batches:
+                if await self.handle(batch):
+                    done.append(batch)
+                else:
+                    failed = True
+            if failed:
                 failures += 1
                 await wait_or_stop(stop, _backoff(failures))
-        if done is not None:
+            elif batches:
+                failures = 0
+        for batch in done:
             try:
-                await self._broker.ack(done)
+                await self._broker.ack(batch)
             except Exception:
                 # Stored already: the redelivery is absorbed by the idempotent insert.
                 log.exception("final ack failed (worker %d); the batch will be redelivered", index)

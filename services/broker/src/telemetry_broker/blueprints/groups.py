@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel
 from quart import Blueprint, Response
 from quart_schema import document_response, tag_blueprint
 from telemetry_kit import APIError
@@ -18,6 +18,8 @@ from telemetry_mq.protocol import (
     NDJSON,
     encode_batch_json,
     encode_batch_ndjson,
+    encode_batches_json,
+    encode_batches_ndjson,
 )
 
 from ..fastpath import FastPath, FastRequest, FastResponse
@@ -40,6 +42,12 @@ class FetchRequest(BaseModel):
         " answer (200 or 204) carries Acked-Records (records acked now) and, if some of these"
         " leases were unknown or expired, Expired-Leases (comma-separated): that never fails"
         " the fetch.",
+    )
+    multi: bool = Field(
+        False,
+        description="Lease records of several partitions, one lease per partition, round"
+        " robin, up to max_records and about max_bytes in all; the answer is then a"
+        " MultiFetchResponse (a list of batches) instead of one batch.",
     )
 
 
@@ -66,6 +74,20 @@ class FetchResponse(BaseModel):
     lease: str
     ack_wait: float
     records: list[FetchedRecord]
+
+
+class MultiFetchResponse(BaseModel):
+    """The answer to a fetch with ``multi``: one lease per partition that had records.
+
+    With ``Accept: application/x-ndjson`` the body is instead each batch's NDJSON form (its
+    header line, then one value per line), one batch after another.
+    """
+
+    batches: list[FetchResponse]
+
+
+class FetchAnswer(RootModel[FetchResponse | MultiFetchResponse]):
+    """One batch (FetchResponse), or with ``multi: true`` a list of them (MultiFetchResponse)."""
 
 
 class Settle(BaseModel):
@@ -113,12 +135,20 @@ def groups_blueprint(
     tag_blueprint(bp, ["consumer groups"])
     require_token(bp, token)
 
-    @fast.post(bp, "/fetch", FetchRequest, (FetchResponse, 200), long_poll=True)
+    @fast.post(
+        bp,
+        "/fetch",
+        FetchRequest,
+        (FetchAnswer, 200),
+        long_poll=True,
+    )
     async def fetch(req: FastRequest, topic: str, group: str) -> FastResponse:
         """Lease the next records of one partition; 204 when none came within max_wait.
 
         With ``ack``, the leases of the consumer's previous batches are acked first (durable
-        before the answer), so a consumer loop needs one round trip per batch.
+        before the answer), so a consumer loop needs one round trip per batch. With
+        ``multi: true`` it leases records of several partitions (one lease each, round robin)
+        and answers a MultiFetchResponse (a list of batches) instead of one batch.
         """
         broker = runtime.broker
         data = parse(FetchRequest, req.body)
@@ -128,7 +158,8 @@ def groups_blueprint(
             headers.append((ACKED_RECORDS, str(acked)))
             if expired:
                 headers.append((EXPIRED_LEASES, ",".join(expired)))
-        batch = await broker.fetch(
+        lease = broker.fetch_many if data.multi else broker.fetch
+        fetched = await lease(
             topic,
             group,
             max_records=data.max_records,
@@ -136,6 +167,14 @@ def groups_blueprint(
             ack_wait=data.ack_wait,
             max_bytes=data.max_bytes,
         )
+        if isinstance(fetched, list):
+            if not fetched:
+                return FastResponse(status=204, headers=headers)
+            if NDJSON in req.header(b"accept"):
+                body = encode_batches_ndjson(fetched)
+                return FastResponse(body, content_type=NDJSON, headers=headers)
+            return FastResponse(encode_batches_json(fetched), headers=headers)
+        batch = fetched
         if batch is None:
             return FastResponse(status=204, headers=headers)
         if NDJSON in req.header(b"accept"):
