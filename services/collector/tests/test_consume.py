@@ -132,3 +132,40 @@ async def test_redelivered_datapoints_are_not_stored_twice(mq, db, consumer_fact
         )
         == 40
     )
+
+
+async def test_batches_of_several_partitions_are_stored_together(mq, db):
+    registry = CollectorRegistry()
+    consumer = Consumer(
+        broker=mq,
+        pool=db,
+        metrics=CollectorMetrics.create(registry),
+        topic="multi",
+        group=GROUP,
+        batch_size=1000,
+        max_wait=0.5,
+        ack_wait=30.0,
+    )
+    await mq.create_topic("multi", partitions=4)
+    await mq.publish("multi", records(200))
+    batches = await mq.fetch_many("multi", GROUP, max_records=1000, max_wait=2.0)
+    assert len(batches) > 1 and sum(len(b.records) for b in batches) == 200
+    async with db.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("ALTER TABLE telemetry RENAME TO telemetry_away")
+    assert not await consumer.handle(*batches)  # one transaction: all nacked together
+    async with db.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("ALTER TABLE telemetry_away RENAME TO telemetry")
+    again = []  # redelivered after the nack delay (partition by partition)
+    while sum(len(b.records) for b in again) < 200:
+        more = await mq.fetch_many("multi", GROUP, max_records=1000, max_wait=5.0)
+        assert more, "the nacked batches came back"
+        again += more
+    assert sum(len(b.records) for b in again) == 200
+    assert all(r.delivery_count == 2 for b in again for r in b.records)
+    assert await consumer.handle(*again)
+    assert await count(db) == 200
+    assert registry.get_sample_value(
+        "telemetry_collector_batches_total",
+        {"topic": "multi", "consumer_group": GROUP, "outcome": "stored"},
+    ) == len(again)
+    assert await mq.fetch_many("multi", GROUP, max_wait=0.2, ack=again) == []

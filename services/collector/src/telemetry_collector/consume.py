@@ -78,17 +78,14 @@ class Consumer:
                 continue
             done = []
             self.healthy = True
-            failed = False
-            for batch in batches:
-                if await self.handle(batch):
-                    done.append(batch)
-                else:
-                    failed = True
-            if failed:
+            if not batches:
+                continue
+            if await self.handle(*batches):
+                done = batches
+                failures = 0
+            else:
                 failures += 1
                 await wait_or_stop(stop, _backoff(failures))
-            elif batches:
-                failures = 0
         for batch in done:
             try:
                 await self._broker.ack(batch)
@@ -96,57 +93,69 @@ class Consumer:
                 # Stored already: the redelivery is absorbed by the idempotent insert.
                 log.exception("final ack failed (worker %d); the batch will be redelivered", index)
 
-    async def handle(self, batch: Batch) -> bool:
-        """Store one batch (invalid records go to the DLQ); on failure nack it. True if stored.
+    async def handle(self, *batches: Batch) -> bool:
+        """Store fetched batches in one transaction (invalid records go to the DLQ).
 
-        The caller acks a stored batch (after the commit, never before): the worker loop
-        piggybacks the ack on its next fetch.
+        True if stored; on failure every batch is nacked for redelivery. The caller acks
+        stored batches (after the commit, never before): the worker loop piggybacks the acks
+        on its next fetch.
         """
         began = time.perf_counter()
         points: list[Datapoint] = []
         encoded: list[bytes] = []
-        invalid: list[int] = []
-        reasons: list[str] = []
-        for record in batch.records:
-            try:
-                points.append(decode(record.value))
-            except DecodeError as e:
-                invalid.append(record.offset)
-                reasons.append(f"offset {record.offset}: {e}")
-                continue
-            encoded.append(record.value)
+        rejects: list[tuple[Batch, list[int], str]] = []
+        for batch in batches:
+            invalid: list[int] = []
+            reasons: list[str] = []
+            for record in batch.records:
+                try:
+                    points.append(decode(record.value))
+                except DecodeError as e:
+                    invalid.append(record.offset)
+                    reasons.append(f"offset {record.offset}: {e}")
+                    continue
+                encoded.append(record.value)
+            if invalid:
+                rejects.append((batch, invalid, "; ".join(reasons)[:1000]))
         outcome = "stored"
         try:
-            if invalid:
-                await self._broker.reject(batch, offsets=invalid, error="; ".join(reasons)[:1000])
+            for batch, invalid, reason in rejects:
+                await self._broker.reject(batch, offsets=invalid, error=reason)
                 self._metrics.rejected.labels(self._topic).inc(len(invalid))
             inserted = await store_batch(self._pool, self._registry, points, encoded)
         except Exception as e:
             outcome = "failed"
-            log.exception("storing a batch failed; nacking it for redelivery")
-            try:
-                await self._broker.nack(batch, delay=1.0, error=f"{type(e).__name__}: {e}"[:1000])
-            except Exception:
-                log.exception("nack failed; the lease will expire and redeliver")
+            log.exception("storing %d batches failed; nacking them for redelivery", len(batches))
+            error = f"{type(e).__name__}: {e}"[:1000]
+            for batch in batches:
+                try:
+                    await self._broker.nack(batch, delay=1.0, error=error)
+                except Exception:
+                    log.exception("nack failed; the lease will expire and redeliver")
             inserted = 0
         else:
             self._metrics.stored.labels(self._topic).inc(inserted)
             self._metrics.duplicates.labels(self._topic).inc(len(encoded) - inserted)
         duration = time.perf_counter() - began
-        self._metrics.batches.labels(self._topic, self._group, outcome).inc()
+        self._metrics.batches.labels(self._topic, self._group, outcome).inc(len(batches))
         self._metrics.batch_seconds.labels(self._topic).observe(duration)
-        offsets = [r.offset for r in batch.records]
         log.info(
-            "batch %s",
+            "batches %s",
             outcome,
             extra={
-                "topic": batch.topic,
-                "partition": batch.partition,
-                "offset": f"{min(offsets)}-{max(offsets)}" if offsets else "",
-                "group": batch.group,
-                "delivery_count": max((r.delivery_count for r in batch.records), default=0),
+                "topic": self._topic,
+                "group": self._group,
+                # partition:first-last offset of each batch
+                "offsets": " ".join(
+                    f"{b.partition}:{b.records[0].offset}-{b.records[-1].offset}"
+                    for b in batches
+                    if b.records
+                ),
+                "delivery_count": max(
+                    (r.delivery_count for b in batches for r in b.records), default=0
+                ),
                 "outcome": outcome,
-                "records": len(batch.records),
+                "records": sum(len(b.records) for b in batches),
                 "inserted": inserted,
                 "duration_ms": round(duration * 1000, 1),
             },
