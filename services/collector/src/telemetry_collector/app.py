@@ -47,26 +47,24 @@ def create_app(settings: Settings) -> Quart:
         )
         app.config["TELEMETRY_POOL"] = pool
         token = settings.broker_token.get_secret_value() if settings.broker_token else None
-        broker = BrokerClient(settings.broker_url, token=token)
-        await broker.__aenter__()
         try:
-            consumer = Consumer(
-                broker=broker,
-                pool=pool,
-                metrics=metrics,
-                topic=settings.topic,
-                group=settings.group,
-                batch_size=settings.batch_size,
-                max_wait=settings.max_wait,
-                ack_wait=settings.ack_wait,
-            )
-            state["consumer"] = consumer
-            app.add_background_task(
-                consumer.run, app.shutdown_event, settings.workers, settings.migrate
-            )
-            yield
+            async with BrokerClient(settings.broker_url, token=token) as broker:
+                consumer = Consumer(
+                    broker=broker,
+                    pool=pool,
+                    metrics=metrics,
+                    topic=settings.topic,
+                    group=settings.group,
+                    batch_size=settings.batch_size,
+                    max_wait=settings.max_wait,
+                    ack_wait=settings.ack_wait,
+                )
+                state["consumer"] = consumer
+                app.add_background_task(
+                    consumer.run, app.shutdown_event, settings.workers, settings.migrate
+                )
+                yield
         finally:
-            await broker.__aexit__(None, None, None)
             pool.close()
             await pool.wait_closed()
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aiopg
-from telemetry_model import Datapoint
+from telemetry_model import Datapoint, Gpu
 from telemetry_store import GpuSighting, ensure_streams, insert_datapoints, transaction, upsert_gpus
 
 # A known GPU's last_seen is refreshed at most this often per collector process, so
@@ -23,35 +23,22 @@ class Registry:
 
     def stale_gpus(self, points: Sequence[Datapoint]) -> list[GpuSighting]:
         """The GPU rows this batch must upsert: new, changed, or last_seen gone stale."""
-        ranges: dict[str, GpuSighting] = {}
+        ranges: dict[str, tuple[Gpu, int, int]] = {}
         for p in points:
-            g = p.gpu
-            seen = ranges.get(g.uuid)
+            seen = ranges.get(p.gpu.uuid)
             if seen is None:
-                ranges[g.uuid] = GpuSighting(
-                    g.uuid,
-                    g.hostname,
-                    g.index,
-                    g.device,
-                    g.model,
-                    g.driver_version,
-                    p.ts_us,
-                    p.ts_us,
-                )
-            elif p.ts_us < seen.first_us or p.ts_us > seen.last_us:
-                ranges[g.uuid] = GpuSighting(
-                    g.uuid,
-                    g.hostname,
-                    g.index,
-                    g.device,
-                    g.model,
-                    g.driver_version,
-                    min(seen.first_us, p.ts_us),
-                    max(seen.last_us, p.ts_us),
-                )
+                ranges[p.gpu.uuid] = (p.gpu, p.ts_us, p.ts_us)
+            else:
+                ranges[p.gpu.uuid] = (p.gpu, min(seen[1], p.ts_us), max(seen[2], p.ts_us))
+        sightings = [
+            GpuSighting(
+                g.uuid, g.hostname, g.index, g.device, g.model, g.driver_version, first, last
+            )
+            for g, first, last in ranges.values()
+        ]
         stale = []
-        for uuid, s in ranges.items():
-            known = self.gpus.get(uuid)
+        for s in sightings:
+            known = self.gpus.get(s.uuid)
             if (
                 known is None
                 or known[0] != _meta(s)

@@ -38,7 +38,6 @@ def create_app(settings: Settings) -> Quart:
         registry=registry,
         readiness=readiness,
     )
-    app.config["TELEMETRY_SETTINGS"] = settings
 
     with open(settings.csv_path, newline="", encoding="utf-8") as f:
         reader = DcgmCsvReader(f, skip_bad_rows=True)
@@ -54,27 +53,25 @@ def create_app(settings: Settings) -> Quart:
         # minsize=0: start (and report not-ready) even while PostgreSQL is away.
         pool = await create_pool(settings.database_url.get_secret_value(), minsize=0, maxsize=2)
         token = settings.broker_token.get_secret_value() if settings.broker_token else None
-        broker = BrokerClient(settings.broker_url, token=token)
-        await broker.__aenter__()
         try:
-            replayer = Replayer(
-                rows=rows,
-                stream=settings.stream,
-                topic=settings.topic,
-                partitions=settings.partitions,
-                pool=pool,
-                broker=broker,
-                metrics=metrics,
-                chunk_size=settings.chunk_size,
-                batch_size=settings.batch_size,
-                rate=settings.rate,
-                loops=settings.loops,
-            )
-            state["replayer"] = replayer
-            app.add_background_task(replayer.run, app.shutdown_event, settings.migrate)
-            yield
+            async with BrokerClient(settings.broker_url, token=token) as broker:
+                replayer = Replayer(
+                    rows=rows,
+                    stream=settings.stream,
+                    topic=settings.topic,
+                    partitions=settings.partitions,
+                    pool=pool,
+                    broker=broker,
+                    metrics=metrics,
+                    chunk_size=settings.chunk_size,
+                    batch_size=settings.batch_size,
+                    rate=settings.rate,
+                    loops=settings.loops,
+                )
+                state["replayer"] = replayer
+                app.add_background_task(replayer.run, app.shutdown_event, settings.migrate)
+                yield
         finally:
-            await broker.__aexit__(None, None, None)
             pool.close()
             await pool.wait_closed()
 
