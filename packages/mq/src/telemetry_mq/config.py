@@ -19,6 +19,7 @@ class BrokerConfig:
     fsync: FsyncPolicy = "always"
     fsync_interval: float = 0.05
     segment_bytes: int = 64 * 1024 * 1024
+    wal_segment_bytes: int = 64 * 1024 * 1024
     retention_age: float | None = 3600.0
     retention_bytes: int | None = None
     max_backlog_bytes: int = 1024 * 1024 * 1024
@@ -30,4 +31,4 @@ class BrokerConfig:
     journal_compact_bytes: int = 1024 * 1024
     maintenance_interval: float | None = 1.0
     retry_after: float = 1.0
-    commit_workers: int = 8
+    commit_workers: int = 4

@@ -31,7 +31,8 @@ class PartitionLog:
     """One partition: an ordered list of segments; only the last one is written to.
 
     Offsets are assigned on append (on the event loop); records become readable once the
-    committer has written them and advanced ``durable_offset``.
+    topic's write-ahead log holds them durably and ``flush`` has written them here and
+    advanced ``durable_offset``.
     """
 
     def __init__(
@@ -54,14 +55,21 @@ class PartitionLog:
         self.failed: BaseException | None = None
         self.on_durable: Callable[[], None] = lambda: None
         self._pending: list[tuple[Segment, bytearray]] = []
-        # Owned by the committer's worker thread between prepare() and finish().
         self._wseg: Segment | None = None
         self._wfd: int | None = None
-        self._unsynced = False
+        self.unsynced: set[Path] = set()
+        """Segment files written since the last checkpoint (not fsynced yet)."""
 
     @classmethod
-    def open(cls, topic: str, partition: int, path: Path, *, segment_bytes: int) -> PartitionLog:
-        """Open (recovering) the partition stored in ``path``; create it if missing."""
+    def open(
+        cls, topic: str, partition: int, path: Path, *, segment_bytes: int, trusted: int = 0
+    ) -> PartitionLog:
+        """Open (recovering) the partition stored in ``path``; create it if missing.
+
+        ``trusted``: the offset the topic's last checkpoint made durable here (see
+        ``load_segment``); the records from there on may be cut off, for the topic's
+        write-ahead log to replay.
+        """
         path.mkdir(parents=True, exist_ok=True)
         files = sorted(p for p in path.iterdir() if p.name.endswith(SUFFIX))
         segments: list[Segment] = []
@@ -69,6 +77,12 @@ class PartitionLog:
         for i, file in enumerate(files):
             base = int(file.name.removesuffix(SUFFIX))
             if segments and base != segments[-1].end_offset:
+                if segments[-1].end_offset >= trusted:
+                    # The earlier segment lost its unsynced tail: the write-ahead log replays it.
+                    for later in files[i:]:
+                        log.warning("deleting %s: it follows a gap past the checkpoint", later)
+                        later.unlink()
+                    break
                 raise CorruptLogError(
                     f"segment starts at offset {base}, expected {segments[-1].end_offset}",
                     path=str(file),
@@ -77,12 +91,34 @@ class PartitionLog:
                     partition=partition,
                     offset=segments[-1].end_offset,
                 )
-            seg = load_segment(
-                file, base, base_pos, last=i == len(files) - 1, topic=topic, partition=partition
+            seg, truncated = load_segment(
+                file,
+                base,
+                base_pos,
+                last=i == len(files) - 1,
+                topic=topic,
+                partition=partition,
+                trusted=trusted,
             )
             segments.append(seg)
             base_pos += seg.size
-        return cls(topic, partition, path, segments, segment_bytes=segment_bytes)
+            if truncated:
+                for later in files[i + 1 :]:
+                    log.warning("deleting %s: it follows a truncated segment", later)
+                    later.unlink()
+                break
+        plog = cls(topic, partition, path, segments, segment_bytes=segment_bytes)
+        if plog.next_offset < trusted:
+            raise CorruptLogError(
+                f"the partition ends at offset {plog.next_offset}, but the checkpoint made "
+                f"offsets below {trusted} durable",
+                path=str(path),
+                position=plog.end_pos,
+                topic=topic,
+                partition=partition,
+                offset=plog.next_offset,
+            )
+        return plog
 
     # -- sizes ------------------------------------------------------------------------------
 
@@ -112,8 +148,11 @@ class PartitionLog:
 
     # -- append (event loop) + write (committer thread) ----------------------------------
 
-    def append(self, items: Sequence[tuple[bytes, bytes]], timestamp_us: int) -> int:
-        """Assign offsets to ``items`` and buffer their frames; return the first offset."""
+    def append(self, items: Sequence[tuple[bytes, bytes]], timestamp_us: int) -> tuple[int, bytes]:
+        """Assign offsets to ``items`` and buffer their frames.
+
+        Returns the first offset and the frames (for the topic's write-ahead log).
+        """
         if self.failed is not None:
             raise StorageError(
                 f"partition {self.partition} of {self.topic!r} failed a write: {self.failed}",
@@ -134,6 +173,7 @@ class PartitionLog:
         limit = self.segment_bytes
         if not positions:
             seg.first_ts = timestamp_us
+        frames = bytearray()
         for key, value in items:
             if size >= limit and positions:
                 seg.size = size
@@ -148,11 +188,12 @@ class PartitionLog:
             positions.append(size)
             size += len(frame)
             buf += frame
+            frames += frame
             offset += 1
         seg.size = size
         seg.last_ts = timestamp_us
         self.next_offset = offset
-        return first
+        return first, bytes(frames)
 
     def _add_segment(self, base_offset: int, base_pos: int) -> Segment:
         seg = Segment(self.path / segment_name(base_offset), base_offset, base_pos)
@@ -160,39 +201,54 @@ class PartitionLog:
         self._bases.append(base_offset)
         return seg
 
-    def prepare(self) -> _WriteJob:
-        """Detach the pending frames for the committer."""
-        chunks, self._pending = self._pending, []
-        return _WriteJob(self, chunks, self.next_offset)
+    def flush(self) -> None:
+        """Write the pending frames (no fsync) and make them readable.
 
-    def _write(self, chunks: list[tuple[Segment, bytearray]], fsync: bool) -> float:
-        new_file = False
-        fd = self._wfd
-        for seg, data in chunks:
-            if fd is None or seg is not self._wseg:
-                if fd is not None:  # a sealed segment is always fsynced before it is left
-                    os.fdatasync(fd)
-                    os.close(fd)
-                    self._wfd = None
-                flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-                fd = self._wfd = os.open(seg.path, flags, 0o644)
-                self._wseg = seg
-                new_file = True
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            self._unsynced = True
-        spent = 0.0
-        if fsync and self._unsynced and self._wfd is not None:
-            started = perf_counter()
-            os.fdatasync(self._wfd)
-            if new_file:
-                _fsync_dir(self.path)
-            spent = perf_counter() - started
-            self._unsynced = False
-        elif new_file:
+        Called on the event loop once the topic's write-ahead log holds them durably: a write
+        to the page cache is a few microseconds, cheaper than a round trip to a worker thread.
+        Checkpoints fsync the files (``sync``). A failed write marks the partition failed.
+        """
+        chunks, self._pending = self._pending, []
+        try:
+            fd = self._wfd
+            for seg, data in chunks:
+                if fd is None or seg is not self._wseg:
+                    if fd is not None:
+                        os.close(fd)
+                        self._wfd = None
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+                    fd = self._wfd = os.open(seg.path, flags, 0o644)
+                    self._wseg = seg
+                self.unsynced.add(seg.path)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+        except OSError as e:
+            log.error("partition %d of %s: write failed: %s", self.partition, self.topic, e)
+            self.failed = e
+            return
+        if self.next_offset > self.durable_offset:
+            self.durable_offset = self.next_offset
+            self.on_durable()
+
+    def sync(self, paths: set[Path]) -> float:
+        """Fsync ``paths`` (segment files written since the last checkpoint) and the directory.
+
+        Runs in a worker thread; a file deleted meanwhile by retention is skipped.
+        """
+        started = perf_counter()
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        if paths:
             _fsync_dir(self.path)
-        return spent
+        return perf_counter() - started
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -283,24 +339,3 @@ class PartitionLog:
             os.fdatasync(self._wfd)
             os.close(self._wfd)
             self._wfd = None
-
-
-class _WriteJob:
-    __slots__ = ("_chunks", "_end", "_log")
-
-    def __init__(self, plog: PartitionLog, chunks: list[tuple[Segment, bytearray]], end: int):
-        self._log = plog
-        self._chunks = chunks
-        self._end = end
-
-    def run(self, fsync: bool) -> float:
-        return self._log._write(self._chunks, fsync)
-
-    def finish(self, error: BaseException | None) -> None:
-        plog = self._log
-        if error is not None:
-            plog.failed = error
-            return
-        if self._end > plog.durable_offset:
-            plog.durable_offset = self._end
-            plog.on_durable()

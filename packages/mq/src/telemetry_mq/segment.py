@@ -90,12 +90,16 @@ def load_segment(
     last: bool,
     topic: str,
     partition: int,
-) -> Segment:
+    trusted: int = 0,
+) -> tuple[Segment, bool]:
     """Rebuild a segment's index by scanning its file, verifying every frame.
 
-    A bad frame at the tail of the partition's last segment is a torn write (the crash came
-    before its fsync, so its publish was never acknowledged): the file is truncated there.
-    Anywhere else a bad frame raises ``CorruptLogError`` naming the partition, file and offset.
+    Returns the segment and whether it was truncated. Records below ``trusted`` (the offset
+    the topic's last checkpoint made durable in this partition) must be intact: a bad frame
+    there raises ``CorruptLogError`` naming the partition, file and offset. A bad frame at or
+    past ``trusted`` is cut off with everything after it (the file was not fsynced there; the
+    topic's write-ahead log holds every acknowledged record from ``trusted`` on), and so is a
+    torn write at the tail of the partition's last segment.
     """
     data = path.read_bytes()
     seg = Segment(path, base_offset, base_pos)
@@ -104,6 +108,7 @@ def load_segment(
     end = len(data)
     expected = base_offset
     crc32 = zlib.crc32
+    truncated = False
     while pos < end:
         problem = None
         if end - pos < FRAME_OVERHEAD:
@@ -120,10 +125,11 @@ def load_segment(
             elif offset != expected or key_len > MAX_KEY_BYTES or key_len > size:
                 problem = f"frame holds offset {offset}, expected {expected}"
         if problem is not None:
-            # Torn: nothing valid follows the bad frame (an unfinished, unacknowledged write).
-            if last and not _valid_frame_after(data, pos + 1, expected):
+            # Past the checkpoint, or torn (nothing valid follows the bad frame: an unfinished,
+            # unacknowledged write): cut it off; the write-ahead log replays what was acked.
+            if expected >= trusted or (last and not _valid_frame_after(data, pos + 1, expected)):
                 log.warning(
-                    "truncating torn tail of %s at byte %d (offset %d): %s",
+                    "truncating %s at byte %d (offset %d): %s",
                     path,
                     pos,
                     expected,
@@ -132,6 +138,7 @@ def load_segment(
                 with open(path, "r+b") as f:
                     f.truncate(pos)
                     os.fsync(f.fileno())
+                truncated = True
                 break
             raise CorruptLogError(
                 problem,
@@ -148,7 +155,7 @@ def load_segment(
         expected += 1
         pos = body_end
     seg.size = pos
-    return seg
+    return seg, truncated
 
 
 def _valid_frame_after(data: bytes, start: int, expected: int) -> bool:

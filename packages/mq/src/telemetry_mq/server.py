@@ -40,6 +40,7 @@ from .log import PartitionLog
 from .protocol import FRAME_OVERHEAD, MAX_KEY_BYTES, Batch, Delivery, check_name
 from .stats import GroupStats, Observer, TopicStats
 from .topic import Topic
+from .wal import CHECKPOINT, TopicWal, checkpoint, read_checkpoint, write_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +141,59 @@ class Broker:
             )
 
     def _open_topic(self, name: str, path: Path, partitions: int) -> Topic:
+        """Load the partitions, replay the write-ahead log into them, checkpoint if it held any."""
+        start, trusted = read_checkpoint(path, partitions)
         logs = [
             PartitionLog.open(
-                name, p, path / "partitions" / f"{p:04d}", segment_bytes=self.config.segment_bytes
+                name,
+                p,
+                path / "partitions" / f"{p:04d}",
+                segment_bytes=self.config.segment_bytes,
+                trusted=trusted[p],
             )
             for p in range(partitions)
         ]
-        topic = Topic(name, path, logs)
+        wal, replayed = TopicWal.recover(
+            name, path / "wal", logs, start=start, segment_bytes=self.config.wal_segment_bytes
+        )
+        if replayed:
+            log.warning("replayed %d records of %s from its write-ahead log", replayed, name)
+        if wal.active != start or not (path / CHECKPOINT).exists():
+            unsynced = [plog.unsynced for plog in logs]
+            for plog in logs:
+                plog.unsynced = set()
+            offsets = [plog.next_offset for plog in logs]
+            checkpoint(path, wal.path, logs, wal.active, offsets, unsynced)
+        topic = Topic(name, path, logs, wal)
+        wal.on_roll = lambda: self._schedule_checkpoint(topic)
         self.topics[name] = topic
         return topic
+
+    def _schedule_checkpoint(self, t: Topic) -> None:
+        t.checkpoint_wanted = True
+        if t.checkpointer is None or t.checkpointer.done():
+            t.checkpointer = asyncio.get_running_loop().create_task(self._checkpoints(t))
+
+    async def _checkpoints(self, t: Topic) -> None:
+        while t.checkpoint_wanted and not self._closing:
+            t.checkpoint_wanted = False
+            await self._checkpoint(t, t.wal.active, [plog.durable_offset for plog in t.logs])
+
+    async def _checkpoint(self, t: Topic, cut: int, offsets: list[int]) -> None:
+        """Fsync the partition files up to ``offsets``, then drop log segments below ``cut``."""
+        unsynced = [plog.unsynced for plog in t.logs]
+        for plog in t.logs:
+            plog.unsynced = set()
+        try:
+            spent = await asyncio.to_thread(
+                checkpoint, t.path, t.wal.path, t.logs, cut, offsets, unsynced
+            )
+        except OSError as e:  # the log segments stay; the next checkpoint retries
+            log.error("checkpoint of %s failed: %s", t.name, e)
+            for plog, paths in zip(t.logs, unsynced, strict=True):
+                plog.unsynced |= paths
+            return
+        log.debug("checkpoint of %s at log segment %d took %.3f s", t.name, cut, spent)
 
     def _new_group(self, topic: Topic, name: str) -> Group:
         return Group(
@@ -188,6 +233,8 @@ class Broker:
         (tmp / "groups").mkdir(parents=True)
         for p in range(partitions):
             (tmp / "partitions" / f"{p:04d}").mkdir(parents=True)
+        (tmp / "wal").mkdir()
+        write_checkpoint(tmp, 0, [0] * partitions)
         meta = tmp / _TOPIC_META
         with open(meta, "wb") as f:
             f.write(orjson.dumps({"name": name, "partitions": partitions, "format": 1}))
@@ -279,8 +326,12 @@ class Broker:
             else:
                 bucket.append((kb, value))
         ts = int(self._wall() * 1_000_000)
-        next_of = {p: t.logs[p].append(items, ts) for p, items in buckets.items()}
-        await self._commit([t.logs[p] for p in buckets], topic)
+        next_of: dict[int, int] = {}
+        wal = t.wal
+        for p, items in buckets.items():
+            next_of[p], frames = t.logs[p].append(items, ts)
+            wal.add(p, frames)
+        await self._commit([wal], topic)
         positions: list[tuple[int, int]] = []
         for p in order:
             offset = next_of[p]
@@ -661,10 +712,15 @@ class Broker:
         units: list[Unit] = []
         for t in self.topics.values():
             t.notify()
-            units.extend(t.logs)
+            units.append(t.wal)
             units.extend(g.journal for g in t.groups.values())
         await self._committer.close(units)
         for t in self.topics.values():
+            if t.checkpointer is not None:
+                await t.checkpointer
+            t.wal.close()
+            # Everything is in the partition files now: a last checkpoint empties the log.
+            await self._checkpoint(t, t.wal.active + 1, [plog.next_offset for plog in t.logs])
             for plog in t.logs:
                 plog.close()
             for g in t.groups.values():

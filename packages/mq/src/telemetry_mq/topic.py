@@ -1,4 +1,4 @@
-"""A topic: its partition logs, the consumer groups reading it, its backlog and stats."""
+"""A topic: its partition logs and write-ahead log, the consumer groups reading it, its stats."""
 
 from __future__ import annotations
 
@@ -9,17 +9,21 @@ from .errors import TopicNotFoundError
 from .groups import Group
 from .log import PartitionLog
 from .stats import GroupPartitionStats, GroupStats, PartitionStats, TopicStats
+from .wal import TopicWal
 
 
 class Topic:
     """A topic: its partition logs and the consumer groups reading it."""
 
-    def __init__(self, name: str, path: Path, logs: list[PartitionLog]) -> None:
+    def __init__(self, name: str, path: Path, logs: list[PartitionLog], wal: TopicWal) -> None:
         self.name = name
         self.path = path
         self.logs = logs
+        self.wal = wal
         self.groups: dict[str, Group] = {}
         self.changed = asyncio.Event()
+        self.checkpoint_wanted = False
+        self.checkpointer: asyncio.Task[None] | None = None
         for plog in logs:
             plog.on_durable = self.notify
 

@@ -30,6 +30,11 @@ class BrokerSettings(ServiceSettings):
     )
     fsync_interval: float = Field(0.05, gt=0, description="Seconds between fsyncs (interval).")
     segment_bytes: int = Field(64 * MiB, ge=4096, description="Segment file size before a roll.")
+    wal_segment_bytes: int = Field(
+        64 * MiB,
+        ge=4096,
+        description="Write-ahead log segment size; each roll checkpoints the partition files.",
+    )
     retention_age: float = Field(
         3600.0, ge=0, description="Delete consumed segments older than this (s); 0: never."
     )
@@ -65,6 +70,7 @@ class BrokerSettings(ServiceSettings):
             fsync=self.fsync,
             fsync_interval=self.fsync_interval,
             segment_bytes=self.segment_bytes,
+            wal_segment_bytes=self.wal_segment_bytes,
             retention_age=self.retention_age or None,
             retention_bytes=self.retention_bytes or None,
             max_backlog_bytes=self.max_backlog_bytes,

@@ -1,0 +1,377 @@
+"""A topic's write-ahead log: one fsync per commit, whatever the partition count.
+
+A publish spreads its records over up to P partitions. Fsyncing P partition files per commit
+would cost P device flushes (and P round trips to worker threads); instead, the frames of a
+commit cycle go to one append-only file per topic, which is fsynced once (or written with
+``O_DSYNC``: one system call). Once that write is durable, the frames are written to their
+partition files on the event loop, without fsync, and become readable.
+
+Checkpoints make the partition files durable: when the log rolls to a new segment file, the
+partition files written since the last checkpoint are fsynced, ``checkpoint.json`` records the
+offset each partition is durable up to, and the log's older segment files are deleted. A clean
+shutdown checkpoints everything, so the log is empty after it.
+
+On start, each partition is loaded (records below its checkpointed offset must be intact;
+anything bad past it is cut off), then the log is replayed: every frame past a partition's end
+is appended to it again. So an acknowledged record is never lost, even if the partition file
+lost its unsynced tail in a power failure.
+
+Entry on disk (little endian): ``size u32 | crc u32 | partition u32 | frames``, where ``frames``
+are the partition's record frames (``protocol.encode_frame``), ``size`` their length and
+``crc`` the CRC-32 of the partition field and the frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from time import perf_counter
+from typing import Final
+
+import orjson
+
+from .errors import CorruptLogError
+from .log import PartitionLog
+from .protocol import decode_frames
+
+log = logging.getLogger(__name__)
+
+ENTRY_HEAD: Final = struct.Struct("<III")
+_PART: Final = struct.Struct("<I")
+SUFFIX: Final = ".wal"
+CHECKPOINT: Final = "checkpoint.json"
+
+
+def wal_name(segment: int) -> str:
+    """The file name of write-ahead log segment number ``segment``."""
+    return f"{segment:020d}{SUFFIX}"
+
+
+def _crc(partition: int, frames: bytes | memoryview) -> int:
+    return zlib.crc32(frames, zlib.crc32(_PART.pack(partition)))
+
+
+def encode_entry(partition: int, frames: bytes) -> bytes:
+    """One log entry: a partition's frames of one publish."""
+    return ENTRY_HEAD.pack(len(frames), _crc(partition, frames), partition) + frames
+
+
+def fsync_dir(path: Path) -> None:
+    """Fsync a directory (so a created, renamed or deleted entry in it is durable)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+
+def read_checkpoint(topic_dir: Path, partitions: int) -> tuple[int, list[int]]:
+    """The first log segment to replay and each partition's durable offset (0s if none)."""
+    path = topic_dir / CHECKPOINT
+    if not path.exists():
+        return 0, [0] * partitions
+    doc = orjson.loads(path.read_bytes())
+    offsets = [int(o) for o in doc["offsets"]]
+    if len(offsets) != partitions:
+        raise CorruptLogError(
+            f"checkpoint has {len(offsets)} partitions, the topic {partitions}",
+            path=str(path),
+            position=0,
+        )
+    return int(doc["wal"]), offsets
+
+
+def write_checkpoint(topic_dir: Path, wal: int, offsets: Sequence[int]) -> None:
+    """Atomically replace the topic's checkpoint (write, fsync, rename, fsync the directory)."""
+    path = topic_dir / CHECKPOINT
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(orjson.dumps({"format": 1, "wal": wal, "offsets": list(offsets)}))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(topic_dir)
+
+
+def checkpoint(
+    topic_dir: Path,
+    wal_dir: Path,
+    logs: Sequence[PartitionLog],
+    cut: int,
+    offsets: Sequence[int],
+    unsynced: Sequence[set[Path]],
+) -> float:
+    """Make ``offsets`` durable in the partition files, then drop log segments below ``cut``.
+
+    Every record in a log segment below ``cut`` must be below its partition's offset in
+    ``offsets`` and written to the partition file. Runs in a worker thread; returns the
+    seconds spent.
+    """
+    started = perf_counter()
+    for plog, paths in zip(logs, unsynced, strict=True):
+        plog.sync(paths)
+    write_checkpoint(topic_dir, cut, offsets)
+    deleted = False
+    for file in sorted(wal_dir.glob(f"*{SUFFIX}")):
+        if int(file.name.removesuffix(SUFFIX)) < cut:
+            file.unlink(missing_ok=True)
+            deleted = True
+    if deleted:
+        fsync_dir(wal_dir)
+    return perf_counter() - started
+
+
+# -- the log ---------------------------------------------------------------------------------
+
+
+class TopicWal:
+    """The write-ahead log of one topic: a commit unit (``commit.Unit``) of the committer.
+
+    ``add`` buffers a partition's frames (after ``PartitionLog.append``); a commit writes the
+    buffer to the active segment and then flushes the dirty partitions (see the module doc).
+    ``on_roll`` is called on the event loop after a commit that started a new segment: the
+    broker checkpoints then.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        path: Path,
+        logs: Sequence[PartitionLog],
+        *,
+        active: int,
+        segment_bytes: int,
+    ) -> None:
+        self.topic = topic
+        self.path = path
+        self.logs = logs
+        self.active = active
+        self.segment_bytes = segment_bytes
+        self.on_roll: Callable[[], None] = lambda: None
+        self._size = 0  # bytes in the active segment, including pending ones
+        self._pending = bytearray()
+        self._dirty: dict[int, None] = {}
+        # Owned by the committer's worker thread between prepare() and finish().
+        self._fd: int | None = None
+        self._dsync_fd: int | None = None
+        self._fd_segment = -1
+        self._unsynced = False
+
+    def add(self, partition: int, frames: bytes) -> None:
+        """Buffer ``frames`` of ``partition`` for the next commit."""
+        self._pending += encode_entry(partition, frames)
+        self._dirty[partition] = None
+
+    def prepare(self) -> _WalJob:
+        """Detach the pending entries (rolling to a new segment if the active one is full)."""
+        data, self._pending = bytes(self._pending), bytearray()
+        rolled = False
+        if data and self._size >= self.segment_bytes:
+            self.active += 1
+            self._size = 0
+            rolled = True
+        self._size += len(data)
+        dirty, self._dirty = list(self._dirty), {}
+        return _WalJob(self, data, self.active, dirty, rolled)
+
+    def _write(self, data: bytes, segment: int, fsync: bool) -> float:
+        if data and segment != self._fd_segment:
+            self._close_fds()
+            path = self.path / wal_name(segment)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+            self._fd = os.open(path, flags, 0o644)
+            self._fd_segment = segment
+            fsync_dir(self.path)
+        started = perf_counter()
+        if data:
+            if fsync and not self._unsynced:
+                # One system call: the write returns once its data is on disk.
+                if self._dsync_fd is None:
+                    path = self.path / wal_name(segment)
+                    flags = os.O_WRONLY | os.O_APPEND | os.O_DSYNC | os.O_CLOEXEC
+                    self._dsync_fd = os.open(path, flags)
+                _write_all(self._dsync_fd, data)
+                return perf_counter() - started
+            assert self._fd is not None
+            _write_all(self._fd, data)
+            self._unsynced = True
+            started = perf_counter()
+        if fsync and self._unsynced and self._fd is not None:
+            os.fdatasync(self._fd)
+            self._unsynced = False
+            return perf_counter() - started
+        return 0.0
+
+    def _close_fds(self) -> None:
+        if self._fd is not None:
+            if self._unsynced:  # a segment is always durable before it is left
+                os.fdatasync(self._fd)
+                self._unsynced = False
+            os.close(self._fd)
+            self._fd = None
+        if self._dsync_fd is not None:
+            os.close(self._dsync_fd)
+            self._dsync_fd = None
+        self._fd_segment = -1
+
+    def close(self) -> None:
+        """Fsync and close the active segment (after the committer has stopped)."""
+        self._close_fds()
+
+    # -- recovery --------------------------------------------------------------------------
+
+    @classmethod
+    def recover(
+        cls,
+        topic: str,
+        path: Path,
+        logs: Sequence[PartitionLog],
+        *,
+        start: int,
+        segment_bytes: int,
+    ) -> tuple[TopicWal, int]:
+        """Replay the segments from ``start`` on into ``logs``; return the log and the count.
+
+        The replayed frames are written to the partition files (not fsynced: the caller
+        checkpoints). A bad entry at the tail of the last segment is a torn write and is cut
+        off; anywhere else it raises ``CorruptLogError``, as does a gap in a partition.
+        """
+        path.mkdir(parents=True, exist_ok=True)
+        files = sorted(path.glob(f"*{SUFFIX}"))
+        replayed = 0
+        last = start - 1
+        for i, file in enumerate(files):
+            segment = int(file.name.removesuffix(SUFFIX))
+            if segment < start:
+                file.unlink()  # a checkpoint covers it; its deletion was cut short
+                continue
+            replayed += _replay_file(topic, file, logs, last=i == len(files) - 1)
+            last = segment
+        for plog in logs:
+            plog.flush()
+            if plog.failed is not None:
+                raise plog.failed
+        return cls(topic, path, logs, active=last + 1, segment_bytes=segment_bytes), replayed
+
+
+class _WalJob:
+    __slots__ = ("_data", "_dirty", "_rolled", "_segment", "_wal")
+
+    def __init__(
+        self, wal: TopicWal, data: bytes, segment: int, dirty: list[int], rolled: bool
+    ) -> None:
+        self._wal = wal
+        self._data = data
+        self._segment = segment
+        self._dirty = dirty
+        self._rolled = rolled
+
+    def run(self, fsync: bool) -> float:
+        return self._wal._write(self._data, self._segment, fsync)
+
+    def finish(self, error: BaseException | None) -> None:
+        logs = self._wal.logs
+        if error is not None:
+            log.error("write-ahead log of %s: write failed: %s", self._wal.topic, error)
+            for p in self._dirty:
+                logs[p].failed = error
+            return
+        for p in self._dirty:
+            logs[p].flush()
+        if self._rolled:
+            self._wal.on_roll()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _replay_file(topic: str, file: Path, logs: Sequence[PartitionLog], *, last: bool) -> int:
+    data = file.read_bytes()
+    pos = 0
+    end = len(data)
+    replayed = 0
+    while pos < end:
+        problem = None
+        if end - pos < ENTRY_HEAD.size:
+            problem = "truncated entry header"
+        else:
+            size, crc, partition = ENTRY_HEAD.unpack_from(data, pos)
+            body = pos + ENTRY_HEAD.size
+            if body + size > end:
+                problem = "entry runs past the end of the file"
+            elif partition >= len(logs):
+                problem = f"entry names partition {partition} of {len(logs)}"
+            elif _crc(partition, memoryview(data)[body : body + size]) != crc:
+                problem = "checksum mismatch"
+        if problem is not None:
+            if last and not _valid_entry_after(data, pos + 1, len(logs)):
+                log.warning("truncating torn tail of %s at byte %d: %s", file, pos, problem)
+                with open(file, "r+b") as f:
+                    f.truncate(pos)
+                    os.fsync(f.fileno())
+                break
+            raise CorruptLogError(problem, path=str(file), position=pos, topic=topic)
+        replayed += _replay_entry(topic, file, pos, logs[partition], data[body : body + size])
+        pos = body + size
+    return replayed
+
+
+def _replay_entry(topic: str, file: Path, pos: int, plog: PartitionLog, frames: bytes) -> int:
+    count = 0
+    at = 0
+    while at < len(frames):  # count the frames (each is size-prefixed)
+        at += 8 + int.from_bytes(frames[at : at + 4], "little")
+        count += 1
+    replayed = 0
+    try:
+        for offset, ts, key, value in decode_frames(frames, count):
+            if offset < plog.next_offset:
+                continue  # the partition file has it
+            if offset > plog.next_offset:
+                raise CorruptLogError(
+                    f"the log holds offset {offset} of partition {plog.partition}, which ends "
+                    f"at {plog.next_offset}",
+                    path=str(file),
+                    position=pos,
+                    topic=topic,
+                    partition=plog.partition,
+                    offset=plog.next_offset,
+                )
+            plog.append([(key.encode(), value)], ts)
+            replayed += 1
+    except (ValueError, UnicodeDecodeError, struct.error) as e:
+        raise CorruptLogError(
+            f"bad frame in an intact entry: {e}",
+            path=str(file),
+            position=pos,
+            topic=topic,
+            partition=plog.partition,
+        ) from e
+    return replayed
+
+
+def _valid_entry_after(data: bytes, start: int, partitions: int) -> bool:
+    """Whether an intact entry starts anywhere past ``start`` (then the damage is not a tail)."""
+    end = len(data)
+    unpack = ENTRY_HEAD.unpack_from
+    view = memoryview(data)
+    for q in range(start, end - ENTRY_HEAD.size + 1):
+        size, crc, partition = unpack(data, q)
+        body = q + ENTRY_HEAD.size
+        if (
+            partition < partitions
+            and 0 < size <= end - body
+            and _crc(partition, view[body : body + size]) == crc
+        ):
+            return True
+    return False
