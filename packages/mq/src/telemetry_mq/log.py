@@ -8,6 +8,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from time import perf_counter
+from typing import Final
 
 from .errors import CorruptLogError, StorageError
 from .protocol import decode_frames, encode_frame
@@ -25,6 +26,10 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+TAIL_RECORDS: Final = 2048
+"""Newest records of a partition kept in memory for reads (between half and all of it)."""
 
 
 class PartitionLog:
@@ -59,6 +64,10 @@ class PartitionLog:
         self._wfd: int | None = None
         self.unsynced: set[Path] = set()
         """Segment files written since the last checkpoint (not fsynced yet)."""
+        # The newest records as appended, so a consumer keeping up reads them from memory
+        # instead of reading and checking their frames again: offsets [_tail_start, next).
+        self._tail: list[Record] = []
+        self._tail_start = self.next_offset
 
     @classmethod
     def open(
@@ -174,6 +183,7 @@ class PartitionLog:
         if not positions:
             seg.first_ts = timestamp_us
         frames = bytearray()
+        tail = self._tail
         for key, value in items:
             if size >= limit and positions:
                 seg.size = size
@@ -189,7 +199,12 @@ class PartitionLog:
             size += len(frame)
             buf += frame
             frames += frame
+            tail.append((offset, timestamp_us, key.decode(), value))
             offset += 1
+        if len(tail) > TAIL_RECORDS:
+            drop = len(tail) - TAIL_RECORDS // 2
+            del tail[:drop]
+            self._tail_start += drop
         seg.size = size
         seg.last_ts = timestamp_us
         self.next_offset = offset
@@ -269,6 +284,8 @@ class PartitionLog:
             i0 = start - seg.base_offset
             idx = bisect_right(seg.positions, first + max_bytes, i0 + 1, stop - seg.base_offset)
             stop = seg.base_offset + max(idx - 1, i0 + 1)
+        if start >= self._tail_start:
+            return self._tail[start - self._tail_start : stop - self._tail_start]
         data = seg.read(start, stop)
         try:
             records = list(decode_frames(data, stop - start))

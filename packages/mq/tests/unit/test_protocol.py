@@ -55,9 +55,9 @@ def test_invalid_names(name: str) -> None:
         check_name("topic", name)
 
 
-def test_publish_body_round_trip_keeps_values_as_json() -> None:
-    body = encode_publish([("k1", b'{"a": 1}'), ("k2", b"[1,2]")])
-    assert decode_publish(body) == [("k1", b'{"a":1}'), ("k2", b"[1,2]")]
+def test_publish_body_round_trip_keeps_each_value_byte_for_byte() -> None:
+    body = encode_publish([("k1", b'{"a": 1}'), ("k2", b"[1,2]"), ("k3", b'"s"')])
+    assert decode_publish(body) == [("k1", b'{"a": 1}'), ("k2", b"[1,2]"), ("k3", b'"s"')]
 
 
 @pytest.mark.parametrize(
@@ -74,6 +74,8 @@ def test_publish_body_round_trip_keeps_values_as_json() -> None:
         b'{"records": [{"value": 1}]}',
         b'{"records": [{"key": "' + b"x" * 1025 + b'", "value": 1}]}',
         b'{"records": [{"key": "\\ud800", "value": 1}]}',
+        b'{"records": [{"key": "k", "value": {"a": }}]}',
+        b'{"records": [{"key": "k", "value": 1}], "x": [}',
     ],
 )
 def test_malformed_publish_bodies_are_protocol_errors(body: bytes) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 from telemetry_mq import Broker, CorruptLogError
+from telemetry_mq.log import TAIL_RECORDS
 from telemetry_mq.protocol import FRAME_OVERHEAD
 from telemetry_mq.segment import segment_name
 
@@ -153,3 +154,21 @@ async def test_corrupt_group_journal_line_is_reported(
     journal.write_bytes(b"\n".join(lines))
     with pytest.raises(CorruptLogError, match="g.journal"):
         await open_broker()
+
+
+async def test_reads_from_memory_and_from_disk_agree(open_broker: OpenBroker) -> None:
+    """The newest records are read from memory, older ones from the files: same records."""
+    b = await open_broker(segment_bytes=64 * 1024)
+    await b.create_topic("t", 1)
+    n = TAIL_RECORDS * 2 + 100
+    for start in range(0, n, 500):
+        await publish_n(b, min(500, n - start), start=start)
+    plog = b.topic("t").logs[0]
+    from_memory = plog.read(n - 10, 10, 1 << 30)
+    assert from_memory == plog.read_offsets(list(range(n - 10, n)))
+    older = plog.read(0, 10, 1 << 30)
+    assert [r[0] for r in older] == list(range(10))
+    assert [orjson.loads(v)["i"] for v in await read_all(b)] == list(range(n))
+    await b.close()
+    b = await open_broker()
+    assert b.topic("t").logs[0].read(n - 10, 10, 1 << 30) == from_memory
