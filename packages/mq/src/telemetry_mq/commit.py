@@ -1,17 +1,18 @@
-"""Group commit: one writer task batches the writes of every log and journal and fsyncs them.
+"""Group commit: write cycles batch the writes of every log and journal and fsync them.
 
-Publishers and ackers hand their bytes to a *unit* (a partition log or a group journal) and await
-``Committer.request(unit)``. While one cycle is writing and fsyncing in worker threads, new
-requests pile up for the next cycle, so concurrent publishes share one fsync per file.
+Publishers and ackers hand their bytes to a *unit* (a topic's write-ahead log or a group
+journal) and await ``Committer.request(unit)``. While one cycle is writing and fsyncing in
+worker threads, new requests pile up for the next cycle, so concurrent publishes share one
+fsync per file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Literal, Protocol
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,13 @@ class Unit(Protocol):
 
 
 class Committer:
-    """Runs write cycles for dirty units; resolves their waiters per the fsync policy."""
+    """Runs write cycles for dirty units; resolves their waiters per the fsync policy.
+
+    Callback driven, to keep the hops through the event loop few: the first request of an
+    idle committer schedules a cycle (so the requests of one loop iteration share it); a
+    cycle's jobs run in worker threads, whose completion callback finishes the jobs, resolves
+    the waiters and starts the next cycle at once with whatever piled up meanwhile.
+    """
 
     def __init__(
         self,
@@ -57,16 +64,17 @@ class Committer:
         self._observe = observe_fsync
         self._dirty: dict[Unit, asyncio.Future[None]] = {}
         self._unsynced: set[Unit] = set()
-        self._wake = asyncio.Event()
         self._force_fsync = False
-        self._closing = False
-        self._last_sync = time.monotonic()
-        self._task: asyncio.Task[None] | None = None
+        self._scheduled = False
+        self._chunks_left = 0  # chunks of the running cycle still in worker threads
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Start the writer task (and the fsync ticker for the ``interval`` policy)."""
-        self._task = asyncio.create_task(self._run(), name="mq-committer")
+        """Bind to the running loop (and start the fsync ticker for the ``interval`` policy)."""
+        self._loop = asyncio.get_running_loop()
         if self._policy == "interval":
             self._ticker = asyncio.create_task(self._tick(), name="mq-fsync-ticker")
 
@@ -74,9 +82,13 @@ class Committer:
         """Schedule ``unit``'s pending writes; the future resolves once they are committed."""
         fut = self._dirty.get(unit)
         if fut is None:
-            fut = asyncio.get_running_loop().create_future()
+            loop = self._loop or asyncio.get_running_loop()
+            fut = loop.create_future()
             self._dirty[unit] = fut
-            self._wake.set()
+            self._idle.clear()
+            if not self._chunks_left and not self._scheduled:
+                self._scheduled = True
+                loop.call_soon(self._start_cycle)
         return fut
 
     async def sync(self, units: list[Unit]) -> None:
@@ -89,12 +101,9 @@ class Committer:
     async def close(self, units: list[Unit]) -> None:
         """Commit and fsync everything still pending, then stop."""
         await self.sync(units)
-        self._closing = True
-        self._wake.set()
         if self._ticker is not None:
             self._ticker.cancel()
-        if self._task is not None:
-            await self._task
+        await self._idle.wait()
         self._pool.shutdown(wait=True)
 
     async def _tick(self) -> None:
@@ -118,39 +127,60 @@ class Committer:
                 errors.append(e)
         return errors
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._dirty:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch, self._dirty = self._dirty, {}
-            fsync = self._policy == "always" or self._force_fsync
-            self._force_fsync = False
-            prepared: list[tuple[Unit, Job, asyncio.Future[None]]] = [
-                (unit, unit.prepare(), fut) for unit, fut in batch.items()
-            ]
-            n = min(self._workers, len(prepared))
-            chunks = [prepared[i::n] for i in range(n)]
-            results = await asyncio.gather(
-                *(
-                    loop.run_in_executor(self._pool, self._run_chunk, [j for _, j, _ in c], fsync)
-                    for c in chunks
-                )
+    def _start_cycle(self) -> None:
+        self._scheduled = False
+        if self._chunks_left:
+            return  # the running cycle starts the next one when it ends
+        if not self._dirty:
+            self._idle.set()
+            return
+        loop = self._loop
+        assert loop is not None
+        batch, self._dirty = self._dirty, {}
+        fsync = self._policy == "always" or self._force_fsync
+        self._force_fsync = False
+        prepared: list[tuple[Unit, Job, asyncio.Future[None]]] = [
+            (unit, unit.prepare(), fut) for unit, fut in batch.items()
+        ]
+        n = min(self._workers, len(prepared))
+        self._chunks_left = n
+        for i in range(n):
+            chunk = prepared[i::n]
+            done = self._pool.submit(self._run_chunk, [job for _, job, _ in chunk], fsync)
+            done.add_done_callback(
+                partial(self._from_thread, loop, partial(self._chunk_done, chunk, fsync))
             )
-            for chunk, errors in zip(chunks, results, strict=True):
-                for (unit, job, fut), error in zip(chunk, errors, strict=True):
-                    job.finish(error)
-                    if not fsync and error is None:
-                        self._unsynced.add(unit)
-                    if fut.done():
-                        continue
-                    if error is None:
-                        fut.set_result(None)
-                    else:
-                        log.error("commit failed: %s", error)
-                        fut.set_exception(error)
-                        fut.exception()  # waiters that left early must not log "never retrieved"
+
+    @staticmethod
+    def _from_thread(
+        loop: asyncio.AbstractEventLoop,
+        callback: Callable[[Future[list[BaseException | None]]], None],
+        done: Future[list[BaseException | None]],
+    ) -> None:
+        loop.call_soon_threadsafe(callback, done)
+
+    def _chunk_done(
+        self,
+        chunk: list[tuple[Unit, Job, asyncio.Future[None]]],
+        fsync: bool,
+        done: Future[list[BaseException | None]],
+    ) -> None:
+        try:
+            errors = done.result()
+        except BaseException as e:  # the pool itself failed: every job of the chunk did
+            errors = [e] * len(chunk)
+        for (unit, job, fut), error in zip(chunk, errors, strict=True):
+            job.finish(error)
+            if not fsync and error is None:
+                self._unsynced.add(unit)
+            if fut.done():
+                continue
+            if error is None:
+                fut.set_result(None)
+            else:
+                log.error("commit failed: %s", error)
+                fut.set_exception(error)
+                fut.exception()  # waiters that left early must not log "never retrieved"
+        self._chunks_left -= 1
+        if not self._chunks_left:
+            self._start_cycle()  # at once: the requests that piled up during this cycle

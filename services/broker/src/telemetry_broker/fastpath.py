@@ -41,16 +41,40 @@ log = logging.getLogger(__name__)
 JSON: Final = "application/json"
 
 
+class ClientGoneError(Exception):
+    """The client disconnected while its request waited (no answer is sent)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FastRequest:
     """The request as a hot handler sees it: the whole body and the raw ASGI headers."""
 
     body: bytes
     headers: Iterable[tuple[bytes, bytes]]
+    receive: ASGIReceiveCallable
 
     def header(self, name: bytes) -> str:
         """The value of header ``name`` (lower case), or ``""``."""
         return _header(self.headers, name).decode("latin-1")
+
+    async def unless_disconnected[T](self, call: Coroutine[Any, Any, T]) -> T:
+        """Await ``call`` (a long wait); cancel it if the client disconnects first.
+
+        Raises ``ClientGoneError`` then: the dispatcher sends nothing (as Quart does). Watching
+        the connection costs two tasks, so handlers use it only around a wait that may last.
+        """
+        handler = asyncio.ensure_future(call)
+        watcher = asyncio.ensure_future(self.receive())
+        try:
+            await asyncio.wait((handler, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not handler.done():
+                handler.cancel()
+                await asyncio.wait((handler,))
+            watcher.cancel()
+        if handler.cancelled():
+            raise ClientGoneError
+        return handler.result()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +102,6 @@ class _Route:
     handler: FastHandler
     segments: tuple[str | None, ...]  # a literal path segment, or None for a variable
     names: tuple[str, ...]
-    long_poll: bool
     counters: dict[int, Any] = field(default_factory=dict)  # status -> counter child
     latency: Any = None
 
@@ -109,11 +132,10 @@ class FastPath:
         rule: str,
         request: type[BaseModel],
         *responses: tuple[type[BaseModel], int],
-        long_poll: bool = False,
     ) -> Callable[[FastHandler], FastHandler]:
         """Serve ``POST <bp prefix><rule>`` with the decorated handler; document it on ``bp``.
 
-        ``long_poll``: the handler may wait; it is cancelled if the client disconnects.
+        A handler that may wait long wraps the wait in ``FastRequest.unless_disconnected``.
         """
 
         def register(handler: FastHandler) -> FastHandler:
@@ -125,7 +147,6 @@ class FastPath:
                 handler,
                 tuple(None if p.startswith("<") else p for p in parts),
                 tuple(p[1:-1] for p in parts if p.startswith("<")),
-                long_poll,
             )
             route.latency = self._latency.labels("POST", full)
             self._routes.setdefault(("POST", len(parts)), []).append(route)
@@ -180,13 +201,9 @@ class FastPath:
             body = await self._body(headers, receive)
             if body is None:
                 return  # the client went away
-            call = route.handler(FastRequest(body, headers), **params)
-            if route.long_poll:
-                answer = await _unless_disconnected(call, receive)
-                if answer is None:
-                    return
-            else:
-                answer = await call
+            answer = await route.handler(FastRequest(body, headers, receive), **params)
+        except ClientGoneError:
+            return
         except Exception as e:
             answer = await _error_answer(e)
         out = (
@@ -239,24 +256,6 @@ def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes:
 
 def _too_large(limit: int) -> APIError:
     return APIError(413, "PAYLOAD_TOO_LARGE", f"the request body is over {limit} bytes")
-
-
-async def _unless_disconnected(
-    call: Coroutine[Any, Any, FastResponse], receive: ASGIReceiveCallable
-) -> FastResponse | None:
-    """Run ``call``; cancel it and answer None if the client disconnects first (as Quart does)."""
-    handler = asyncio.ensure_future(call)
-    watcher = asyncio.ensure_future(receive())
-    try:
-        await asyncio.wait((handler, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not handler.done():
-            handler.cancel()
-            await asyncio.wait((handler,))
-        watcher.cancel()
-    if handler.cancelled():
-        return None
-    return handler.result()
 
 
 async def _error_answer(error: Exception) -> FastResponse:

@@ -5,6 +5,7 @@ Fetch and the lease outcomes are hot routes, served by the fast path; group stat
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, RootModel
@@ -140,7 +141,6 @@ def groups_blueprint(
         "/fetch",
         FetchRequest,
         (FetchAnswer, 200),
-        long_poll=True,
     )
     async def fetch(req: FastRequest, topic: str, group: str) -> FastResponse:
         """Lease the next records of one partition; 204 when none came within max_wait.
@@ -158,15 +158,18 @@ def groups_blueprint(
             headers.append((ACKED_RECORDS, str(acked)))
             if expired:
                 headers.append((EXPIRED_LEASES, ",".join(expired)))
-        lease = broker.fetch_many if data.multi else broker.fetch
-        fetched = await lease(
+        lease = partial(
+            broker.fetch_many if data.multi else broker.fetch,
             topic,
             group,
             max_records=data.max_records,
-            max_wait=min(data.max_wait, max_fetch_wait),
             ack_wait=data.ack_wait,
             max_bytes=data.max_bytes,
         )
+        fetched = await lease(max_wait=0.0)  # records at hand: no need to watch the client
+        max_wait = min(data.max_wait, max_fetch_wait)
+        if not fetched and max_wait > 0:
+            fetched = await req.unless_disconnected(lease(max_wait=max_wait))
         if isinstance(fetched, list):
             if not fetched:
                 return FastResponse(status=204, headers=headers)
