@@ -182,6 +182,7 @@ def test_settings_and_hypercorn_config(monkeypatch):
     config = hypercorn_config(settings)
     assert config.bind == ["127.0.0.1:9999"]
     assert config.graceful_timeout == 3
+    assert config.keep_alive_max_requests >= 1_000_000  # clients keep their connections
     with pytest.raises(ValidationError):  # frozen: settings are read once
         settings.port = 1  # type: ignore[misc]
 

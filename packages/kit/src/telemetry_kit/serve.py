@@ -44,6 +44,10 @@ def hypercorn_config(settings: ServiceSettings) -> Config:
     config.logconfig_dict = logging_config(settings.log_level, settings.log_format)
     config.accesslog = None
     config.keep_alive_timeout = 75
+    # Hypercorn closes a keep-alive connection after 1000 requests by default; our clients
+    # (streamers, collectors) keep a few connections for their whole life, and reconnecting
+    # every 1000 requests cost the broker about 8 % of its batch-100 throughput.
+    config.keep_alive_max_requests = 1_000_000
     return config
 
 
