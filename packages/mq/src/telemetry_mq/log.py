@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ from time import perf_counter
 from typing import Final
 
 from .errors import CorruptLogError, StorageError
-from .protocol import decode_frames, encode_frame
+from .protocol import BODY_HEAD, PREFIX, decode_frames
 from .segment import SUFFIX, Segment, load_segment, segment_name
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,17 @@ def _fsync_dir(path: Path) -> None:
 
 TAIL_RECORDS: Final = 2048
 """Newest records of a partition kept in memory for reads (between half and all of it)."""
+PENDING_BYTES: Final = 1024 * 1024
+"""Frames a partition buffers at most before writing them to its segment file."""
 
 
 class PartitionLog:
     """One partition: an ordered list of segments; only the last one is written to.
 
     Offsets are assigned on append (on the event loop); records become readable once the
-    topic's write-ahead log holds them durably and ``flush`` has written them here and
-    advanced ``durable_offset``.
+    topic's write-ahead log holds them durably (``made_durable`` advances ``durable_offset``).
+    The newest records are kept in memory, and their frames are written to the segment files
+    in large writes (``write_out``); checkpoints make the files durable.
     """
 
     def __init__(
@@ -59,7 +63,8 @@ class PartitionLog:
         self.durable_offset = self.next_offset
         self.failed: BaseException | None = None
         self.on_durable: Callable[[], None] = lambda: None
-        self._pending: list[tuple[Segment, bytearray]] = []
+        self._pending: list[tuple[Segment, bytearray]] = []  # frames not in the files yet
+        self._pending_bytes = 0
         self._wseg: Segment | None = None
         self._wfd: int | None = None
         self.unsynced: set[Path] = set()
@@ -157,8 +162,10 @@ class PartitionLog:
 
     # -- append (event loop) + write (committer thread) ----------------------------------
 
-    def append(self, items: Sequence[tuple[bytes, bytes]], timestamp_us: int) -> tuple[int, bytes]:
-        """Assign offsets to ``items`` and buffer their frames.
+    def append(
+        self, items: Sequence[tuple[str, bytes, bytes]], timestamp_us: int
+    ) -> tuple[int, bytes]:
+        """Assign offsets to ``(key, key UTF-8, value)`` items and buffer their frames.
 
         Returns the first offset and the frames (for the topic's write-ahead log).
         """
@@ -172,43 +179,58 @@ class PartitionLog:
         if not self.segments:
             self._add_segment(offset, 0)
         seg = self.segments[-1]
-        if self._pending and self._pending[-1][0] is seg:
-            buf = self._pending[-1][1]
-        else:
-            buf = bytearray()
-            self._pending.append((seg, buf))
         positions = seg.positions
         size = seg.size
         limit = self.segment_bytes
         if not positions:
             seg.first_ts = timestamp_us
-        frames = bytearray()
+        frames: list[bytes] = []  # of the current segment
+        done: list[bytes] = []  # of earlier segments (a roll within this call)
         tail = self._tail
-        for key, value in items:
+        head = BODY_HEAD.pack
+        prefix = PREFIX.pack
+        crc32 = zlib.crc32
+        for key, kb, value in items:
             if size >= limit and positions:
                 seg.size = size
                 seg.last_ts = timestamp_us
+                chunk = b"".join(frames)
+                self._buffer(seg, chunk)
+                done.append(chunk)
+                frames = []
                 seg = self._add_segment(offset, seg.base_pos + size)
                 seg.first_ts = timestamp_us
                 positions = seg.positions
                 size = 0
-                buf = bytearray()
-                self._pending.append((seg, buf))
-            frame = encode_frame(offset, timestamp_us, key, value)
+            body = head(offset, timestamp_us, len(kb)) + kb + value
+            frame = prefix(len(body), crc32(body)) + body
+            frames.append(frame)
             positions.append(size)
             size += len(frame)
-            buf += frame
-            frames += frame
-            tail.append((offset, timestamp_us, key.decode(), value))
+            tail.append((offset, timestamp_us, key, value))
             offset += 1
-        if len(tail) > TAIL_RECORDS:
-            drop = len(tail) - TAIL_RECORDS // 2
-            del tail[:drop]
-            self._tail_start += drop
+        chunk = b"".join(frames)
+        self._buffer(seg, chunk)
+        if len(tail) > TAIL_RECORDS or self._pending_bytes > PENDING_BYTES:
+            self.write_out()  # first: records below the tail are read from the files
+            if len(tail) > TAIL_RECORDS:
+                drop = len(tail) - TAIL_RECORDS // 2
+                del tail[:drop]
+                self._tail_start += drop
         seg.size = size
         seg.last_ts = timestamp_us
         self.next_offset = offset
-        return first, bytes(frames)
+        if done:
+            done.append(chunk)
+            return first, b"".join(done)
+        return first, chunk
+
+    def _buffer(self, seg: Segment, chunk: bytes) -> None:
+        self._pending_bytes += len(chunk)
+        if self._pending and self._pending[-1][0] is seg:
+            self._pending[-1][1].extend(chunk)
+        else:
+            self._pending.append((seg, bytearray(chunk)))
 
     def _add_segment(self, base_offset: int, base_pos: int) -> Segment:
         seg = Segment(self.path / segment_name(base_offset), base_offset, base_pos)
@@ -216,14 +238,25 @@ class PartitionLog:
         self._bases.append(base_offset)
         return seg
 
-    def flush(self) -> None:
-        """Write the pending frames (no fsync) and make them readable.
+    def made_durable(self, end: int) -> None:
+        """The topic's write-ahead log holds the records below ``end``: make them readable.
 
-        Called on the event loop once the topic's write-ahead log holds them durably: a write
-        to the page cache is a few microseconds, cheaper than a round trip to a worker thread.
-        Checkpoints fsync the files (``sync``). A failed write marks the partition failed.
+        They are read from memory (the tail) until ``write_out`` has put them in the files.
+        """
+        if end > self.durable_offset:
+            self.durable_offset = end
+            self.on_durable()
+
+    def write_out(self) -> None:
+        """Write the buffered frames to the segment files (no fsync; checkpoints do that).
+
+        Runs on the event loop, rarely: before records leave the in-memory tail (so a read
+        below the tail finds them in the files), past ``PENDING_BYTES``, and before a
+        checkpoint or a close. Frames whose log write is still in flight may be written too:
+        they are only readable once ``made_durable``. A failed write marks the partition failed.
         """
         chunks, self._pending = self._pending, []
+        self._pending_bytes = 0
         try:
             fd = self._wfd
             for seg, data in chunks:
@@ -241,10 +274,6 @@ class PartitionLog:
         except OSError as e:
             log.error("partition %d of %s: write failed: %s", self.partition, self.topic, e)
             self.failed = e
-            return
-        if self.next_offset > self.durable_offset:
-            self.durable_offset = self.next_offset
-            self.on_durable()
 
     def sync(self, paths: set[Path]) -> float:
         """Fsync ``paths`` (segment files written since the last checkpoint) and the directory.
@@ -277,6 +306,10 @@ class PartitionLog:
         stop = min(self.durable_offset, start + max_records)
         if start >= stop:
             return []
+        tail_start = self._tail_start
+        if start < tail_start:
+            # From the files, which hold every record below the tail (not always the rest).
+            stop = min(stop, tail_start)
         seg = self.segments[bisect_right(self._bases, start) - 1]
         stop = min(stop, seg.end_offset)
         first = seg.pos_of(start)
@@ -284,8 +317,8 @@ class PartitionLog:
             i0 = start - seg.base_offset
             idx = bisect_right(seg.positions, first + max_bytes, i0 + 1, stop - seg.base_offset)
             stop = seg.base_offset + max(idx - 1, i0 + 1)
-        if start >= self._tail_start:
-            return self._tail[start - self._tail_start : stop - self._tail_start]
+        if start >= tail_start:
+            return self._tail[start - tail_start : stop - tail_start]
         data = seg.read(start, stop)
         try:
             records = list(decode_frames(data, stop - start))
@@ -326,6 +359,8 @@ class PartitionLog:
 
         The active (last) segment is never deleted. Returns the number of segments deleted.
         """
+        if self._pending:
+            self.write_out()  # no buffered frame may recreate a deleted file later
         deleted = 0
         while len(self.segments) > 1:
             seg = self.segments[0]
@@ -349,7 +384,7 @@ class PartitionLog:
         return deleted
 
     def close(self) -> None:
-        """Close every descriptor (after the committer has stopped)."""
+        """Close every descriptor (after the committer has stopped and ``write_out``)."""
         for seg in self.segments:
             seg.close()
         if self._wfd is not None:

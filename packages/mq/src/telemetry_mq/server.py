@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
@@ -37,7 +36,7 @@ from .errors import (
 from .groups import Dead, Group
 from .journal import read_journal
 from .log import PartitionLog
-from .protocol import FRAME_OVERHEAD, MAX_KEY_BYTES, Batch, Delivery, check_name
+from .protocol import FRAME_OVERHEAD, Batch, Delivery, check_name
 from .stats import GroupStats, Observer, TopicStats
 from .topic import Topic
 from .wal import CHECKPOINT, TopicWal, checkpoint, read_checkpoint, write_checkpoint
@@ -159,6 +158,8 @@ class Broker:
         if replayed:
             log.warning("replayed %d records of %s from its write-ahead log", replayed, name)
         if wal.active != start or not (path / CHECKPOINT).exists():
+            for plog in logs:
+                plog.write_out()
             unsynced = [plog.unsynced for plog in logs]
             for plog in logs:
                 plog.unsynced = set()
@@ -181,6 +182,8 @@ class Broker:
 
     async def _checkpoint(self, t: Topic, cut: int, offsets: list[int]) -> None:
         """Fsync the partition files up to ``offsets``, then drop log segments below ``cut``."""
+        for plog in t.logs:
+            plog.write_out()
         unsynced = [plog.unsynced for plog in t.logs]
         for plog in t.logs:
             plog.unsynced = set()
@@ -307,24 +310,21 @@ class Broker:
                     limit=self.config.max_backlog_bytes,
                     retry_after=self.config.retry_after,
                 )
-        nparts = t.partitions
-        buckets: dict[int, list[tuple[bytes, bytes]]] = {}
+        buckets: dict[int, list[tuple[str, bytes, bytes]]] = {}
         order: list[int] = []
         max_value = self.config.max_record_bytes
-        crc32 = zlib.crc32
+        route = t.route
         for key, value in records:
-            kb = key.encode()
-            if len(kb) > MAX_KEY_BYTES or len(value) > max_value:
-                raise ProtocolError(
-                    f"a key is at most {MAX_KEY_BYTES} bytes and a value {max_value} bytes"
-                )
-            p = crc32(kb) % nparts
+            routed = route(key)
+            if len(value) > max_value:
+                raise ProtocolError(f"a value is at most {max_value} bytes")
+            kb, p = routed
             order.append(p)
             bucket = buckets.get(p)
             if bucket is None:
-                buckets[p] = [(kb, value)]
+                buckets[p] = [(key, kb, value)]
             else:
-                bucket.append((kb, value))
+                bucket.append((key, kb, value))
         ts = int(self._wall() * 1_000_000)
         next_of: dict[int, int] = {}
         wal = t.wal

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from .errors import TopicNotFoundError
+from .errors import ProtocolError, TopicNotFoundError
 from .groups import Group
 from .log import PartitionLog
+from .protocol import MAX_KEY_BYTES, partition_for
 from .stats import GroupPartitionStats, GroupStats, PartitionStats, TopicStats
 from .wal import TopicWal
+
+_ROUTES_KEPT = 100_000
+"""Keys whose partition a topic remembers (the memo starts over past it)."""
 
 
 class Topic:
@@ -22,10 +26,30 @@ class Topic:
         self.wal = wal
         self.groups: dict[str, Group] = {}
         self.changed = asyncio.Event()
+        self._routes: dict[str, tuple[bytes, int]] = {}
         self.checkpoint_wanted = False
         self.checkpointer: asyncio.Task[None] | None = None
         for plog in logs:
             plog.on_durable = self.notify
+
+    def route(self, key: str) -> tuple[bytes, int]:
+        """The UTF-8 bytes of ``key`` and its partition (``protocol.partition_for``).
+
+        Remembered per key: producers use few keys (one per GPU), so this is a dict lookup.
+        Raises ``ProtocolError`` for a key that is not valid UTF-8 or too long.
+        """
+        routed = self._routes.get(key)
+        if routed is None:
+            try:
+                kb = key.encode()
+            except UnicodeEncodeError as e:
+                raise ProtocolError("a key must be valid UTF-8") from e
+            if len(kb) > MAX_KEY_BYTES:
+                raise ProtocolError(f"a key is at most {MAX_KEY_BYTES} bytes")
+            if len(self._routes) >= _ROUTES_KEPT:
+                self._routes.clear()
+            routed = self._routes[key] = (kb, partition_for(kb, len(self.logs)))
+        return routed
 
     @property
     def partitions(self) -> int:

@@ -3,8 +3,9 @@
 A publish spreads its records over up to P partitions. Fsyncing P partition files per commit
 would cost P device flushes (and P round trips to worker threads); instead, the frames of a
 commit cycle go to one append-only file per topic, which is fsynced once (or written with
-``O_DSYNC``: one system call). Once that write is durable, the frames are written to their
-partition files on the event loop, without fsync, and become readable.
+``O_DSYNC``: one system call). Once that write is durable, the records become readable (from
+the partitions' in-memory tails); their frames reach the partition files later, in large
+writes without fsync (``PartitionLog.write_out``).
 
 Checkpoints make the partition files durable: when the log rolls to a new segment file, the
 partition files written since the last checkpoint are fsynced, ``checkpoint.json`` records the
@@ -135,7 +136,7 @@ class TopicWal:
     """The write-ahead log of one topic: a commit unit (``commit.Unit``) of the committer.
 
     ``add`` buffers a partition's frames (after ``PartitionLog.append``); a commit writes the
-    buffer to the active segment and then flushes the dirty partitions (see the module doc).
+    buffer to the active segment, then makes those records of the partitions readable.
     ``on_roll`` is called on the event loop after a commit that started a new segment: the
     broker checkpoints then.
     """
@@ -178,8 +179,9 @@ class TopicWal:
             self._size = 0
             rolled = True
         self._size += len(data)
-        dirty, self._dirty = list(self._dirty), {}
-        return _WalJob(self, data, self.active, dirty, rolled)
+        ends = [(p, self.logs[p].next_offset) for p in self._dirty]
+        self._dirty = {}
+        return _WalJob(self, data, self.active, ends, rolled)
 
     def _write(self, data: bytes, segment: int, fsync: bool) -> float:
         if data and segment != self._fd_segment:
@@ -255,22 +257,23 @@ class TopicWal:
             replayed += _replay_file(topic, file, logs, last=i == len(files) - 1)
             last = segment
         for plog in logs:
-            plog.flush()
+            plog.write_out()
             if plog.failed is not None:
                 raise plog.failed
+            plog.made_durable(plog.next_offset)
         return cls(topic, path, logs, active=last + 1, segment_bytes=segment_bytes), replayed
 
 
 class _WalJob:
-    __slots__ = ("_data", "_dirty", "_rolled", "_segment", "_wal")
+    __slots__ = ("_data", "_ends", "_rolled", "_segment", "_wal")
 
     def __init__(
-        self, wal: TopicWal, data: bytes, segment: int, dirty: list[int], rolled: bool
+        self, wal: TopicWal, data: bytes, segment: int, ends: list[tuple[int, int]], rolled: bool
     ) -> None:
         self._wal = wal
         self._data = data
         self._segment = segment
-        self._dirty = dirty
+        self._ends = ends  # (partition, next offset when prepared)
         self._rolled = rolled
 
     def run(self, fsync: bool) -> float:
@@ -280,11 +283,11 @@ class _WalJob:
         logs = self._wal.logs
         if error is not None:
             log.error("write-ahead log of %s: write failed: %s", self._wal.topic, error)
-            for p in self._dirty:
+            for p, _ in self._ends:
                 logs[p].failed = error
             return
-        for p in self._dirty:
-            logs[p].flush()
+        for p, end in self._ends:
+            logs[p].made_durable(end)
         if self._rolled:
             self._wal.on_roll()
 
@@ -347,7 +350,7 @@ def _replay_entry(topic: str, file: Path, pos: int, plog: PartitionLog, frames: 
                     partition=plog.partition,
                     offset=plog.next_offset,
                 )
-            plog.append([(key.encode(), value)], ts)
+            plog.append([(key, key.encode(), value)], ts)
             replayed += 1
     except (ValueError, UnicodeDecodeError, struct.error) as e:
         raise CorruptLogError(

@@ -87,6 +87,8 @@ async def test_acked_records_come_back_when_partition_files_lost_unsynced_writes
         await publish(b, start, 10)
     before = await read_all(b)
     assert sum(map(len, before.values())) == 60
+    for plog in b.topic("t").logs:
+        plog.write_out()  # written, never fsynced
     await crash(b, data)
     assert wal_files(data), "the records are in the write-ahead log"
     assert checkpoint(data)["offsets"] == [0, 0, 0]
