@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from .errors import CorruptLogError
+from .log import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +139,7 @@ class GroupJournal:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(self.path.parent)
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None

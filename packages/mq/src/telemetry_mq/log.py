@@ -21,7 +21,8 @@ Record = tuple[int, int, str, bytes]
 """A stored record: ``(offset, timestamp_us, key, value)``."""
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Fsync a directory (so a created, renamed or deleted entry in it is durable)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -291,7 +292,7 @@ class PartitionLog:
             finally:
                 os.close(fd)
         if paths:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         return perf_counter() - started
 
     # -- reads ------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .groups import Dead, Group
 from .journal import read_journal
-from .log import PartitionLog
+from .log import PartitionLog, fsync_dir
 from .protocol import FRAME_OVERHEAD, Batch, Delivery, check_name
 from .stats import GroupStats, Observer, TopicStats
 from .topic import Topic
@@ -244,11 +244,7 @@ class Broker:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        fd = os.open(self._topics_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self._topics_dir)
 
     def topic(self, name: str) -> Topic:
         """The topic named ``name``; raises ``TopicNotFoundError``."""

@@ -36,7 +36,7 @@ from typing import Final
 import orjson
 
 from .errors import CorruptLogError
-from .log import PartitionLog
+from .log import PartitionLog, fsync_dir
 from .protocol import decode_frames
 
 log = logging.getLogger(__name__)
@@ -59,15 +59,6 @@ def _crc(partition: int, frames: bytes | memoryview) -> int:
 def encode_entry(partition: int, frames: bytes) -> bytes:
     """One log entry: a partition's frames of one publish."""
     return ENTRY_HEAD.pack(len(frames), _crc(partition, frames), partition) + frames
-
-
-def fsync_dir(path: Path) -> None:
-    """Fsync a directory (so a created, renamed or deleted entry in it is durable)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- checkpoints ---------------------------------------------------------------------------
