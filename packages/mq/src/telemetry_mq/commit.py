@@ -1,19 +1,25 @@
 """Group commit: write cycles batch the writes of every log and journal and fsync them.
 
 Publishers and ackers hand their bytes to a *unit* (a topic's write-ahead log or a group
-journal) and await ``Committer.request(unit)``. While one cycle is writing and fsyncing in
-worker threads, new requests pile up for the next cycle, so concurrent publishes share one
-fsync per file.
+journal) and await ``Committer.request(unit)``. While one cycle is writing and fsyncing, new
+requests pile up for the next cycle, so concurrent publishes share one fsync per file.
+
+A cycle's plain appends to an open file are written on the event loop (page cache) and made
+durable by the fsync helper process (``syncer.py``); the rest (opening a new segment,
+rewriting a journal, or every job when the helper is not running) runs in worker threads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Literal, Protocol
+
+from .syncer import SyncerGoneError, SyncProcess, SyncResult, fdatasync_all
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +29,22 @@ FsyncPolicy = Literal["always", "interval", "never"]
 class Job(Protocol):
     """The detached pending work of one unit for one cycle."""
 
+    @property
+    def inline(self) -> bool:
+        """Whether ``write`` may do the job on the event loop (a plain append to an open file)."""
+        ...
+
     def run(self, fsync: bool) -> float:
         """Write (and fsync when asked) in a worker thread; return the seconds spent in fsync."""
+        ...
+
+    def write(self) -> int | None:
+        """Inline jobs: append on the event loop, no fsync; return the descriptor holding
+        data not yet durable (to ``fdatasync``), or None."""
+        ...
+
+    def synced(self) -> None:
+        """The descriptor ``write`` returned was fdatasynced: its data is durable."""
         ...
 
     def finish(self, error: BaseException | None) -> None:
@@ -55,9 +75,12 @@ class Committer:
         policy: FsyncPolicy = "always",
         interval: float = 0.05,
         workers: int = 4,
+        helper: bool = True,
         observe_fsync: Callable[[float], None] | None = None,
     ) -> None:
         self._policy: FsyncPolicy = policy
+        self._want_helper = helper
+        self._syncer: SyncProcess | None = None
         self._interval = interval
         self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mq-commit")
@@ -73,8 +96,14 @@ class Committer:
         self._ticker: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Bind to the running loop (and start the fsync ticker for the ``interval`` policy)."""
+        """Bind to the running loop, start the fsync helper (and the fsync ticker for the
+        ``interval`` policy)."""
         self._loop = asyncio.get_running_loop()
+        if self._want_helper and self._policy != "never":
+            try:
+                self._syncer = SyncProcess.start()
+            except OSError as e:
+                log.warning("fsync helper did not start (%s): worker threads fsync instead", e)
         if self._policy == "interval":
             self._ticker = asyncio.create_task(self._tick(), name="mq-fsync-ticker")
 
@@ -104,6 +133,8 @@ class Committer:
         if self._ticker is not None:
             self._ticker.cancel()
         await self._idle.wait()
+        if self._syncer is not None:
+            await self._syncer.close()
         self._pool.shutdown(wait=True)
 
     async def _tick(self) -> None:
@@ -142,14 +173,113 @@ class Committer:
         prepared: list[tuple[Unit, Job, asyncio.Future[None]]] = [
             (unit, unit.prepare(), fut) for unit, fut in batch.items()
         ]
-        n = min(self._workers, len(prepared))
-        self._chunks_left = n
+        syncer = self._syncer if self._syncer is not None and self._syncer.alive else None
+        inline = [item for item in prepared if syncer is not None and item[1].inline]
+        threaded = [item for item in prepared if syncer is None or not item[1].inline]
+        n = min(self._workers, len(threaded))
+        self._chunks_left = n + (1 if inline else 0)
         for i in range(n):
-            chunk = prepared[i::n]
+            chunk = threaded[i::n]
             done = self._pool.submit(self._run_chunk, [job for _, job, _ in chunk], fsync)
             done.add_done_callback(
                 partial(self._from_thread, loop, partial(self._chunk_done, chunk, fsync))
             )
+        if inline:
+            assert syncer is not None
+            self._run_inline(syncer, inline, fsync)
+
+    def _run_inline(
+        self,
+        syncer: SyncProcess,
+        chunk: list[tuple[Unit, Job, asyncio.Future[None]]],
+        fsync: bool,
+    ) -> None:
+        """Append on the loop; the helper makes it durable (see the module docstring)."""
+        loop = self._loop
+        assert loop is not None
+        errors: list[BaseException | None] = []
+        fds: list[int] = []
+        owners: list[int] = []  # the chunk index of each descriptor's job
+        for i, (_, job, _) in enumerate(chunk):
+            try:
+                fd = job.write()
+            except Exception as e:  # reported to the waiters of this unit only
+                errors.append(e)
+                continue
+            errors.append(None)
+            if fsync and fd is not None:
+                fds.append(fd)
+                owners.append(i)
+        if not fds:
+            loop.call_soon(self._chunk_finished, chunk, fsync, errors)
+            return
+        on_done = partial(self._inline_synced, chunk, fsync, errors, owners, fds)
+        try:
+            syncer.sync(fds).add_done_callback(on_done)
+        except SyncerGoneError as e:
+            failed: asyncio.Future[SyncResult] = loop.create_future()
+            failed.set_exception(e)
+            on_done(failed)
+
+    def _inline_synced(
+        self,
+        chunk: list[tuple[Unit, Job, asyncio.Future[None]]],
+        fsync: bool,
+        errors: list[BaseException | None],
+        owners: list[int],
+        fds: list[int],
+        done: asyncio.Future[SyncResult],
+    ) -> None:
+        try:
+            results = done.result()
+        except SyncerGoneError:
+            # The descriptors stay open until this cycle ends: fsync them in a thread.
+            self._syncer = None
+            loop = self._loop
+            assert loop is not None
+            retry = self._pool.submit(fdatasync_all, fds)
+            retry.add_done_callback(
+                partial(
+                    self._from_thread,
+                    loop,
+                    partial(self._thread_synced, chunk, fsync, errors, owners),
+                )
+            )
+            return
+        self._apply_sync(chunk, fsync, errors, owners, results)
+
+    def _thread_synced(
+        self,
+        chunk: list[tuple[Unit, Job, asyncio.Future[None]]],
+        fsync: bool,
+        errors: list[BaseException | None],
+        owners: list[int],
+        done: Future[SyncResult],
+    ) -> None:
+        try:
+            results = done.result()
+        except BaseException as e:  # the pool itself failed
+            results = [(-1, 0.0)] * len(owners)
+            log.error("fsync in a worker thread failed: %s", e)
+        self._apply_sync(chunk, fsync, errors, owners, results)
+
+    def _apply_sync(
+        self,
+        chunk: list[tuple[Unit, Job, asyncio.Future[None]]],
+        fsync: bool,
+        errors: list[BaseException | None],
+        owners: list[int],
+        results: SyncResult,
+    ) -> None:
+        for i, (errno, seconds) in zip(owners, results, strict=True):
+            if errno:
+                reason = os.strerror(errno) if errno > 0 else "unknown error"
+                errors[i] = OSError(errno, f"fdatasync failed: {reason}")
+                continue
+            chunk[i][1].synced()
+            if self._observe is not None:
+                self._observe(seconds)
+        self._chunk_finished(chunk, fsync, errors)
 
     @staticmethod
     def _from_thread(
@@ -169,6 +299,14 @@ class Committer:
             errors = done.result()
         except BaseException as e:  # the pool itself failed: every job of the chunk did
             errors = [e] * len(chunk)
+        self._chunk_finished(chunk, fsync, errors)
+
+    def _chunk_finished(
+        self,
+        chunk: list[tuple[Unit, Job, asyncio.Future[None]]],
+        fsync: bool,
+        errors: list[BaseException | None],
+    ) -> None:
         for (unit, job, fut), error in zip(chunk, errors, strict=True):
             job.finish(error)
             if not fsync and error is None:

@@ -32,3 +32,4 @@ class BrokerConfig:
     maintenance_interval: float | None = 1.0
     retry_after: float = 1.0
     commit_workers: int = 4
+    fsync_helper: bool = True  # fsync in a helper process (see syncer.py), else in threads

@@ -104,7 +104,8 @@ class GroupJournal:
         self._pending = bytearray()
         self._compact = False
         self.size = path.stat().st_size if path.exists() else 0
-        # Owned by the committer's worker thread between prepare() and finish().
+        # Owned by the committer between prepare() and finish(): a worker thread, or the
+        # event loop for an inline job.
         self._fd: int | None = None
         self._unsynced = False
 
@@ -127,9 +128,21 @@ class GroupJournal:
             self._pending = bytearray()
             data = encode_entry(self._snapshot())
             self.size = len(data)
-            return _JournalJob(self, bytes(data), replace=True)
+            return _JournalJob(self, bytes(data), replace=True, inline=False)
         data, self._pending = bytes(self._pending), bytearray()
-        return _JournalJob(self, data, replace=False)
+        # An append to the open file may be written on the event loop.
+        return _JournalJob(self, data, replace=False, inline=self._fd is not None)
+
+    def _append(self, data: bytes) -> int | None:
+        """Append to the open file without fsync; the descriptor if data is not durable."""
+        fd = self._fd
+        assert fd is not None
+        if data:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            self._unsynced = True
+        return fd if self._unsynced else None
 
     def _write(self, data: bytes, replace: bool, fsync: bool) -> float:
         if replace:
@@ -169,15 +182,22 @@ class GroupJournal:
 
 
 class _JournalJob:
-    __slots__ = ("_data", "_journal", "_replace")
+    __slots__ = ("_data", "_journal", "_replace", "inline")
 
-    def __init__(self, journal: GroupJournal, data: bytes, *, replace: bool) -> None:
+    def __init__(self, journal: GroupJournal, data: bytes, *, replace: bool, inline: bool) -> None:
         self._journal = journal
         self._data = data
         self._replace = replace
+        self.inline = inline
 
     def run(self, fsync: bool) -> float:
         return self._journal._write(self._data, self._replace, fsync)
+
+    def write(self) -> int | None:
+        return self._journal._append(self._data)
+
+    def synced(self) -> None:
+        self._journal._unsynced = False
 
     def finish(self, error: BaseException | None) -> None:
         if error is not None:

@@ -74,6 +74,7 @@ class Broker:
             policy=config.fsync,
             interval=config.fsync_interval,
             workers=config.commit_workers,
+            helper=config.fsync_helper,
             observe_fsync=observer.fsync,
         )
         self._lease_prefix = secrets.token_hex(4) + "-"

@@ -150,7 +150,8 @@ class TopicWal:
         self._size = 0  # bytes in the active segment, including pending ones
         self._pending = bytearray()
         self._dirty: dict[int, None] = {}
-        # Owned by the committer's worker thread between prepare() and finish().
+        # Owned by the committer between prepare() and finish(): a worker thread, or the
+        # event loop for an inline job.
         self._fd: int | None = None
         self._dsync_fd: int | None = None
         self._fd_segment = -1
@@ -172,7 +173,9 @@ class TopicWal:
         self._size += len(data)
         ends = [(p, self.logs[p].next_offset) for p in self._dirty]
         self._dirty = {}
-        return _WalJob(self, data, self.active, ends, rolled)
+        # A plain append to the open segment may be written on the event loop.
+        inline = not rolled and self._fd is not None and self._fd_segment == self.active
+        return _WalJob(self, data, self.active, ends, rolled, inline)
 
     def _write(self, data: bytes, segment: int, fsync: bool) -> float:
         if data and segment != self._fd_segment:
@@ -201,6 +204,15 @@ class TopicWal:
             self._unsynced = False
             return perf_counter() - started
         return 0.0
+
+    def _append(self, data: bytes) -> int | None:
+        """Append to the open segment without fsync; the descriptor if data is not durable."""
+        fd = self._fd
+        assert fd is not None
+        if data:
+            _write_all(fd, data)
+            self._unsynced = True
+        return fd if self._unsynced else None
 
     def _close_fds(self) -> None:
         if self._fd is not None:
@@ -256,19 +268,32 @@ class TopicWal:
 
 
 class _WalJob:
-    __slots__ = ("_data", "_ends", "_rolled", "_segment", "_wal")
+    __slots__ = ("_data", "_ends", "_rolled", "_segment", "_wal", "inline")
 
     def __init__(
-        self, wal: TopicWal, data: bytes, segment: int, ends: list[tuple[int, int]], rolled: bool
+        self,
+        wal: TopicWal,
+        data: bytes,
+        segment: int,
+        ends: list[tuple[int, int]],
+        rolled: bool,
+        inline: bool,
     ) -> None:
         self._wal = wal
         self._data = data
         self._segment = segment
         self._ends = ends  # (partition, next offset when prepared)
         self._rolled = rolled
+        self.inline = inline
 
     def run(self, fsync: bool) -> float:
         return self._wal._write(self._data, self._segment, fsync)
+
+    def write(self) -> int | None:
+        return self._wal._append(self._data)
+
+    def synced(self) -> None:
+        self._wal._unsynced = False
 
     def finish(self, error: BaseException | None) -> None:
         logs = self._wal.logs

@@ -29,6 +29,9 @@ class BrokerSettings(ServiceSettings):
         "always", description="always: fsync before every publish/ack answer (group commit)."
     )
     fsync_interval: float = Field(0.05, gt=0, description="Seconds between fsyncs (interval).")
+    fsync_helper: bool = Field(
+        True, description="fsync in a helper process (false: in worker threads)."
+    )
     segment_bytes: int = Field(64 * MiB, ge=4096, description="Segment file size before a roll.")
     wal_segment_bytes: int = Field(
         64 * MiB,
@@ -69,6 +72,7 @@ class BrokerSettings(ServiceSettings):
             default_partitions=self.partitions,
             fsync=self.fsync,
             fsync_interval=self.fsync_interval,
+            fsync_helper=self.fsync_helper,
             segment_bytes=self.segment_bytes,
             wal_segment_bytes=self.wal_segment_bytes,
             retention_age=self.retention_age or None,

@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import orjson
 from telemetry_mq import BrokerClient, MQError
 
 from .conftest import StartBroker
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is alive (an exited process not yet reaped counts as gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] not in ("Z", "X")
 
 
 async def test_kill_9_loses_no_acknowledged_record(start_broker: StartBroker) -> None:
@@ -54,8 +77,13 @@ async def test_kill_9_loses_no_acknowledged_record(start_broker: StartBroker) ->
         async with asyncio.timeout(60):
             while len(published) < 20_000:  # sustained load first, then the crash
                 await asyncio.sleep(0.01)
+        helpers = _children(proc.pid)
+        assert helpers, "the broker runs its fsync helper process"
         proc.kill()  # SIGKILL while requests are in flight
         await proc.wait()
+        async with asyncio.timeout(10):  # the helper sees its socket close and leaves too
+            while any(_running(pid) for pid in helpers):
+                await asyncio.sleep(0.01)
         await asyncio.wait(tasks, timeout=30)
         stop.set()
     assert all(t.done() for t in tasks)

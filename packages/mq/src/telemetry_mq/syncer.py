@@ -1,0 +1,168 @@
+"""An fsync helper process, so that a durable write never waits for a thread to get the GIL.
+
+The broker's event loop thread is its bottleneck: it holds the GIL most of the time. A
+worker thread that fsyncs must take the GIL once to start and once more to report back, and
+each time it waits for the loop to let go of it: on a busy broker that wait, not the disk,
+was most of a commit's latency (and the thread hand-offs cost the loop CPU time too).
+
+``SyncProcess`` runs ``_syncd.py`` in a child process with its own interpreter. The loop
+appends the bytes to the file itself (a write to the page cache: tens of µs), sends the
+file's descriptor over a Unix socket (``SCM_RIGHTS``) and goes on; the helper calls
+``fdatasync`` (which flushes the file's data whoever wrote it) and answers on the socket,
+which the loop's selector sees like any other readable socket.
+
+If the helper cannot start or dies, ``sync`` raises ``SyncerGoneError`` and the committer
+fsyncs in its worker threads instead: slower, never less durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._syncd import MAX_FDS, RESULT, TICKET
+
+log = logging.getLogger(__name__)
+
+_HELPER = Path(__file__).with_name("_syncd.py")
+
+SyncResult = list[tuple[int, float]]
+"""Per descriptor: errno (0 = durable) and seconds spent in ``fdatasync``."""
+
+
+class SyncerGoneError(OSError):
+    """The fsync helper process is not running (the caller fsyncs some other way)."""
+
+
+class SyncProcess:
+    """The broker side of the fsync helper: start it, send it descriptors, stop it."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        proc: subprocess.Popen[bytes],
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._proc = proc
+        self._ticket = 0
+        self._waiting: dict[int, asyncio.Future[SyncResult]] = {}
+        self.alive = True
+        loop.add_reader(sock.fileno(), self._on_readable)
+
+    @classmethod
+    def start(cls) -> SyncProcess:
+        """Start the helper (raises ``OSError`` when it cannot be started)."""
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(_HELPER), str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return cls(loop, ours, proc)
+
+    @property
+    def pid(self) -> int:
+        """The helper's process id."""
+        return self._proc.pid
+
+    def sync(self, fds: Sequence[int]) -> asyncio.Future[SyncResult]:
+        """``fdatasync`` each of ``fds`` in the helper; the future gets one result per fd.
+
+        Raises ``SyncerGoneError`` (at once, or through the future) when the helper is gone.
+        """
+        if not self.alive:
+            raise SyncerGoneError("the fsync helper is not running")
+        if not 0 < len(fds) <= MAX_FDS:
+            raise ValueError(f"between 1 and {MAX_FDS} descriptors per request")
+        self._ticket += 1
+        ticket = self._ticket
+        try:
+            socket.send_fds(self._sock, [TICKET.pack(ticket)], list(fds))
+        except OSError as e:  # includes a full socket buffer: never expected, handled alike
+            self._gone(f"sending to it failed: {e}")
+            raise SyncerGoneError(f"the fsync helper is not running: {e}") from e
+        fut: asyncio.Future[SyncResult] = self._loop.create_future()
+        self._waiting[ticket] = fut
+        return fut
+
+    def _on_readable(self) -> None:
+        size = TICKET.size + RESULT.size * MAX_FDS
+        while True:
+            try:
+                msg = self._sock.recv(size)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self._gone(f"reading from it failed: {e}")
+                return
+            if not msg:
+                self._gone("it exited")
+                return
+            (ticket,) = TICKET.unpack_from(msg)
+            fut = self._waiting.pop(ticket, None)
+            if fut is not None and not fut.done():
+                fut.set_result(
+                    [
+                        RESULT.unpack_from(msg, pos)
+                        for pos in range(TICKET.size, len(msg), RESULT.size)
+                    ]
+                )
+
+    def _gone(self, why: str) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        if why == "closed":
+            log.debug("fsync helper stopped")
+        else:
+            code = self._proc.poll()
+            log.error(
+                "fsync helper lost (%s; exit code %s): worker threads fsync instead", why, code
+            )
+        waiting, self._waiting = self._waiting, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(SyncerGoneError(f"the fsync helper is gone: {why}"))
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop the helper (it exits when its socket closes) and reap it."""
+        self._gone("closed")
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._proc.wait), timeout)
+        except TimeoutError:
+            self._proc.kill()
+            await asyncio.to_thread(self._proc.wait)
+
+
+def fdatasync_all(fds: Sequence[int]) -> SyncResult:
+    """The helper's work done in the calling thread (the fallback when it is gone)."""
+    from time import perf_counter
+
+    out: SyncResult = []
+    for fd in fds:
+        started = perf_counter()
+        try:
+            os.fdatasync(fd)
+            error = 0
+        except OSError as e:
+            error = e.errno or -1
+        out.append((error, perf_counter() - started))
+    return out
