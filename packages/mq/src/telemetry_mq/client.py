@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Mapping, Sequence
+from importlib.metadata import version
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -40,6 +41,7 @@ from .protocol import (
 log = logging.getLogger(__name__)
 
 _JSON: Final = "application/json"
+_USER_AGENT: Final = f"telemetry-mq/{version('telemetry-mq')}"
 _RETRY_STATUSES: Final = frozenset({429, 503})
 _RETRY_EXCEPTIONS: Final = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
 
@@ -90,8 +92,13 @@ class BrokerClient:
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=30.0)
+            # No Accept-Encoding: the broker does not compress, and every header costs the
+            # broker's one event loop parsing time on each request.
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers, auto_decompress=False
+                connector=connector,
+                headers={"User-Agent": _USER_AGENT, **self._headers},
+                skip_auto_headers=("Accept-Encoding",),
+                auto_decompress=False,
             )
         return self._session
 
