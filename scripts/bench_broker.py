@@ -731,6 +731,7 @@ class Result:
     seconds: float = float("nan")
     publish_rps: float = float("nan")
     error: str | None = None
+    runs: list[float] = field(default_factory=list)  # records/s of every run of the case
 
     @property
     def ok(self) -> bool:
@@ -819,6 +820,25 @@ def run_case(case: Case, url: str, opts: Options, timeout: float) -> Result:
     res.dups = c["dups"]
     res.publish_rps = case.records / max(1e-9, p["last_publish"] - p["first_publish"])
     return res
+
+
+def median_runs(results: list[Result]) -> list[Result]:
+    """One result per case: its median run by records/s (the lower middle for an even count),
+    with every run's records/s in ``runs``. A case with a failed run reports the failure."""
+    by_case: dict[Case, list[Result]] = {}
+    for r in results:
+        by_case.setdefault(r.case, []).append(r)
+    out: list[Result] = []
+    for runs in by_case.values():
+        failed = [r for r in runs if not r.ok]
+        if failed:
+            out.append(failed[0])
+            continue
+        ranked = sorted(runs, key=lambda r: r.rps)
+        median = ranked[(len(ranked) - 1) // 2]
+        median.runs = [r.rps for r in runs]
+        out.append(median)
+    return out
 
 
 def run_cases(cases: list[Case], opts: Options) -> list[Result]:
@@ -1013,9 +1033,9 @@ def table(results: list[Result]) -> str:
         return f"{r.rps / other.rps:.2f}x"
 
     lines = [
-        "| system | config | batch | records | records/s | p50 ms | p99 ms "
+        "| system | config | batch | records | records/s | runs (records/s) | p50 ms | p99 ms "
         "| vs JetStream | vs Redis everysec |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     order = {s: i for i, s in enumerate(ALL_SYSTEMS)}
     rows = sorted(results, key=lambda r: (order[r.case.system], bool(r.case.rate), r.case.batch))
@@ -1024,9 +1044,11 @@ def table(results: list[Result]) -> str:
         if r.case.rate:
             config += f"; paced at {r.case.rate:,.0f} records/s"
         if r.ok:
-            cells = [_fmt(r.rps, 0), _fmt(r.p50_ms), _fmt(r.p99_ms)]
+            runs = " / ".join(_fmt(x, 0) for x in sorted(r.runs)) if len(r.runs) > 1 else "-"
+            cells = [_fmt(r.rps, 0), runs, _fmt(r.p50_ms), _fmt(r.p99_ms)]
         else:
-            cells = ["skipped" if (r.error or "").startswith("skipped") else "failed", "-", "-"]
+            failed = "skipped" if (r.error or "").startswith("skipped") else "failed"
+            cells = [failed, "-", "-", "-"]
         lines.append(
             f"| {name} | {config} | {r.case.batch:,} | {r.case.records:,} | "
             + " | ".join(cells)
@@ -1128,7 +1150,10 @@ def render(
         f"- Records: real DCGM rows from `data/` in the wire form (mean {record_bytes:.0f} bytes"
         " of JSON value, key = GPU uuid); " + sizes + f". The default sizes keep the whole run"
         f" under 10 minutes on 2 cores; no case starts after {args.budget:g} s (`--budget`).",
-        f"- Method: each case gets a fresh server process in a fresh temporary directory; one"
+        f"- Method: the batch-100 and batch-1,000 cases run {args.repeat} times each,"
+        " interleaved across the systems; the table shows the median run (its records/s and"
+        " latencies, and the ratios between medians) and every run's records/s."
+        f" Each run gets a fresh server process in a fresh temporary directory; one"
         f" producer process ({args.inflight} batches in flight) and one consumer process"
         f" ({args.consumers} concurrent fetch loops, fetch size = batch; telemetry-broker's"
         " loops use `fetch_many`, leasing several partitions per request) run concurrently."
@@ -1150,8 +1175,11 @@ def render(
         f" Layout: telemetry-broker topic with {PARTITIONS} partitions keyed by GPU uuid;"
         " JetStream stream with one subject per GPU uuid and a durable pull consumer with"
         " explicit acks; one Redis stream with one consumer group. Clients: telemetry-mq's"
-        " `BrokerClient`, nats-py, redis-py asyncio with hiredis; default asyncio event loop.",
-        f"- Durability: telemetry-broker fsyncs before every publish ack; JetStream"
+        " `BrokerClient`, nats-py, redis-py asyncio with hiredis; every client on the default"
+        " asyncio event loop (the telemetry-broker server runs on uvloop, as it does in"
+        " production).",
+        f"- Durability: telemetry-broker fsyncs before every publish ack (group commit; the"
+        " fdatasync runs in its fsync helper process); JetStream"
         f" (nats-server {vers['nats-server']}) syncs in the background (no per-message fsync;"
         " `sync_interval` is not available in this version); Redis AOF everysec may lose the"
         " last second, always fsyncs per write batch.",
@@ -1219,6 +1247,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--paced-inflight", type=int, default=16, help="publish batches in flight when paced"
     )
     p.add_argument("--consumers", type=int, default=4, help="concurrent fetch loops")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of each batch-100/1000 case (interleaved); the table shows the median",
+    )
     p.add_argument("--timeout", type=float, default=180.0, help="seconds per case before failing")
     p.add_argument(
         "--budget", type=float, default=540.0, help="seconds after which no further case starts"
@@ -1238,7 +1272,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.rate = min(args.rate, 5_000.0)
         args.backlog = min(args.backlog, 20_000)
         args.timeout = min(args.timeout, 60.0)
+        args.repeat = 1
         args.no_write = True
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(args.systems) - set(ALL_SYSTEMS)
     if unknown:
@@ -1248,7 +1285,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def plan(args: argparse.Namespace) -> list[Case]:
-    """Cases in run order: each batch size across all systems, then the paced runs.
+    """Cases in run order: each batch size across all systems (``--repeat`` rounds of them
+    for batches above 1), then the paced runs.
 
     Interleaving the systems spreads any background noise over all of them, and a run cut
     short by the time budget still has comparable rows.
@@ -1256,7 +1294,8 @@ def plan(args: argparse.Namespace) -> list[Case]:
     cases: list[Case] = []
     for batch in args.batches:
         records = args.batch1_records if batch == 1 else args.records
-        cases += [Case(system, batch, records) for system in args.systems]
+        for _ in range(args.repeat if batch > 1 else 1):
+            cases += [Case(system, batch, records) for system in args.systems]
     if args.paced_seconds > 0:
         n = int(args.rate * args.paced_seconds)
         cases += [Case(s, 100, n, args.rate) for s in args.systems if s != REDIS_ALWAYS]
@@ -1300,7 +1339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{record_bytes:.0f} bytes",
             flush=True,
         )
-        results = run_cases(cases, opts)
+        results = median_runs(run_cases(cases, opts))
         backlog = run_backlog(args.backlog, opts) if OURS in args.systems and args.backlog else None
     except BenchError as e:
         print(f"bench_broker: error: {e}", file=sys.stderr)
