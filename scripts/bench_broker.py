@@ -853,6 +853,9 @@ def run_cases(cases: list[Case], opts: Options) -> list[Result]:
             out.append(Result(case, error="skipped: the time budget (--budget) is used up"))
             print(f"   {out[-1].error}", flush=True)
             continue
+        # Flush the previous run's dirty pages first: their write-back would compete with
+        # this run for the disk (and a fsyncing system would pay for another's writes).
+        os.sync()
         case_t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix=f"bench-{system}-", dir=opts.workroot) as tmp:
             try:
@@ -1153,7 +1156,8 @@ def render(
         f"- Method: the batch-100 and batch-1,000 cases run {args.repeat} times each,"
         " interleaved across the systems; the table shows the median run (its records/s and"
         " latencies, and the ratios between medians) and every run's records/s."
-        f" Each run gets a fresh server process in a fresh temporary directory; one"
+        f" Each run gets a fresh server process in a fresh temporary directory, after a"
+        " `sync` (no write-back of an earlier run's files competes with it); one"
         f" producer process ({args.inflight} batches in flight) and one consumer process"
         f" ({args.consumers} concurrent fetch loops, fetch size = batch; telemetry-broker's"
         " loops use `fetch_many`, leasing several partitions per request) run concurrently."
