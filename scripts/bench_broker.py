@@ -1254,7 +1254,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--repeat",
         type=int,
-        default=3,
+        default=5,
         help="runs of each batch-100/1000 case (interleaved); the table shows the median",
     )
     p.add_argument("--timeout", type=float, default=180.0, help="seconds per case before failing")
