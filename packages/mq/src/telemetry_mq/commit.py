@@ -216,9 +216,11 @@ class Committer:
         on_done = partial(self._inline_synced, chunk, fsync, errors, owners, fds)
         try:
             syncer.sync(fds).add_done_callback(on_done)
-        except SyncerGoneError as e:
+        except Exception as e:  # gone, or anything unforeseen: the worker threads take over
+            if not isinstance(e, SyncerGoneError):
+                log.error("fsync helper request failed: %r", e)
             failed: asyncio.Future[SyncResult] = loop.create_future()
-            failed.set_exception(e)
+            failed.set_exception(e if isinstance(e, SyncerGoneError) else SyncerGoneError(str(e)))
             on_done(failed)
 
     def _inline_synced(

@@ -84,12 +84,41 @@ class SyncProcess:
     def sync(self, fds: Sequence[int]) -> asyncio.Future[SyncResult]:
         """``fdatasync`` each of ``fds`` in the helper; the future gets one result per fd.
 
-        Raises ``SyncerGoneError`` (at once, or through the future) when the helper is gone.
+        More than ``MAX_FDS`` descriptors go in several requests. Raises ``SyncerGoneError``
+        (at once, or through the future) when the helper is gone.
         """
         if not self.alive:
             raise SyncerGoneError("the fsync helper is not running")
-        if not 0 < len(fds) <= MAX_FDS:
-            raise ValueError(f"between 1 and {MAX_FDS} descriptors per request")
+        if not fds:
+            raise ValueError("no descriptors to sync")
+        if len(fds) <= MAX_FDS:
+            return self._request(fds)
+        parts: list[asyncio.Future[SyncResult]] = []
+        try:
+            for i in range(0, len(fds), MAX_FDS):
+                parts.append(self._request(fds[i : i + MAX_FDS]))
+        except SyncerGoneError:
+            for part in parts:  # failed by _gone already; nobody else will look
+                if part.done():
+                    part.exception()
+            raise
+        whole: asyncio.Future[SyncResult] = self._loop.create_future()
+
+        def one_done(_: asyncio.Future[SyncResult]) -> None:
+            if whole.done() or not all(part.done() for part in parts):
+                return
+            for part in parts:
+                error = part.exception()
+                if error is not None:
+                    whole.set_exception(error)
+                    return
+            whole.set_result([result for part in parts for result in part.result()])
+
+        for part in parts:
+            part.add_done_callback(one_done)
+        return whole
+
+    def _request(self, fds: Sequence[int]) -> asyncio.Future[SyncResult]:
         self._ticket += 1
         ticket = self._ticket
         try:

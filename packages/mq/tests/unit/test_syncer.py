@@ -6,10 +6,12 @@ import asyncio
 import errno
 import os
 import signal
+import socket
+import threading
 from pathlib import Path
 
 import pytest
-from telemetry_mq import Broker
+from telemetry_mq import Broker, _syncd
 from telemetry_mq.commit import Committer
 from telemetry_mq.syncer import SyncerGoneError, SyncProcess
 
@@ -39,6 +41,47 @@ async def test_fdatasync_of_each_descriptor_with_its_errno(tmp_path: Path) -> No
     assert syncer._proc.returncode == 0  # it left on its own when the socket closed
     with pytest.raises(SyncerGoneError):
         syncer.sync([0])
+
+
+async def test_more_descriptors_than_one_request_carries(tmp_path: Path) -> None:
+    syncer = SyncProcess.start()
+    fds = [os.open(tmp_path / f"f{i}", os.O_WRONLY | os.O_CREAT, 0o644) for i in range(150)]
+    r, w = os.pipe()
+    try:
+        async with asyncio.timeout(10):
+            results = await syncer.sync([*fds, r])  # three requests (at most 64 each)
+        assert [e for e, _ in results] == [0] * 150 + [errno.EINVAL]  # in order
+        assert syncer._ticket == 3
+    finally:
+        for fd in (*fds, r, w):
+            os.close(fd)
+        await syncer.close()
+
+
+def test_the_helper_loop_answers_and_ends_at_end_of_file(tmp_path: Path) -> None:
+    """``_syncd.serve``, run here in a thread (the helper process itself is not measured)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    helper = threading.Thread(target=_syncd.serve, args=(theirs,))
+    helper.start()
+    ours.settimeout(10)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    r, w = os.pipe()
+    try:
+        socket.send_fds(ours, [_syncd.TICKET.pack(7)], [fd, r])
+        answer = ours.recv(1024)
+        assert _syncd.TICKET.unpack_from(answer) == (7,)
+        results = [
+            _syncd.RESULT.unpack_from(answer, pos)
+            for pos in range(_syncd.TICKET.size, len(answer), _syncd.RESULT.size)
+        ]
+        assert [e for e, _ in results] == [0, errno.EINVAL]
+    finally:
+        ours.close()  # end of file: the loop returns
+        helper.join(10)
+        theirs.close()
+        for d in (fd, r, w):
+            os.close(d)
+    assert not helper.is_alive()
 
 
 async def test_a_killed_helper_fails_its_waiters_with_syncer_gone(tmp_path: Path) -> None:
@@ -100,6 +143,31 @@ async def test_losing_the_helper_loses_nothing(open_broker: OpenBroker) -> None:
         total += len(batch.records)
         await b2.ack("t", "g", batch.lease)
     assert total == 25
+
+
+async def test_a_commit_of_more_files_than_one_request_carries(open_broker: OpenBroker) -> None:
+    b = await open_broker()
+    await b.create_topic("t", 1)
+    groups = [f"g{i}" for i in range(70)]
+    await b.publish("t", [("k", b'{"n":1}')])
+    for g in groups:  # each journal's first write opens its file (in a worker thread)
+        batch = await b.fetch("t", g, max_records=10)
+        assert batch is not None
+    await b.publish("t", [("k", b'{"n":2}')])
+    batches = await asyncio.gather(*(b.fetch("t", g, max_records=10) for g in groups))
+    syncer = _helper(b)
+    before = syncer._ticket
+    async with asyncio.timeout(30):  # a commit the helper cannot take must not hang
+        acked = await asyncio.gather(
+            *(b.ack("t", g, batch.lease) for g, batch in zip(groups, batches, strict=True) if batch)
+        )
+    assert acked == [1] * 70
+    assert syncer._ticket - before >= 2  # 70 journals: more than one request's worth
+    await b.close()
+    b2 = await open_broker()
+    for g in groups:  # only the unacked first record of each group comes back
+        batch = await b2.fetch("t", g, max_records=10)
+        assert batch is not None and [d.offset for d in batch.records] == [0]
 
 
 async def test_a_helper_dying_mid_cycle_hands_its_fsyncs_to_threads(
