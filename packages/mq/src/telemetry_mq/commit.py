@@ -218,7 +218,7 @@ class Committer:
             syncer.sync(fds).add_done_callback(on_done)
         except Exception as e:  # gone, or anything unforeseen: the worker threads take over
             if not isinstance(e, SyncerGoneError):
-                log.error("fsync helper request failed: %r", e)
+                syncer.abandon(f"a request failed: {e!r}")
             failed: asyncio.Future[SyncResult] = loop.create_future()
             failed.set_exception(e if isinstance(e, SyncerGoneError) else SyncerGoneError(str(e)))
             on_done(failed)
@@ -235,8 +235,8 @@ class Committer:
         try:
             results = done.result()
         except SyncerGoneError:
-            # The descriptors stay open until this cycle ends: fsync them in a thread.
-            self._syncer = None
+            # The descriptors stay open until this cycle ends: fsync them in a thread (and,
+            # the helper being gone, every later cycle runs in the threads too).
             loop = self._loop
             assert loop is not None
             retry = self._pool.submit(fdatasync_all, fds)

@@ -153,6 +153,11 @@ class SyncProcess:
                     ]
                 )
 
+    def abandon(self, why: str) -> None:
+        """Stop using the helper (it exits when its socket closes); waiters get
+        ``SyncerGoneError``. ``close`` still reaps the process."""
+        self._gone(why)
+
     def _gone(self, why: str) -> None:
         if not self.alive:
             return

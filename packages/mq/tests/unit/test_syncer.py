@@ -135,7 +135,7 @@ async def test_losing_the_helper_loses_nothing(open_broker: OpenBroker) -> None:
     # Publishes in flight when it died, and later ones, are fsynced by worker threads.
     positions = await asyncio.gather(*(b.publish("t", [(f"k{i}", b'{"n":2}')]) for i in range(20)))
     assert len(positions) == 20
-    assert b._committer._syncer is None or not b._committer._syncer.alive
+    assert b._committer._syncer is not None and not b._committer._syncer.alive
     await b.close()
     b2 = await open_broker()
     total = 0
@@ -187,7 +187,7 @@ async def test_a_helper_dying_mid_cycle_hands_its_fsyncs_to_threads(
     os.kill(syncer.pid, signal.SIGKILL)
     async with asyncio.timeout(10):
         assert await publish == [(0, 3)]
-    assert b._committer._syncer is None  # later cycles use the worker threads
+    assert not syncer.alive  # later cycles use the worker threads
     assert await b.publish("t", [("k", b'{"n":4}')]) == [(0, 4)]
 
 
