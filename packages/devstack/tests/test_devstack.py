@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from pathlib import Path
+
 import psycopg2
 import pytest
 from psycopg2.extensions import parse_dsn
@@ -63,3 +68,52 @@ def test_cli_bounds():
     assert (args.streamers, args.collectors) == (3, 10)
     with pytest.raises(SystemExit):
         parse_args(["--streamers", "11"])
+
+
+async def test_a_service_has_its_own_process_group():
+    """A terminal's Ctrl-C (SIGINT to the foreground group) reaches only the parent."""
+    args = ["0", "--bind", "127.0.0.1"]
+    proc = ServiceProcess("idle", "http.server", port=free_port(), env={}, args=args, sink=None)
+    await proc.start()
+    try:
+        assert os.getpgid(proc.pid) == proc.pid != os.getpgid(0)
+    finally:
+        await proc.stop(timeout=5)
+
+
+_PARENT = """
+import asyncio, sys
+from telemetry_devstack import ServiceProcess, free_port
+
+async def main():
+    # Silent for a minute: it must not die of writing to its dead parent's pipe instead.
+    args = ["-n", "1", "-r", "1", "import time; time.sleep(60)"]
+    proc = ServiceProcess("sleeper", "timeit", port=free_port(), env={}, args=args, sink=None)
+    await proc.start()
+    print(proc.pid, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_service_ends_when_its_parent_is_killed():
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _PARENT, stdout=asyncio.subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    async with asyncio.timeout(30):
+        child = int(await parent.stdout.readline())
+    parent.kill()
+    await parent.wait()
+    async with asyncio.timeout(10):  # SIGTERM from PR_SET_PDEATHSIG, then its own exit
+        while _alive(child):
+            await asyncio.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -16,6 +17,19 @@ import aiohttp
 log = logging.getLogger(__name__)
 
 LogSink = Callable[[str, str], None]
+
+_PR_SET_PDEATHSIG = 1
+_prctl: Callable[..., int] | None
+try:  # loaded here, not in the child between fork and exec
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies, even by SIGKILL."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -77,10 +91,16 @@ class ServiceProcess:
             sys.executable,
             "-m",
             self.module,
+            *self.args,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            # A process group of its own: a terminal's Ctrl-C reaches only this parent, which
+            # stops the services in order (producers first, the broker last); the parent's
+            # death still ends it.
+            process_group=0,
+            preexec_fn=_die_with_parent,
         )
         self._pump = asyncio.create_task(self._read_output())
 
