@@ -16,11 +16,26 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Sequence
 from time import perf_counter
 
 TICKET = struct.Struct("<Q")
 RESULT = struct.Struct("<id")
 MAX_FDS = 64  # descriptors per request; the broker never sends more
+
+
+def fdatasync_each(fds: Sequence[int]) -> list[tuple[int, float]]:
+    """``fdatasync`` each descriptor: its errno (0 = durable) and the seconds it took."""
+    out: list[tuple[int, float]] = []
+    for fd in fds:
+        started = perf_counter()
+        try:
+            os.fdatasync(fd)
+            error = 0
+        except OSError as e:
+            error = e.errno or -1
+        out.append((error, perf_counter() - started))
+    return out
 
 
 def serve(sock: socket.socket) -> None:
@@ -34,17 +49,12 @@ def serve(sock: socket.socket) -> None:
             for fd in fds:
                 os.close(fd)
             return
-        out = [msg]
-        for fd in fds:
-            started = perf_counter()
-            try:
-                os.fdatasync(fd)
-                error = 0
-            except OSError as e:
-                error = e.errno or -1
-            finally:
+        try:
+            results = fdatasync_each(fds)
+        finally:
+            for fd in fds:
                 os.close(fd)
-            out.append(RESULT.pack(error, perf_counter() - started))
+        out = [msg, *(RESULT.pack(error, seconds) for error, seconds in results)]
         try:
             sock.send(b"".join(out))
         except (BrokenPipeError, ConnectionError):

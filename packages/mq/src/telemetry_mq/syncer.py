@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._syncd import MAX_FDS, RESULT, TICKET
+from ._syncd import MAX_FDS, RESULT, TICKET, fdatasync_each
 
 log = logging.getLogger(__name__)
 
@@ -188,15 +187,4 @@ class SyncProcess:
 
 def fdatasync_all(fds: Sequence[int]) -> SyncResult:
     """The helper's work done in the calling thread (the fallback when it is gone)."""
-    from time import perf_counter
-
-    out: SyncResult = []
-    for fd in fds:
-        started = perf_counter()
-        try:
-            os.fdatasync(fd)
-            error = 0
-        except OSError as e:
-            error = e.errno or -1
-        out.append((error, perf_counter() - started))
-    return out
+    return fdatasync_each(fds)
