@@ -19,7 +19,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Literal, Protocol
 
-from .syncer import SyncerGoneError, SyncProcess, SyncResult, fdatasync_all
+from ._syncd import fdatasync_each
+from .syncer import SyncerGoneError, SyncProcess, SyncResult
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ class Committer:
             # the helper being gone, every later cycle runs in the threads too).
             loop = self._loop
             assert loop is not None
-            retry = self._pool.submit(fdatasync_all, fds)
+            retry = self._pool.submit(fdatasync_each, fds)
             retry.add_done_callback(
                 partial(
                     self._from_thread,

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from .errors import CorruptLogError
-from .log import fsync_dir
+from .log import fsync_dir, write_all
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,7 @@ class GroupJournal:
         fd = self._fd
         assert fd is not None
         if data:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             self._unsynced = True
         return fd if self._unsynced else None
 
@@ -158,14 +156,11 @@ class GroupJournal:
                 self._fd = None
             self._unsynced = False
             return 0.0
-        if data:
-            if self._fd is None:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-                self._fd = os.open(self.path, flags, 0o644)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
-            self._unsynced = True
+        if data and self._fd is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+            self._fd = os.open(self.path, flags, 0o644)
+        if self._fd is not None:
+            self._append(data)
         if fsync and self._unsynced and self._fd is not None:
             started = perf_counter()
             os.fdatasync(self._fd)

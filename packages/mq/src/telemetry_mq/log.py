@@ -21,6 +21,13 @@ Record = tuple[int, int, str, bytes]
 """A stored record: ``(offset, timestamp_us, key, value)``."""
 
 
+def write_all(fd: int, data: bytes | bytearray) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def fsync_dir(path: Path) -> None:
     """Fsync a directory (so a created, renamed or deleted entry in it is durable)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -269,9 +276,7 @@ class PartitionLog:
                     fd = self._wfd = os.open(seg.path, flags, 0o644)
                     self._wseg = seg
                 self.unsynced.add(seg.path)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
         except OSError as e:
             log.error("partition %d of %s: write failed: %s", self.partition, self.topic, e)
             self.failed = e

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._syncd import MAX_FDS, RESULT, TICKET, fdatasync_each
+from ._syncd import MAX_FDS, RESULT, TICKET
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +183,3 @@ class SyncProcess:
         except TimeoutError:
             self._proc.kill()
             await asyncio.to_thread(self._proc.wait)
-
-
-def fdatasync_all(fds: Sequence[int]) -> SyncResult:
-    """The helper's work done in the calling thread (the fallback when it is gone)."""
-    return fdatasync_each(fds)

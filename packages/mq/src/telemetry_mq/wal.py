@@ -36,7 +36,7 @@ from typing import Final
 import orjson
 
 from .errors import CorruptLogError
-from .log import PartitionLog, fsync_dir
+from .log import PartitionLog, fsync_dir, write_all
 from .protocol import decode_frames
 
 log = logging.getLogger(__name__)
@@ -193,10 +193,10 @@ class TopicWal:
                     path = self.path / wal_name(segment)
                     flags = os.O_WRONLY | os.O_APPEND | os.O_DSYNC | os.O_CLOEXEC
                     self._dsync_fd = os.open(path, flags)
-                _write_all(self._dsync_fd, data)
+                write_all(self._dsync_fd, data)
                 return perf_counter() - started
             assert self._fd is not None
-            _write_all(self._fd, data)
+            write_all(self._fd, data)
             self._unsynced = True
             started = perf_counter()
         if fsync and self._unsynced and self._fd is not None:
@@ -210,7 +210,7 @@ class TopicWal:
         fd = self._fd
         assert fd is not None
         if data:
-            _write_all(fd, data)
+            write_all(fd, data)
             self._unsynced = True
         return fd if self._unsynced else None
 
@@ -306,12 +306,6 @@ class _WalJob:
             logs[p].made_durable(end)
         if self._rolled:
             self._wal.on_roll()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _replay_file(topic: str, file: Path, logs: Sequence[PartitionLog], *, last: bool) -> int:
