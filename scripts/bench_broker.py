@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import datetime as dt
 import importlib.metadata
 import multiprocessing
@@ -43,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, cast
+
+from telemetry_devstack import die_with_parent
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 CSV: Final = ROOT / "data" / "dcgm_metrics_20250718_134233.csv"
@@ -533,12 +534,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG: the server gets SIGTERM if this benchmark dies without cleaning up.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
 class Server:
     """A server child process with its log; ``stop()`` is idempotent (SIGTERM, then SIGKILL)."""
 
@@ -556,7 +551,7 @@ class Server:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,  # SIGTERM if this benchmark dies without cleaning up
         )
 
     @property

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from pathlib import Path
 
 import psycopg2
 import pytest
@@ -13,6 +12,7 @@ from telemetry_devstack import (
     create_database,
     drop_database,
     free_port,
+    process_alive,
     with_database,
 )
 from telemetry_devstack.__main__ import parse_args
@@ -107,13 +107,5 @@ async def test_a_service_ends_when_its_parent_is_killed():
     parent.kill()
     await parent.wait()
     async with asyncio.timeout(10):  # SIGTERM from PR_SET_PDEATHSIG, then its own exit
-        while _alive(child):
+        while process_alive(child):
             await asyncio.sleep(0.02)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")

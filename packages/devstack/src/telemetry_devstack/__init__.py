@@ -1,7 +1,7 @@
 """telemetry-devstack: run the whole pipeline on one machine (embedded PostgreSQL + services)."""
 
 from .postgres import create_database, drop_database, embedded_server, with_database
-from .procs import ServiceProcess, free_port, print_sink
+from .procs import ServiceProcess, die_with_parent, free_port, print_sink, process_alive
 from .stack import Stack, StackConfig
 
 __all__ = [
@@ -9,9 +9,11 @@ __all__ = [
     "Stack",
     "StackConfig",
     "create_database",
+    "die_with_parent",
     "drop_database",
     "embedded_server",
     "free_port",
     "print_sink",
+    "process_alive",
     "with_database",
 ]

@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import aiohttp
 
@@ -26,10 +27,19 @@ except (OSError, AttributeError):  # pragma: no cover - not Linux
     _prctl = None
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies, even by SIGKILL."""
+def die_with_parent() -> None:
+    """A ``preexec_fn``: the child gets SIGTERM when its parent dies, even by SIGKILL."""
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited process not yet reaped counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -100,7 +110,7 @@ class ServiceProcess:
             # stops the services in order (producers first, the broker last); the parent's
             # death still ends it.
             process_group=0,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self._pump = asyncio.create_task(self._read_output())
 

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import orjson
+from telemetry_devstack import process_alive
 from telemetry_mq import BrokerClient, MQError
 
 from .conftest import StartBroker
@@ -22,15 +23,6 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             out.append(int(stat.parent.name))
     return out
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is alive (an exited process not yet reaped counts as gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] not in ("Z", "X")
 
 
 async def test_kill_9_loses_no_acknowledged_record(start_broker: StartBroker) -> None:
@@ -82,7 +74,7 @@ async def test_kill_9_loses_no_acknowledged_record(start_broker: StartBroker) ->
         proc.kill()  # SIGKILL while requests are in flight
         await proc.wait()
         async with asyncio.timeout(10):  # the helper sees its socket close and leaves too
-            while any(_running(pid) for pid in helpers):
+            while any(process_alive(pid) for pid in helpers):
                 await asyncio.sleep(0.01)
         await asyncio.wait(tasks, timeout=30)
         stop.set()
