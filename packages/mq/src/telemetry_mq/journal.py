@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from .errors import CorruptLogError
-from .log import fsync_dir, write_all
+from .log import AppendFile, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def read_journal(path: Path) -> list[Entry]:
     return entries
 
 
-class GroupJournal:
+class GroupJournal(AppendFile):
     """The durable side of a group's state: buffered lines committed by the committer."""
 
     def __init__(self, path: Path, snapshot: Callable[[], Entry], *, compact_bytes: int) -> None:
@@ -132,15 +132,6 @@ class GroupJournal:
         data, self._pending = bytes(self._pending), bytearray()
         # An append to the open file may be written on the event loop.
         return _JournalJob(self, data, replace=False, inline=self._fd is not None)
-
-    def _append(self, data: bytes) -> int | None:
-        """Append to the open file without fsync; the descriptor if data is not durable."""
-        fd = self._fd
-        assert fd is not None
-        if data:
-            write_all(fd, data)
-            self._unsynced = True
-        return fd if self._unsynced else None
 
     def _write(self, data: bytes, replace: bool, fsync: bool) -> float:
         if replace:
@@ -192,7 +183,7 @@ class _JournalJob:
         return self._journal._append(self._data)
 
     def synced(self) -> None:
-        self._journal._unsynced = False
+        self._journal._synced()
 
     def finish(self, error: BaseException | None) -> None:
         if error is not None:

@@ -28,6 +28,27 @@ def write_all(fd: int, data: bytes | bytearray) -> None:
         view = view[os.write(fd, view) :]
 
 
+class AppendFile:
+    """An append-only file the committer writes: its descriptor and whether it holds data
+    not yet fdatasynced (the write-ahead log's segment, a group journal)."""
+
+    _fd: int | None
+    _unsynced: bool
+
+    def _append(self, data: bytes) -> int | None:
+        """Append to the open file without fsync; the descriptor if data is not durable."""
+        fd = self._fd
+        assert fd is not None
+        if data:
+            write_all(fd, data)
+            self._unsynced = True
+        return fd if self._unsynced else None
+
+    def _synced(self) -> None:
+        """The descriptor ``_append`` returned was fdatasynced."""
+        self._unsynced = False
+
+
 def fsync_dir(path: Path) -> None:
     """Fsync a directory (so a created, renamed or deleted entry in it is durable)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -36,7 +36,7 @@ from typing import Final
 import orjson
 
 from .errors import CorruptLogError
-from .log import PartitionLog, fsync_dir, write_all
+from .log import AppendFile, PartitionLog, fsync_dir, write_all
 from .protocol import decode_frames
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def checkpoint(
 # -- the log ---------------------------------------------------------------------------------
 
 
-class TopicWal:
+class TopicWal(AppendFile):
     """The write-ahead log of one topic: a commit unit (``commit.Unit``) of the committer.
 
     ``add`` buffers a partition's frames (after ``PartitionLog.append``); a commit writes the
@@ -205,15 +205,6 @@ class TopicWal:
             return perf_counter() - started
         return 0.0
 
-    def _append(self, data: bytes) -> int | None:
-        """Append to the open segment without fsync; the descriptor if data is not durable."""
-        fd = self._fd
-        assert fd is not None
-        if data:
-            write_all(fd, data)
-            self._unsynced = True
-        return fd if self._unsynced else None
-
     def _close_fds(self) -> None:
         if self._fd is not None:
             if self._unsynced:  # a segment is always durable before it is left
@@ -293,7 +284,7 @@ class _WalJob:
         return self._wal._append(self._data)
 
     def synced(self) -> None:
-        self._wal._unsynced = False
+        self._wal._synced()
 
     def finish(self, error: BaseException | None) -> None:
         logs = self._wal.logs
