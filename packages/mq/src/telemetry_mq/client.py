@@ -305,6 +305,19 @@ class BrokerClient:
             doc["error"] = error
         return await self._settle(batch, "nack", doc)
 
+    async def release(
+        self, batch: Batch, offsets: Sequence[int] | None = None, *, delay: float = 0.0
+    ) -> int:
+        """Hand records back for redelivery after ``delay`` without spending a delivery.
+
+        For records the consumer could not even try (its database is away): unlike ``nack``,
+        releasing never brings a record closer to the dead-letter topic.
+        """
+        doc: dict[str, Any] = {"delay": delay}
+        if offsets is not None:
+            doc["offsets"] = list(offsets)
+        return await self._settle(batch, "release", doc)
+
     async def reject(
         self, batch: Batch, offsets: Sequence[int] | None = None, *, error: str | None = None
     ) -> int:

@@ -151,8 +151,12 @@ class Group:
                 cur = cursors[entry[1]]
                 for start, end, count in entry[2]:
                     for o in range(max(start, cur.committed), end):
-                        if o not in cur.done:
+                        if o in cur.done:
+                            continue
+                        if count:
                             cur.counts[o] = count
+                        else:  # a release took the only delivery back
+                            cur.counts.pop(o, None)
         for cur, plog in zip(cursors, logs, strict=True):
             # Records deleted by retention were consumed by every group; never go below them.
             if cur.committed < plog.start_offset:
@@ -284,6 +288,39 @@ class Group:
             return 0, None
         chosen = self._select(lease, offsets)
         return len(chosen), self._release(lease.partition, chosen, now, delay, error)
+
+    def release(
+        self, lease_id: str, offsets: Sequence[int] | None, now: float, *, delay: float = 0.0
+    ) -> int:
+        """Hand records back without spending a delivery; return how many.
+
+        For a consumer that could not even try (its database is away): the delivery counted
+        when the records were leased is taken back, so they come again (after ``delay``) with
+        the count they had, and a long outage never dead-letters them.
+        """
+        lease = self._get(lease_id)
+        if lease is None:
+            return 0
+        chosen = self._select(lease, offsets)
+        if not chosen:
+            return 0
+        cur = self.cursors[lease.partition]
+        counts = cur.counts
+        new_counts: list[tuple[int, int]] = []
+        for o in chosen:
+            del cur.leased[o]
+            c = counts.get(o, 1) - 1
+            if c > 0:
+                counts[o] = c
+            else:
+                counts.pop(o, None)
+            new_counts.append((o, c))
+            if delay > 0:
+                heapq.heappush(cur.delayed, (now + delay, o))
+            else:
+                heapq.heappush(cur.ready, o)
+        self.journal.append(["D", lease.partition, count_runs(new_counts)])
+        return len(chosen)
 
     def reject(
         self, lease_id: str, offsets: Sequence[int] | None, *, error: str | None = None

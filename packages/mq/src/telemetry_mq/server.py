@@ -557,6 +557,30 @@ class Broker:
             t.notify()
         return n
 
+    async def release(
+        self,
+        topic: str,
+        group: str,
+        lease: str,
+        offsets: Sequence[int] | None = None,
+        *,
+        delay: float = 0.0,
+    ) -> int:
+        """Hand records back for redelivery after ``delay`` without spending a delivery.
+
+        Unlike ``nack``, the delivery this lease counted is taken back, so a record released
+        any number of times never reaches the dead-letter topic: for a consumer that could
+        not process the records for a reason of its own (its database is away). Durable
+        before it returns. Raises ``LeaseExpiredError`` for an unknown or expired lease.
+        """
+        t, g = await self._lease_context(topic, group)
+        n = g.release(lease, offsets, self._clock(), delay=max(delay, 0.0))
+        if n:
+            await self._commit([g.journal], topic)
+            self.observer.released(topic, group, n)
+            t.notify()
+        return n
+
     async def reject(
         self,
         topic: str,

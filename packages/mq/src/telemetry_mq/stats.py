@@ -72,6 +72,9 @@ class Observer:
     def nacked(self, topic: str, group: str, records: int) -> None:
         """Records were nacked by a consumer."""
 
+    def released(self, topic: str, group: str, records: int) -> None:
+        """Records were handed back by a consumer without spending a delivery."""
+
     def expired(self, topic: str, group: str, records: int) -> None:
         """Records' leases expired."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import orjson
@@ -143,6 +144,41 @@ async def test_nack_with_delay(open_broker: OpenBroker, clock: Clock) -> None:
     again = await b.fetch("t", "g")
     assert ids(again) == [0] and again is not None
     assert again.records[0].delivery_count == 2
+
+
+async def test_release_never_spends_a_delivery(
+    tmp_path: Path, open_broker: OpenBroker, clock: Clock
+) -> None:
+    b = await one_partition(open_broker, 3, max_deliveries=2)
+    for _ in range(5):  # far more often than max_deliveries: nothing is dead-lettered
+        batch = await b.fetch("t", "g")
+        assert ids(batch) == [0, 1, 2] and batch is not None
+        assert [d.delivery_count for d in batch.records] == [1, 1, 1]
+        assert await b.release("t", "g", batch.lease) == 3
+    batch = await b.fetch("t", "g")
+    assert batch is not None
+    assert await b.release("t", "g", batch.lease, [1], delay=5) == 1
+    assert await b.release("t", "g", batch.lease, [1]) == 0  # already released
+    assert await b.fetch("t", "g") is None  # 0 and 2 still leased, 1 waits out its delay
+    clock.advance(5)
+    again = await b.fetch("t", "g")
+    assert ids(again) == [1] and again is not None
+    assert again.records[0].delivery_count == 1
+    await b.nack("t", "g", again.lease)  # a real failure does count: 1 is now at 1
+    assert await b.release("t", "g", batch.lease) == 2  # 0 and 2 go back at count 0
+    assert "t.dlq" not in b.topics
+    with pytest.raises(LeaseExpiredError):
+        await b.release("t", "g", "no-such-lease")
+    # The taken-back deliveries are durable: a crash (no clean close) keeps the counts.
+    snapshot = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "data", snapshot)
+    b2 = await Broker.open(snapshot, b.config, clock=clock)
+    try:
+        got = await b2.fetch("t", "g")
+        assert got is not None
+        assert {d.offset: d.delivery_count for d in got.records} == {0: 1, 1: 2, 2: 1}
+    finally:
+        await b2.close()
 
 
 async def test_dead_letter_after_max_deliveries(open_broker: OpenBroker, clock: Clock) -> None:

@@ -29,6 +29,11 @@ class BrokerMetrics(Observer):
         )
         self.acked_total = counter("records_acked", "Records acked.", group)
         self.nacked_total = counter("records_nacked", "Records nacked.", group)
+        self.released_total = counter(
+            "records_released",
+            "Records handed back without spending a delivery (the consumer could not try).",
+            group,
+        )
         self.expired_total = counter("lease_expired_records", "Records whose lease expired.", group)
         self.dead_lettered_total = counter(
             "records_dead_lettered", "Records moved to the dead-letter topic.", [*group, "reason"]
@@ -55,6 +60,9 @@ class BrokerMetrics(Observer):
 
     def nacked(self, topic: str, group: str, records: int) -> None:
         self.nacked_total.labels(topic, group).inc(records)
+
+    def released(self, topic: str, group: str, records: int) -> None:
+        self.released_total.labels(topic, group).inc(records)
 
     def expired(self, topic: str, group: str, records: int) -> None:
         self.expired_total.labels(topic, group).inc(records)

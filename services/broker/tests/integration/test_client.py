@@ -43,6 +43,9 @@ async def test_client_api_end_to_end(start_broker: StartBroker) -> None:
                 assert await mq.nack(batch, offsets=[first.offset], error="retry me") == 1
             if first.delivery_count == 1 and len(batch.records) > 1:
                 await mq.reject(batch, offsets=[batch.records[1].offset], error="invalid")
+            if first.delivery_count == 1 and len(batch.records) > 2:
+                released = batch.records[2].offset
+                assert await mq.release(batch, offsets=[released], delay=0) == 1
             acked = await mq.ack(batch)
             for d in batch.records:
                 got[d.value] = max(got.get(d.value, 0), d.delivery_count)

@@ -135,6 +135,21 @@ async def test_nack_extend_reject(client: Client) -> None:
     assert dead["records"][0]["value"]["error"] == "bad"
 
 
+async def test_release_hands_records_back_without_a_delivery(client: Client) -> None:
+    await client.post("/v1/topics/", json={"name": "one", "partitions": 1})
+    await client.post("/v1/topics/one/records/", data=records(2))
+    batch = await (await client.post("/v1/topics/one/groups/g/fetch", json={})).get_json()
+    base = f"/v1/topics/one/groups/g/leases/{batch['lease']}"
+    released = await client.post(f"{base}/release", json={"offsets": [1]})
+    assert await released.get_json() == {"records": 1}
+    released = await client.post(f"{base}/release", json={})
+    assert await released.get_json() == {"records": 1}
+    bad = await client.post(f"{base}/release", json={"delay": -1})
+    await assert_problem(bad, 400, "INVALID_REQUEST")
+    again = await (await client.post("/v1/topics/one/groups/g/fetch", json={})).get_json()
+    assert [(r["offset"], r["delivery_count"]) for r in again["records"]] == [(0, 1), (1, 1)]
+
+
 async def test_settling_an_unknown_lease_is_409(client: Client) -> None:
     await publish(client, 1)
     await fetch(client)
@@ -279,6 +294,7 @@ async def test_openapi_documents_the_api(client: Client) -> None:
         "/v1/topics/{topic}/groups/{group}/fetch",
         "/v1/topics/{topic}/groups/{group}/leases/{lease}/ack",
         "/v1/topics/{topic}/groups/{group}/leases/{lease}/nack",
+        "/v1/topics/{topic}/groups/{group}/leases/{lease}/release",
         "/v1/topics/{topic}/groups/{group}/leases/{lease}/reject",
         "/v1/topics/{topic}/groups/{group}/leases/{lease}/extend",
     } <= set(paths)
@@ -324,7 +340,7 @@ async def test_hot_routes_are_served_by_the_fast_path(tmp_path: Path) -> None:
     # Every documentation-only view is shadowed by the dispatcher, so none can ever answer.
     stubs = [r for r in app.url_map.iter_rules() if r.endpoint.startswith(("records.", "groups."))]
     hot = [r for r in stubs if r.endpoint != "groups.group_stats"]
-    assert len(hot) == 6
+    assert len(hot) == 7
     for rule in hot:
         path = rule.rule.replace("<topic>", "t").replace("<group>", "g").replace("<lease>", "l")
         assert fast.match("POST", path) is not None, rule.rule

@@ -104,6 +104,12 @@ class NackRequest(Settle):
     error: str | None = Field(None, max_length=4000, description="Kept as the last error.")
 
 
+class ReleaseRequest(Settle):
+    """Hand records back without spending a delivery (the consumer could not try them)."""
+
+    delay: float = Field(0.0, ge=0, le=86_400, description="Seconds before redelivery.")
+
+
 class RejectRequest(Settle):
     """Move records to ``<topic>.dlq`` now."""
 
@@ -200,6 +206,17 @@ def groups_blueprint(
         n = await runtime.broker.nack(
             topic, group, lease, data.offsets, delay=data.delay, error=data.error
         )
+        return FastResponse.json({"records": n})
+
+    @fast.post(bp, f"{on_lease}/release", ReleaseRequest, (Settled, 200))
+    async def release(req: FastRequest, topic: str, group: str, lease: str) -> FastResponse:
+        """Hand records back for redelivery without counting a delivery (never dead-letters).
+
+        For a consumer that could not process them for a reason of its own, such as its
+        database being away; durable before the answer. 409 if the lease expired.
+        """
+        data = parse(ReleaseRequest, req.body)
+        n = await runtime.broker.release(topic, group, lease, data.offsets, delay=data.delay)
         return FastResponse.json({"records": n})
 
     @fast.post(bp, f"{on_lease}/reject", RejectRequest, (Settled, 200))
