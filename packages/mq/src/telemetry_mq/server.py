@@ -1,10 +1,19 @@
-"""The broker core: topics of partition logs, consumer groups with leases, backpressure.
+"""The broker core's façade: topics of partition logs, consumer groups with leases, backpressure.
 
 Pure asyncio plus files; the HTTP service in ``telemetry_broker`` is a thin layer over it.
-Blocking file writes and fsyncs run in the committer's worker threads; reads are ``pread`` calls
-on the event loop (a fetch reads at most ``max_fetch_bytes``, normally from the page cache).
-Topics (with their stats) live in ``topic.py``, dead-letter envelopes in ``deadletter.py``, the
-group bookkeeping in ``groups.py``; this module orchestrates them and awaits the commits.
+Fsyncs run in the fsync helper process or the committer's worker threads; reads are ``pread``
+calls on the event loop (a fetch reads at most ``max_fetch_bytes``, normally from the page cache;
+known gap: records redelivered after a nack or an expiry are read past that bound).
+``Broker`` holds the topics, the committer, the config, the clocks and the observer, and serves
+publish, fetch and the lease outcomes; each other responsibility has a module of its own, whose
+docstring states its invariants:
+
+- ``recovery.py``: the data directory (topic creation, opening topics, log replay, journals),
+- ``checkpoints.py``: when write-ahead log segments may be deleted,
+- ``retention.py``: when partition segments may be deleted,
+- ``expiry.py``: lease expiry and dead-lettering,
+- ``topic.py`` (a topic and its stats), ``groups.py`` (leases, cursors), ``deadletter.py``
+  (envelopes), ``log.py``/``wal.py``/``journal.py`` (the files), ``commit.py`` (group commit).
 """
 
 from __future__ import annotations
@@ -13,17 +22,13 @@ import asyncio
 import logging
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
 
-import orjson
-
+from . import checkpoints
 from .commit import Committer, Unit
 from .config import BrokerConfig
-from .deadletter import dlq_name, envelopes
 from .errors import (
     BacklogFullError,
     BrokerUnavailableError,
@@ -33,18 +38,15 @@ from .errors import (
     StorageError,
     TopicNotFoundError,
 )
-from .groups import Dead, Group
-from .journal import read_journal
-from .log import PartitionLog, fsync_dir
+from .expiry import Expiry
+from .groups import Group
 from .protocol import FRAME_OVERHEAD, Batch, Delivery, check_name
+from .recovery import new_group, open_topic, recover, write_topic_dir
+from .retention import retain
 from .stats import GroupStats, Observer, TopicStats
 from .topic import Topic
-from .wal import CHECKPOINT, TopicWal, checkpoint, read_checkpoint, write_checkpoint
 
 log = logging.getLogger(__name__)
-
-_TOPIC_META: Final = "topic.json"
-_JOURNAL_SUFFIX: Final = ".journal"
 
 
 class Broker:
@@ -83,6 +85,9 @@ class Broker:
         self._draining = False
         self._closed = False
         self._maintenance: asyncio.Task[None] | None = None
+        self._expiry = Expiry(
+            clock=clock, observer=observer, commit=self._commit, publish_dead=self._publish_dead
+        )
 
     @classmethod
     async def open(
@@ -105,110 +110,24 @@ class Broker:
             wall_clock=wall_clock,
             observer=observer or Observer(),
         )
-        await asyncio.to_thread(broker._recover)
+        await asyncio.to_thread(
+            recover,
+            broker._topics_dir,
+            broker.topics,
+            broker.config,
+            broker._lease_prefix,
+            broker._schedule_checkpoint,
+        )
         broker._committer.start()
         if broker.config.maintenance_interval:
             broker._maintenance = asyncio.create_task(broker._maintain_forever())
         return broker
 
-    # -- recovery and topic management ----------------------------------------------------
+    # -- topics and groups ----------------------------------------------------------------
 
     @property
     def _topics_dir(self) -> Path:
         return self.data_dir / "topics"
-
-    def _recover(self) -> None:
-        self._topics_dir.mkdir(parents=True, exist_ok=True)
-        for tmp in self._topics_dir.glob("*.creating"):
-            shutil.rmtree(tmp)  # a topic creation that never completed
-        for path in sorted(self._topics_dir.iterdir()):
-            meta_file = path / _TOPIC_META
-            if not meta_file.is_file():
-                continue
-            meta = orjson.loads(meta_file.read_bytes())
-            topic = self._open_topic(meta["name"], path, int(meta["partitions"]))
-            for journal in sorted((path / "groups").glob(f"*{_JOURNAL_SUFFIX}")):
-                name = journal.name.removesuffix(_JOURNAL_SUFFIX)
-                group = self._new_group(topic, name)
-                group.cursors = Group.replay(read_journal(journal), topic.logs)
-                topic.groups[name] = group
-            log.info(
-                "recovered topic %s: %d partitions, %d records, %d groups",
-                topic.name,
-                topic.partitions,
-                sum(plog.next_offset - plog.start_offset for plog in topic.logs),
-                len(topic.groups),
-            )
-
-    def _open_topic(self, name: str, path: Path, partitions: int) -> Topic:
-        """Load the partitions, replay the write-ahead log into them, checkpoint if it held any."""
-        start, trusted = read_checkpoint(path, partitions)
-        logs = [
-            PartitionLog.open(
-                name,
-                p,
-                path / "partitions" / f"{p:04d}",
-                segment_bytes=self.config.segment_bytes,
-                trusted=trusted[p],
-            )
-            for p in range(partitions)
-        ]
-        wal, replayed = TopicWal.recover(
-            name, path / "wal", logs, start=start, segment_bytes=self.config.wal_segment_bytes
-        )
-        if replayed:
-            log.warning("replayed %d records of %s from its write-ahead log", replayed, name)
-        if wal.active != start or not (path / CHECKPOINT).exists():
-            for plog in logs:
-                plog.write_out()
-            unsynced = [plog.unsynced for plog in logs]
-            for plog in logs:
-                plog.unsynced = set()
-            offsets = [plog.next_offset for plog in logs]
-            checkpoint(path, wal.path, logs, wal.active, offsets, unsynced)
-        topic = Topic(name, path, logs, wal)
-        wal.on_roll = lambda: self._schedule_checkpoint(topic)
-        self.topics[name] = topic
-        return topic
-
-    def _schedule_checkpoint(self, t: Topic) -> None:
-        t.checkpoint_wanted = True
-        if t.checkpointer is None or t.checkpointer.done():
-            t.checkpointer = asyncio.get_running_loop().create_task(self._checkpoints(t))
-
-    async def _checkpoints(self, t: Topic) -> None:
-        while t.checkpoint_wanted and not self._closing:
-            t.checkpoint_wanted = False
-            await self._checkpoint(t, t.wal.active, [plog.durable_offset for plog in t.logs])
-
-    async def _checkpoint(self, t: Topic, cut: int, offsets: list[int]) -> None:
-        """Fsync the partition files up to ``offsets``, then drop log segments below ``cut``."""
-        for plog in t.logs:
-            plog.write_out()
-        unsynced = [plog.unsynced for plog in t.logs]
-        for plog in t.logs:
-            plog.unsynced = set()
-        try:
-            spent = await asyncio.to_thread(
-                checkpoint, t.path, t.wal.path, t.logs, cut, offsets, unsynced
-            )
-        except OSError as e:  # the log segments stay; the next checkpoint retries
-            log.error("checkpoint of %s failed: %s", t.name, e)
-            for plog, paths in zip(t.logs, unsynced, strict=True):
-                plog.unsynced |= paths
-            return
-        log.debug("checkpoint of %s at log segment %d took %.3f s", t.name, cut, spent)
-
-    def _new_group(self, topic: Topic, name: str) -> Group:
-        return Group(
-            topic.name,
-            name,
-            [],
-            journal_path=topic.path / "groups" / f"{name}{_JOURNAL_SUFFIX}",
-            compact_bytes=self.config.journal_compact_bytes,
-            max_deliveries=self.config.max_deliveries,
-            lease_prefix=self._lease_prefix,
-        )
 
     async def create_topic(self, name: str, partitions: int | None = None) -> tuple[Topic, bool]:
         """Create a topic (idempotent). Returns the topic and whether it was created now.
@@ -224,28 +143,12 @@ class Broker:
             if existing is not None:
                 return existing, False
             self._check_open()
-            path = self._topics_dir / name
-            await asyncio.to_thread(self._write_topic_dir, path, name, partitions)
-            topic = self._open_topic(name, path, partitions)
+            path = await asyncio.to_thread(write_topic_dir, self._topics_dir, name, partitions)
+            topic = open_topic(
+                name, path, partitions, self.topics, self.config, self._schedule_checkpoint
+            )
             log.info("created topic %s with %d partitions", name, partitions)
             return topic, True
-
-    def _write_topic_dir(self, path: Path, name: str, partitions: int) -> None:
-        tmp = path.with_name(path.name + ".creating")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        (tmp / "groups").mkdir(parents=True)
-        for p in range(partitions):
-            (tmp / "partitions" / f"{p:04d}").mkdir(parents=True)
-        (tmp / "wal").mkdir()
-        write_checkpoint(tmp, 0, [0] * partitions)
-        meta = tmp / _TOPIC_META
-        with open(meta, "wb") as f:
-            f.write(orjson.dumps({"name": name, "partitions": partitions, "format": 1}))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(self._topics_dir)
 
     def topic(self, name: str) -> Topic:
         """The topic named ``name``; raises ``TopicNotFoundError``."""
@@ -263,13 +166,16 @@ class Broker:
         if group is not None:
             return group
         check_name("group", name)
-        group = self._new_group(topic, name)
+        group = new_group(topic, name, self.config, self._lease_prefix)
         group.cursors = Group.replay([], topic.logs)  # starts at the earliest retained offset
         topic.groups[name] = group
         group.journal.compact()  # the journal starts with a snapshot
         await self._commit([group.journal], topic.name)
         log.info("created consumer group %s on %s", name, topic.name)
         return group
+
+    def _schedule_checkpoint(self, t: Topic) -> None:
+        checkpoints.schedule(t, lambda: self._closing)
 
     async def _commit(self, units: Sequence[Unit], topic: str) -> None:
         futures = [self._committer.request(u) for u in units]
@@ -336,6 +242,10 @@ class Broker:
             positions.append((p, offset))
         self.observer.published(topic, len(positions))
         return positions
+
+    async def _publish_dead(self, dlq: str, letters: list[tuple[str, bytes]]) -> None:
+        await self.create_topic(dlq, self.config.dlq_partitions)
+        await self.publish(dlq, letters, _bypass_backlog=True)
 
     # -- fetch and lease outcomes ------------------------------------------------------------
 
@@ -419,7 +329,7 @@ class Broker:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + max_wait
         while not (self._closing or self._draining):
-            await self._expire(t, g)
+            await self._expiry.expire(t, g)
             now = self._clock()
             batches = self._take(
                 t, g, now, max_records, max_bytes, ack_wait, len(t.logs) if multi else 1
@@ -485,18 +395,6 @@ class Broker:
             self.observer.fetched(t.name, g.name, fetched, redelivered)
         return batches
 
-    async def _expire(self, t: Topic, g: Group) -> None:
-        expired, dead = g.expire(self._clock())
-        if expired:
-            self.observer.expired(t.name, g.name, expired)
-        for d in dead:
-            await self._dead_letter(t, g, d, "max_deliveries")
-
-    async def _settle(self, t: Topic, g: Group, dead: Dead | None, reason: str) -> None:
-        if dead is not None:
-            await self._dead_letter(t, g, dead, reason)
-        await self._commit([g.journal], t.name)
-
     async def ack(
         self, topic: str, group: str, lease: str, offsets: Sequence[int] | None = None
     ) -> int:
@@ -524,7 +422,7 @@ class Broker:
         g = t.groups.get(group)
         if g is None:
             return 0, list(leases)
-        await self._expire(t, g)
+        await self._expiry.expire(t, g)
         n = 0
         expired: list[str] = []
         for lease in leases:
@@ -553,7 +451,7 @@ class Broker:
         if n:
             self.observer.nacked(topic, group, n)
             if dead is not None:
-                await self._settle(t, g, dead, "max_deliveries")
+                await self._expiry.settle(t, g, dead, "max_deliveries")
             t.notify()
         return n
 
@@ -595,7 +493,7 @@ class Broker:
         dead = g.reject(lease, offsets, error=error)
         if dead is None:
             return 0
-        await self._settle(t, g, dead, "rejected")
+        await self._expiry.settle(t, g, dead, "rejected")
         return len(dead[1])
 
     async def extend(
@@ -614,36 +512,8 @@ class Broker:
         g = t.groups.get(group)
         if g is None:
             raise LeaseExpiredError(topic, group, "*")
-        await self._expire(t, g)
+        await self._expiry.expire(t, g)
         return t, g
-
-    async def _dead_letter(self, t: Topic, g: Group, dead: Dead, reason: str) -> None:
-        p, offsets = dead
-        letters = envelopes(t.name, g, dead, t.logs[p].read_offsets(offsets), reason)
-        dlq = dlq_name(t.name)
-        try:
-            await self.create_topic(dlq, self.config.dlq_partitions)
-            await self.publish(dlq, letters, _bypass_backlog=True)
-        except MQError as e:
-            log.error("dead-lettering %d records of %s/%d failed: %s", len(offsets), t.name, p, e)
-            g.restore(dead)
-            return
-        except asyncio.CancelledError:
-            # The caller went away (a client disconnected mid-fetch): the records must not be
-            # stranded. If the dead letters were written, they come again (duplicates allowed).
-            g.restore(dead)
-            raise
-        g.mark_dead(dead)
-        await self._commit([g.journal], t.name)
-        self.observer.dead_lettered(t.name, g.name, len(offsets), reason)
-        log.warning(
-            "dead-lettered %d records of %s partition %d for group %s: %s",
-            len(offsets),
-            t.name,
-            p,
-            g.name,
-            reason,
-        )
 
     # -- maintenance -----------------------------------------------------------------------
 
@@ -651,8 +521,8 @@ class Broker:
         """Expire leases, apply retention and compact journals (the background task's body)."""
         for t in list(self.topics.values()):
             for g in list(t.groups.values()):
-                await self._expire(t, g)
-            await self._retain(t)
+                await self._expiry.expire(t, g)
+            await retain(t, self._committer, self.config, self._wall)
 
     async def _maintain_forever(self) -> None:
         assert self.config.maintenance_interval
@@ -662,27 +532,6 @@ class Broker:
                 await self.maintain()
             except MQError as e:  # keep serving; the next round retries
                 log.error("maintenance failed: %s", e)
-
-    async def _retain(self, t: Topic) -> None:
-        if not t.groups:
-            return  # nobody consumed anything yet: keep it all (backpressure bounds the size)
-        consumed = t.consumed()
-        candidates = [
-            p
-            for p, plog in enumerate(t.logs)
-            if len(plog.segments) > 1 and plog.segments[0].end_offset <= consumed[p]
-        ]
-        if not candidates:
-            return
-        # Retention trusts the committed offsets above: make them durable before deleting.
-        await self._committer.sync([g.journal for g in t.groups.values()])
-        cfg = self.config
-        now_us = int(self._wall() * 1_000_000)
-        age = int(cfg.retention_age * 1_000_000) if cfg.retention_age is not None else None
-        for p in candidates:
-            # Inline on purpose: unlinking a few files is quick, and the segment list must not
-            # change under a concurrent read.
-            t.logs[p].retain(consumed[p], now_us, age, cfg.retention_bytes)
 
     # -- stats -------------------------------------------------------------------------------
 
@@ -741,7 +590,9 @@ class Broker:
                 await t.checkpointer
             t.wal.close()
             # Everything is in the partition files now: a last checkpoint empties the log.
-            await self._checkpoint(t, t.wal.active + 1, [plog.next_offset for plog in t.logs])
+            await checkpoints.checkpoint_topic(
+                t, t.wal.active + 1, [plog.next_offset for plog in t.logs]
+            )
             for plog in t.logs:
                 plog.close()
             for g in t.groups.values():
