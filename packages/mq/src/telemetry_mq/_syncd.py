@@ -16,7 +16,7 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from time import perf_counter
 
 TICKET = struct.Struct("<Q")
@@ -24,13 +24,18 @@ RESULT = struct.Struct("<id")
 MAX_FDS = 64  # descriptors per request; the broker never sends more
 
 
-def fdatasync_each(fds: Sequence[int]) -> list[tuple[int, float]]:
-    """``fdatasync`` each descriptor: its errno (0 = durable) and the seconds it took."""
+def fdatasync_each(
+    fds: Sequence[int], fdatasync: Callable[[int], None] = os.fdatasync
+) -> list[tuple[int, float]]:
+    """``fdatasync`` each descriptor: its errno (0 = durable) and the seconds it took.
+
+    The broker's thread fallback passes its own ``fdatasync`` (the core's file seam).
+    """
     out: list[tuple[int, float]] = []
     for fd in fds:
         started = perf_counter()
         try:
-            os.fdatasync(fd)
+            fdatasync(fd)
             error = 0
         except OSError as e:
             error = e.errno or -1

@@ -23,8 +23,10 @@ from typing import Any
 
 import orjson
 
+from . import _fileio
+from ._fileio import fsync_dir
 from .errors import CorruptLogError
-from .log import AppendFile, fsync_dir
+from .log import AppendFile
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +84,7 @@ def read_journal(path: Path) -> list[Entry]:
         if not ok:
             if nl < 0 or not data[nl + 1 :].strip(b"\0"):
                 log.warning("truncating torn tail of group journal %s at byte %d", path, pos)
-                with open(path, "r+b") as f:
-                    f.truncate(pos)
-                    os.fsync(f.fileno())
+                _fileio.truncate_file(path, pos)
                 break
             raise CorruptLogError(
                 "group journal line fails its checksum", path=str(path), position=pos
@@ -136,11 +136,8 @@ class GroupJournal(AppendFile):
     def _write(self, data: bytes, replace: bool, fsync: bool) -> float:
         if replace:
             tmp = self.path.with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            _fileio.write_file(tmp, data)
+            _fileio.replace(tmp, self.path)
             fsync_dir(self.path.parent)
             if self._fd is not None:
                 os.close(self._fd)
@@ -149,12 +146,12 @@ class GroupJournal(AppendFile):
             return 0.0
         if data and self._fd is None:
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-            self._fd = os.open(self.path, flags, 0o644)
+            self._fd = _fileio.open(self.path, flags, 0o644)
         if self._fd is not None:
             self._append(data)
         if fsync and self._unsynced and self._fd is not None:
             started = perf_counter()
-            os.fdatasync(self._fd)
+            _fileio.fdatasync(self._fd)
             self._unsynced = False
             return perf_counter() - started
         return 0.0
@@ -162,7 +159,7 @@ class GroupJournal(AppendFile):
     def close(self) -> None:
         """Fsync and close the file (after the committer has stopped)."""
         if self._fd is not None:
-            os.fdatasync(self._fd)
+            _fileio.fdatasync(self._fd)
             os.close(self._fd)
             self._fd = None
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from time import perf_counter
 from typing import Final
 
+from . import _fileio
+from ._fileio import fsync_dir, write_all
 from .errors import CorruptLogError, StorageError
 from .protocol import BODY_HEAD, PREFIX, decode_frames
 from .segment import SUFFIX, Segment, load_segment, segment_name
@@ -19,13 +21,6 @@ log = logging.getLogger(__name__)
 
 Record = tuple[int, int, str, bytes]
 """A stored record: ``(offset, timestamp_us, key, value)``."""
-
-
-def write_all(fd: int, data: bytes | bytearray) -> None:
-    """Write all of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class AppendFile:
@@ -47,15 +42,6 @@ class AppendFile:
     def _synced(self) -> None:
         """The descriptor ``_append`` returned was fdatasynced."""
         self._unsynced = False
-
-
-def fsync_dir(path: Path) -> None:
-    """Fsync a directory (so a created, renamed or deleted entry in it is durable)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 TAIL_RECORDS: Final = 2048
@@ -113,7 +99,7 @@ class PartitionLog:
         ``load_segment``); the records from there on may be cut off, for the topic's
         write-ahead log to replay.
         """
-        path.mkdir(parents=True, exist_ok=True)
+        _fileio.make_dirs(path)
         files = sorted(p for p in path.iterdir() if p.name.endswith(SUFFIX))
         segments: list[Segment] = []
         base_pos = 0
@@ -124,7 +110,7 @@ class PartitionLog:
                     # The earlier segment lost its unsynced tail: the write-ahead log replays it.
                     for later in files[i:]:
                         log.warning("deleting %s: it follows a gap past the checkpoint", later)
-                        later.unlink()
+                        _fileio.remove(later)
                     break
                 raise CorruptLogError(
                     f"segment starts at offset {base}, expected {segments[-1].end_offset}",
@@ -148,7 +134,7 @@ class PartitionLog:
             if truncated:
                 for later in files[i + 1 :]:
                     log.warning("deleting %s: it follows a truncated segment", later)
-                    later.unlink()
+                    _fileio.remove(later)
                 break
         plog = cls(topic, partition, path, segments, segment_bytes=segment_bytes)
         if plog.next_offset < trusted:
@@ -294,7 +280,7 @@ class PartitionLog:
                         os.close(fd)
                         self._wfd = None
                     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-                    fd = self._wfd = os.open(seg.path, flags, 0o644)
+                    fd = self._wfd = _fileio.open(seg.path, flags, 0o644)
                     self._wseg = seg
                 self.unsynced.add(seg.path)
                 write_all(fd, data)
@@ -310,11 +296,11 @@ class PartitionLog:
         started = perf_counter()
         for path in paths:
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = _fileio.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
             try:
-                os.fdatasync(fd)
+                _fileio.fdatasync(fd)
             finally:
                 os.close(fd)
         if paths:
@@ -398,7 +384,7 @@ class PartitionLog:
             if not (too_old or too_big):
                 break
             seg.close()
-            seg.path.unlink(missing_ok=True)
+            _fileio.remove(seg.path, missing_ok=True)
             self.segments.pop(0)
             self._bases.pop(0)
             deleted += 1
@@ -415,6 +401,6 @@ class PartitionLog:
         for seg in self.segments:
             seg.close()
         if self._wfd is not None:
-            os.fdatasync(self._wfd)
+            _fileio.fdatasync(self._wfd)
             os.close(self._wfd)
             self._wfd = None

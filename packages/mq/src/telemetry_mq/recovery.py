@@ -32,7 +32,6 @@ a log that came back shorter skips records published after the restart.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -40,11 +39,13 @@ from typing import Final
 
 import orjson
 
+from . import _fileio
+from ._fileio import fsync_dir
 from .checkpoints import checkpoint_recovered
 from .config import BrokerConfig
 from .groups import Group
 from .journal import read_journal
-from .log import PartitionLog, fsync_dir
+from .log import PartitionLog
 from .topic import Topic
 from .wal import CHECKPOINT, TopicWal, read_checkpoint, write_checkpoint
 
@@ -62,7 +63,7 @@ def recover(
     on_roll: Callable[[Topic], None],
 ) -> None:
     """Open every complete topic under ``topics_dir`` into ``topics``, with its groups."""
-    topics_dir.mkdir(parents=True, exist_ok=True)
+    _fileio.make_dirs(topics_dir)
     for tmp in topics_dir.glob("*.creating"):
         shutil.rmtree(tmp)  # a topic creation that never completed
     for path in sorted(topics_dir.iterdir()):
@@ -140,16 +141,14 @@ def write_topic_dir(topics_dir: Path, name: str, partitions: int) -> Path:
     tmp = path.with_name(path.name + ".creating")
     if tmp.exists():
         shutil.rmtree(tmp)
-    (tmp / "groups").mkdir(parents=True)
+    _fileio.mkdir(tmp)
+    for sub in ("groups", "partitions", "wal"):
+        _fileio.mkdir(tmp / sub)
     for p in range(partitions):
-        (tmp / "partitions" / f"{p:04d}").mkdir(parents=True)
-    (tmp / "wal").mkdir()
+        _fileio.mkdir(tmp / "partitions" / f"{p:04d}")
     write_checkpoint(tmp, 0, [0] * partitions)
     meta = tmp / _TOPIC_META
-    with open(meta, "wb") as f:
-        f.write(orjson.dumps({"name": name, "partitions": partitions, "format": 1}))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _fileio.write_file(meta, orjson.dumps({"name": name, "partitions": partitions, "format": 1}))
+    _fileio.replace(tmp, path)
     fsync_dir(topics_dir)
     return path

@@ -9,6 +9,7 @@ from array import array
 from pathlib import Path
 from typing import Final
 
+from . import _fileio
 from .errors import CorruptLogError
 from .protocol import FRAME_HEAD, FRAME_OVERHEAD, MAX_KEY_BYTES, PREFIX
 
@@ -65,7 +66,7 @@ class Segment:
     def read(self, start: int, stop: int) -> bytes:
         """The raw frames of records ``[start, stop)`` (all must be durable)."""
         if self._rfd is None:
-            self._rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._rfd = _fileio.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         first = self.pos_of(start)
         length = self.pos_of(stop) - first
         data = os.pread(self._rfd, length, first)
@@ -135,9 +136,7 @@ def load_segment(
                     expected,
                     problem,
                 )
-                with open(path, "r+b") as f:
-                    f.truncate(pos)
-                    os.fsync(f.fileno())
+                _fileio.truncate_file(path, pos)
                 truncated = True
                 break
             raise CorruptLogError(

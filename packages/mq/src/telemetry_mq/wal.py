@@ -35,8 +35,10 @@ from typing import Final
 
 import orjson
 
+from . import _fileio
+from ._fileio import fsync_dir, write_all
 from .errors import CorruptLogError
-from .log import AppendFile, PartitionLog, fsync_dir, write_all
+from .log import AppendFile, PartitionLog
 from .protocol import decode_frames
 
 log = logging.getLogger(__name__)
@@ -84,11 +86,8 @@ def write_checkpoint(topic_dir: Path, wal: int, offsets: Sequence[int]) -> None:
     """Atomically replace the topic's checkpoint (write, fsync, rename, fsync the directory)."""
     path = topic_dir / CHECKPOINT
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(orjson.dumps({"format": 1, "wal": wal, "offsets": list(offsets)}))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _fileio.write_file(tmp, orjson.dumps({"format": 1, "wal": wal, "offsets": list(offsets)}))
+    _fileio.replace(tmp, path)
     fsync_dir(topic_dir)
 
 
@@ -113,7 +112,7 @@ def checkpoint(
     deleted = False
     for file in sorted(wal_dir.glob(f"*{SUFFIX}")):
         if int(file.name.removesuffix(SUFFIX)) < cut:
-            file.unlink(missing_ok=True)
+            _fileio.remove(file, missing_ok=True)
             deleted = True
     if deleted:
         fsync_dir(wal_dir)
@@ -182,7 +181,7 @@ class TopicWal(AppendFile):
             self._close_fds()
             path = self.path / wal_name(segment)
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-            self._fd = os.open(path, flags, 0o644)
+            self._fd = _fileio.open(path, flags, 0o644)
             self._fd_segment = segment
             fsync_dir(self.path)
         started = perf_counter()
@@ -192,7 +191,7 @@ class TopicWal(AppendFile):
                 if self._dsync_fd is None:
                     path = self.path / wal_name(segment)
                     flags = os.O_WRONLY | os.O_APPEND | os.O_DSYNC | os.O_CLOEXEC
-                    self._dsync_fd = os.open(path, flags)
+                    self._dsync_fd = _fileio.open(path, flags)
                 write_all(self._dsync_fd, data)
                 return perf_counter() - started
             assert self._fd is not None
@@ -200,7 +199,7 @@ class TopicWal(AppendFile):
             self._unsynced = True
             started = perf_counter()
         if fsync and self._unsynced and self._fd is not None:
-            os.fdatasync(self._fd)
+            _fileio.fdatasync(self._fd)
             self._unsynced = False
             return perf_counter() - started
         return 0.0
@@ -208,7 +207,7 @@ class TopicWal(AppendFile):
     def _close_fds(self) -> None:
         if self._fd is not None:
             if self._unsynced:  # a segment is always durable before it is left
-                os.fdatasync(self._fd)
+                _fileio.fdatasync(self._fd)
                 self._unsynced = False
             os.close(self._fd)
             self._fd = None
@@ -239,14 +238,14 @@ class TopicWal(AppendFile):
         checkpoints). A bad entry at the tail of the last segment is a torn write and is cut
         off; anywhere else it raises ``CorruptLogError``, as does a gap in a partition.
         """
-        path.mkdir(parents=True, exist_ok=True)
+        _fileio.make_dirs(path)
         files = sorted(path.glob(f"*{SUFFIX}"))
         replayed = 0
         last = start - 1
         for i, file in enumerate(files):
             segment = int(file.name.removesuffix(SUFFIX))
             if segment < start:
-                file.unlink()  # a checkpoint covers it; its deletion was cut short
+                _fileio.remove(file)  # a checkpoint covers it; its deletion was cut short
                 continue
             replayed += _replay_file(topic, file, logs, last=i == len(files) - 1)
             last = segment
@@ -320,9 +319,7 @@ def _replay_file(topic: str, file: Path, logs: Sequence[PartitionLog], *, last: 
         if problem is not None:
             if last and not _valid_entry_after(data, pos + 1, len(logs)):
                 log.warning("truncating torn tail of %s at byte %d: %s", file, pos, problem)
-                with open(file, "r+b") as f:
-                    f.truncate(pos)
-                    os.fsync(f.fileno())
+                _fileio.truncate_file(file, pos)
                 break
             raise CorruptLogError(problem, path=str(file), position=pos, topic=topic)
         replayed += _replay_entry(topic, file, pos, logs[partition], data[body : body + size])
