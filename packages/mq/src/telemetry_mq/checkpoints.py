@@ -16,14 +16,18 @@ files. Each call first writes out the buffered frames (``write_out``), then hand
 written since the last checkpoint to ``wal.checkpoint``, which fsyncs them before it writes
 ``checkpoint.json`` and deletes anything. A roll's checkpoint uses each partition's
 ``durable_offset`` read together with ``wal.active`` as the cut, so the records of the log
-segments below the cut are below those offsets. If the checkpoint fails, the segments stay and
-the files go back on the unsynced list for the next one.
+segments below the cut are below those offsets.
 
-Known gap: a failed partition-file write (``plog.failed``) is not checked: a checkpoint then
-records offsets the partition file does not hold and deletes the log segments that do.
-Known gap: after an fsync error the paths are re-queued and fsynced again; the retry succeeds
-(the kernel reports a writeback error once), so the next checkpoint trusts data that may be
-lost and deletes the log segments.
+Storage errors (docs/broker.md, "Storage errors"):
+
+- A checkpoint never passes a partition's ``written_offset``: while frames stay unwritten after
+  a failed partition-file write, no checkpoint is taken and every log segment stays (the next
+  roll, or the close, tries again once the frames are written).
+- A checkpoint that fails (an fsync, or writing ``checkpoint.json``) fails the topic: nothing
+  is fsynced again, since a second fsync can succeed over pages the first one lost, and no
+  log segment is deleted. The restart replays the log over everything past the last
+  checkpoint (``recovery``).
+- A failed topic is never checkpointed again.
 """
 
 from __future__ import annotations
@@ -51,8 +55,14 @@ def _take_unsynced(logs: Sequence[PartitionLog]) -> list[set[Path]]:
 
 
 def checkpoint_recovered(path: Path, wal: TopicWal, logs: Sequence[PartitionLog]) -> None:
-    """Checkpoint a topic just recovered: everything replayed goes into the partition files."""
+    """Checkpoint a topic just recovered: everything replayed goes into the partition files.
+
+    Raises ``OSError`` if that fails (the broker does not open; nothing was deleted).
+    """
     unsynced = _take_unsynced(logs)
+    for plog in logs:
+        if plog.write_error is not None:
+            raise plog.write_error
     offsets = [plog.next_offset for plog in logs]
     checkpoint(path, wal.path, logs, wal.active, offsets, unsynced)
 
@@ -65,21 +75,43 @@ def schedule(t: Topic, closing: Callable[[], bool]) -> None:
 
 
 async def _checkpoints(t: Topic, closing: Callable[[], bool]) -> None:
-    while t.checkpoint_wanted and not closing():
+    while t.checkpoint_wanted and not closing() and t.failed is None:
         t.checkpoint_wanted = False
         await checkpoint_topic(t, t.wal.active, [plog.durable_offset for plog in t.logs])
 
 
-async def checkpoint_topic(t: Topic, cut: int, offsets: list[int]) -> None:
-    """Fsync the partition files up to ``offsets``, then drop log segments below ``cut``."""
+async def checkpoint_topic(t: Topic, cut: int, offsets: list[int]) -> bool:
+    """Fsync the partition files up to ``offsets``, then drop log segments below ``cut``.
+
+    Returns whether it did. It does not while a partition has not written its frames up to
+    its offset (a failed write: the log segments stay), nor once the topic failed; if it
+    fails, it fails the topic.
+    """
+    if t.failed is not None:
+        return False
     unsynced = _take_unsynced(t.logs)
+    behind = [
+        plog.partition
+        for plog, offset in zip(t.logs, offsets, strict=True)
+        if plog.written_offset < offset
+    ]
+    if behind:
+        log.warning(
+            "no checkpoint of %s: partitions %s have frames not written yet (a failed write); "
+            "its write-ahead log keeps every segment",
+            t.name,
+            behind,
+        )
+        for plog, paths in zip(t.logs, unsynced, strict=True):
+            plog.unsynced |= paths  # not fsynced yet: the next checkpoint does it
+        return False
     try:
         spent = await asyncio.to_thread(
             checkpoint, t.path, t.wal.path, t.logs, cut, offsets, unsynced
         )
-    except OSError as e:  # the log segments stay; the next checkpoint retries
+    except OSError as e:  # never retried: the next fsync could succeed over lost pages
         log.error("checkpoint of %s failed: %s", t.name, e)
-        for plog, paths in zip(t.logs, unsynced, strict=True):
-            plog.unsynced |= paths
-        return
+        t.on_fail(e)
+        return False
     log.debug("checkpoint of %s at log segment %d took %.3f s", t.name, cut, spent)
+    return True

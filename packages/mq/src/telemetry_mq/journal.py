@@ -95,7 +95,11 @@ def read_journal(path: Path) -> list[Entry]:
 
 
 class GroupJournal(AppendFile):
-    """The durable side of a group's state: buffered lines committed by the committer."""
+    """The durable side of a group's state: buffered lines committed by the committer.
+
+    A failed write or fsync (of an append or of a compaction) fails the journal for good and,
+    through ``on_fail``, its topic (``AppendFile``).
+    """
 
     def __init__(self, path: Path, snapshot: Callable[[], Entry], *, compact_bytes: int) -> None:
         self.path = path
@@ -108,6 +112,8 @@ class GroupJournal(AppendFile):
         # event loop for an inline job.
         self._fd: int | None = None
         self._unsynced = False
+        self.failed: BaseException | None = None
+        self.on_fail: Callable[[BaseException], None] = lambda _: None
 
     def append(self, entry: Entry) -> None:
         """Buffer one entry; ask for a compaction once the file has grown past its bound."""
@@ -134,6 +140,7 @@ class GroupJournal(AppendFile):
         return _JournalJob(self, data, replace=False, inline=self._fd is not None)
 
     def _write(self, data: bytes, replace: bool, fsync: bool) -> float:
+        self._check()
         if replace:
             tmp = self.path.with_suffix(".tmp")
             _fileio.write_file(tmp, data)
@@ -157,9 +164,11 @@ class GroupJournal(AppendFile):
         return 0.0
 
     def close(self) -> None:
-        """Fsync and close the file (after the committer has stopped)."""
+        """Fsync and close the file (after the committer has stopped); a failed journal is
+        closed without an fsync: nothing in it past the failure is trusted."""
         if self._fd is not None:
-            _fileio.fdatasync(self._fd)
+            if self._unsynced and self.failed is None:
+                _fileio.fdatasync(self._fd)
             os.close(self._fd)
             self._fd = None
 
@@ -185,3 +194,4 @@ class _JournalJob:
     def finish(self, error: BaseException | None) -> None:
         if error is not None:
             log.error("group journal %s: write failed: %s", self._journal.path, error)
+            self._journal._fail(error)

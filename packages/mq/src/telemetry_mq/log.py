@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import zlib
+from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Final
 from . import _fileio
 from ._fileio import fsync_dir, write_all
 from .errors import CorruptLogError, StorageError
-from .protocol import BODY_HEAD, PREFIX, decode_frames
+from .protocol import BODY_HEAD, FRAME_HEAD, PREFIX, decode_frames
 from .segment import SUFFIX, Segment, load_segment, segment_name
 
 log = logging.getLogger(__name__)
@@ -24,30 +25,52 @@ Record = tuple[int, int, str, bytes]
 
 
 class AppendFile:
-    """An append-only file the committer writes: its descriptor and whether it holds data
-    not yet fdatasynced (the write-ahead log's segment, a group journal)."""
+    """An append-only file the committer writes: its descriptor, whether it holds data not
+    yet fdatasynced, and whether it failed (the write-ahead log's segment, a group journal).
+
+    A failed write or fsync fails the file for good: bytes of the failed write may be in it,
+    and after a failed fsync the kernel may have dropped the pages it could not write and
+    report success to the next fsync. So it is never written or fsynced again; every later
+    job fails at once and ``on_fail`` fails the topic (docs/broker.md, "Storage errors").
+    """
 
     _fd: int | None
     _unsynced: bool
+    failed: BaseException | None
+    on_fail: Callable[[BaseException], None]
+
+    def _check(self) -> None:
+        """Raise if the file failed earlier (nothing may be written to it or trusted)."""
+        if self.failed is not None:
+            raise OSError(f"not written: this file failed earlier ({self.failed})")
 
     def _append(self, data: bytes) -> int | None:
         """Append to the open file without fsync; the descriptor if data is not durable."""
+        self._check()
         fd = self._fd
         assert fd is not None
         if data:
+            self._unsynced = True  # before the write: a failed one may leave bytes behind
             write_all(fd, data)
-            self._unsynced = True
         return fd if self._unsynced else None
 
     def _synced(self) -> None:
         """The descriptor ``_append`` returned was fdatasynced."""
         self._unsynced = False
 
+    def _fail(self, error: BaseException) -> None:
+        """A job of this file failed: fail the file (and through ``on_fail``, its topic)."""
+        if self.failed is None:
+            self.failed = error
+            self.on_fail(error)
+
 
 TAIL_RECORDS: Final = 2048
 """Newest records of a partition kept in memory for reads (between half and all of it)."""
 PENDING_BYTES: Final = 1024 * 1024
 """Frames a partition buffers at most before writing them to its segment file."""
+UNWRITTEN_LIMIT: Final = 16 * 1024 * 1024
+"""Frames a partition may hold in memory after failed writes before its topic fails."""
 
 
 class PartitionLog:
@@ -57,6 +80,11 @@ class PartitionLog:
     topic's write-ahead log holds them durably (``made_durable`` advances ``durable_offset``).
     The newest records are kept in memory, and their frames are written to the segment files
     in large writes (``write_out``); checkpoints make the files durable.
+
+    A failed write to a segment file (disk full, I/O error, a short write) loses nothing: the
+    frames stay buffered and in the in-memory tail, the file is cut back to the frames written
+    before and never written again, and the next write goes to a new segment file starting
+    at the first unwritten record. No checkpoint passes ``written_offset`` meanwhile.
     """
 
     def __init__(
@@ -77,8 +105,13 @@ class PartitionLog:
         self.next_offset = segments[-1].end_offset if segments else 0
         self.durable_offset = self.next_offset
         self.failed: BaseException | None = None
+        """Set when the topic failed (``Broker``): appends are refused."""
+        self.write_error: OSError | None = None
+        """The last failed write, until a write succeeds again."""
         self.on_durable: Callable[[], None] = lambda: None
-        self._pending: list[tuple[Segment, bytearray]] = []  # frames not in the files yet
+        self.on_fail: Callable[[BaseException], None] = lambda _: None
+        # Frames not in the files yet: (segment, offset of the first frame, frames).
+        self._pending: list[tuple[Segment, int, bytearray]] = []
         self._pending_bytes = 0
         self._wseg: Segment | None = None
         self._wfd: int | None = None
@@ -162,6 +195,11 @@ class PartitionLog:
         return self.segments[-1].base_pos + self.segments[-1].size if self.segments else 0
 
     @property
+    def written_offset(self) -> int:
+        """Every record below it is in the segment files (written; fsynced by checkpoints)."""
+        return self._pending[0][1] if self._pending else self.next_offset
+
+    @property
     def size_bytes(self) -> int:
         """Bytes retained on disk (including writes in flight)."""
         return self.end_pos - (self.segments[0].base_pos if self.segments else 0)
@@ -186,7 +224,7 @@ class PartitionLog:
         """
         if self.failed is not None:
             raise StorageError(
-                f"partition {self.partition} of {self.topic!r} failed a write: {self.failed}",
+                f"partition {self.partition} of {self.topic!r} failed: {self.failed}",
                 topic=self.topic,
                 partition=self.partition,
             )
@@ -201,6 +239,7 @@ class PartitionLog:
             seg.first_ts = timestamp_us
         frames: list[bytes] = []  # of the current segment
         done: list[bytes] = []  # of earlier segments (a roll within this call)
+        chunk_first = offset
         tail = self._tail
         head = BODY_HEAD.pack
         prefix = PREFIX.pack
@@ -210,13 +249,14 @@ class PartitionLog:
                 seg.size = size
                 seg.last_ts = timestamp_us
                 chunk = b"".join(frames)
-                self._buffer(seg, chunk)
+                self._buffer(seg, chunk_first, chunk)
                 done.append(chunk)
                 frames = []
                 seg = self._add_segment(offset, seg.base_pos + size)
                 seg.first_ts = timestamp_us
                 positions = seg.positions
                 size = 0
+                chunk_first = offset
             body = head(offset, timestamp_us, len(kb)) + kb + value
             frame = prefix(len(body), crc32(body)) + body
             frames.append(frame)
@@ -225,27 +265,32 @@ class PartitionLog:
             tail.append((offset, timestamp_us, key, value))
             offset += 1
         chunk = b"".join(frames)
-        self._buffer(seg, chunk)
-        if len(tail) > TAIL_RECORDS or self._pending_bytes > PENDING_BYTES:
-            self.write_out()  # first: records below the tail are read from the files
-            if len(tail) > TAIL_RECORDS:
-                drop = len(tail) - TAIL_RECORDS // 2
-                del tail[:drop]
-                self._tail_start += drop
+        self._buffer(seg, chunk_first, chunk)
         seg.size = size
         seg.last_ts = timestamp_us
         self.next_offset = offset
+        if len(tail) > TAIL_RECORDS or self._pending_bytes > PENDING_BYTES:
+            self.write_out()  # first: records below the tail are read from the files
+            if len(tail) > TAIL_RECORDS:
+                # Never past the written records (a write may have failed): the records below
+                # the tail are read from the files.
+                drop = min(len(tail) - TAIL_RECORDS // 2, self.written_offset - self._tail_start)
+                if drop > 0:
+                    del tail[:drop]
+                    self._tail_start += drop
         if done:
             done.append(chunk)
             return first, b"".join(done)
         return first, chunk
 
-    def _buffer(self, seg: Segment, chunk: bytes) -> None:
+    def _buffer(self, seg: Segment, first: int, chunk: bytes) -> None:
+        if not chunk:
+            return
         self._pending_bytes += len(chunk)
         if self._pending and self._pending[-1][0] is seg:
-            self._pending[-1][1].extend(chunk)
+            self._pending[-1][2].extend(chunk)
         else:
-            self._pending.append((seg, bytearray(chunk)))
+            self._pending.append((seg, first, bytearray(chunk)))
 
     def _add_segment(self, base_offset: int, base_pos: int) -> Segment:
         seg = Segment(self.path / segment_name(base_offset), base_offset, base_pos)
@@ -268,25 +313,103 @@ class PartitionLog:
         Runs on the event loop, rarely: before records leave the in-memory tail (so a read
         below the tail finds them in the files), past ``PENDING_BYTES``, and before a
         checkpoint or a close. Frames whose log write is still in flight may be written too:
-        they are only readable once ``made_durable``. A failed write marks the partition failed.
+        they are only readable once ``made_durable``. A failed write keeps the frames
+        buffered (``_write_failed``); the next call writes them to a new file.
         """
-        chunks, self._pending = self._pending, []
-        self._pending_bytes = 0
+        pending = self._pending
+        if not pending:
+            return
+        done = 0
+        fd = self._wfd
         try:
-            fd = self._wfd
-            for seg, data in chunks:
+            for seg, _, data in pending:
                 if fd is None or seg is not self._wseg:
                     if fd is not None:
                         os.close(fd)
                         self._wfd = None
+                    self._wseg = seg
                     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
                     fd = self._wfd = _fileio.open(seg.path, flags, 0o644)
-                    self._wseg = seg
                 self.unsynced.add(seg.path)
                 write_all(fd, data)
+                seg.written += len(data)
+                done += 1
         except OSError as e:
-            log.error("partition %d of %s: write failed: %s", self.partition, self.topic, e)
-            self.failed = e
+            del pending[:done]
+            self._pending_bytes = sum(len(data) for _, _, data in pending)
+            self._write_failed(e)
+            return
+        self._pending = []
+        self._pending_bytes = 0
+        if self.write_error is not None:
+            log.warning("partition %d of %s: writes succeed again", self.partition, self.topic)
+            self.write_error = None
+
+    def _write_failed(self, error: OSError) -> None:
+        """Keep the unwritten frames; cut the file back and leave it; the next write starts
+        a new segment file at the first unwritten record (docs/broker.md, "Storage errors")."""
+        seg, first, data = self._pending[0]
+        fd, self._wfd, self._wseg = self._wfd, None, None
+        self.write_error = error
+        log.error(
+            "partition %d of %s: writing %s failed at offset %d: %s; %d bytes stay buffered",
+            self.partition,
+            self.topic,
+            seg.path,
+            first,
+            error,
+            self._pending_bytes,
+        )
+        try:
+            if fd is not None:
+                try:
+                    # The failed write may have left part of its bytes: cut them off, so the
+                    # file ends with the last frame written whole.
+                    _fileio.ftruncate(fd, seg.written)
+                finally:
+                    os.close(fd)
+            if seg.written:
+                self._split(seg, first, data)
+            else:  # nothing of this segment is in its file: a new file replaces it
+                seg.close()
+                _fileio.remove(seg.path, missing_ok=True)
+        except OSError as e:
+            log.error(
+                "partition %d of %s: cutting %s back failed: %s",
+                self.partition,
+                self.topic,
+                seg.path,
+                e,
+            )
+            self.on_fail(e)
+            return
+        if self._pending_bytes > UNWRITTEN_LIMIT:
+            self.on_fail(error)
+
+    def _split(self, seg: Segment, first: int, data: bytearray) -> None:
+        """End ``seg`` before ``first``; a new segment (and file) holds the rest."""
+        i = first - seg.base_offset
+        cut = seg.positions[i]
+        assert cut == seg.written, "chunks hold whole frames, written in order"
+        new = Segment(self.path / segment_name(first), first, seg.base_pos + cut)
+        new.positions = array("Q", [p - cut for p in seg.positions[i:]])
+        del seg.positions[i:]
+        new.size = seg.size - cut
+        seg.size = cut
+        new.first_ts = FRAME_HEAD.unpack_from(data, 0)[3]
+        new.last_ts = seg.last_ts
+        seg.last_ts = new.first_ts  # at most a little late: retention keeps it a little longer
+        k = self.segments.index(seg) + 1
+        self.segments.insert(k, new)
+        self._bases.insert(k, first)
+        self._pending = [(new if s is seg else s, f, d) for s, f, d in self._pending]
+        log.warning(
+            "partition %d of %s: %s continues in %s",
+            self.partition,
+            self.topic,
+            seg.path.name,
+            new.path.name,
+        )
 
     def sync(self, paths: set[Path]) -> float:
         """Fsync ``paths`` (segment files written since the last checkpoint) and the directory.
@@ -370,21 +493,27 @@ class PartitionLog:
     ) -> int:
         """Delete old segments below ``consumed`` that are too old or over the size bound.
 
-        The active (last) segment is never deleted. Returns the number of segments deleted.
+        The active (last) segment is never deleted, nor one with frames not written yet.
+        Returns the number of segments deleted.
         """
         if self._pending:
             self.write_out()  # no buffered frame may recreate a deleted file later
         deleted = 0
+        written = self.written_offset
         while len(self.segments) > 1:
             seg = self.segments[0]
-            if seg.end_offset > consumed:
+            if seg.end_offset > consumed or seg.end_offset > written:
                 break
             too_old = max_age_us is not None and now_us - seg.last_ts > max_age_us
             too_big = max_bytes is not None and self.size_bytes > max_bytes
             if not (too_old or too_big):
                 break
             seg.close()
-            _fileio.remove(seg.path, missing_ok=True)
+            try:
+                _fileio.remove(seg.path, missing_ok=True)
+            except OSError as e:  # nothing is lost: the next round tries again
+                log.error("retention could not delete %s: %s", seg.path, e)
+                break
             self.segments.pop(0)
             self._bases.pop(0)
             deleted += 1
@@ -397,10 +526,10 @@ class PartitionLog:
         return deleted
 
     def close(self) -> None:
-        """Close every descriptor (after the committer has stopped and ``write_out``)."""
+        """Close every descriptor (after the committer has stopped, ``write_out`` and the
+        last checkpoint: that fsynced what was written; a failed topic fsyncs nothing)."""
         for seg in self.segments:
             seg.close()
         if self._wfd is not None:
-            _fileio.fdatasync(self._wfd)
             os.close(self._wfd)
             self._wfd = None

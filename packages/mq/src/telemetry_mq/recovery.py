@@ -6,14 +6,20 @@ write-ahead log), ``partitions/<p:04d>/`` (the partition logs) and ``groups/<gro
 Invariants:
 
 - A topic directory exists under its name only when complete: ``write_topic_dir`` builds it as
-  ``<name>.creating`` (fsynced ``checkpoint.json`` and ``topic.json``) and renames it into place,
-  then fsyncs ``topics/``. ``recover`` deletes any ``*.creating`` directory as a creation that
-  never completed, and skips a directory without ``topic.json``.
+  ``.creating-<name>`` (fsynced ``checkpoint.json`` and ``topic.json``, and fsynced directory
+  entries), renames it into place, then fsyncs ``topics/``. A name starting with ``.`` is no
+  valid topic name, so ``recover`` deletes every ``.creating-*`` directory as a creation that
+  never completed without ever meeting a topic. It deletes a ``<name>.creating`` directory
+  only when its ``topic.json`` names ``<name>`` (an unfinished creation of an earlier version;
+  a topic may be called ``x.creating``), and skips a directory without ``topic.json``.
 - No acknowledged record is lost: a publish is acknowledged once its frames are durable in the
   write-ahead log, so ``open_topic`` loads each partition (intact below its checkpointed
-  offset; a bad frame at or past it, and what follows, is cut off as never fsynced), replays
-  every log segment from the checkpoint's ``wal`` on into the partitions, then checkpoints
+  offset; everything from there on is cut off as never fsynced), replays every log segment
+  from the checkpoint's ``wal`` on into the partitions, then checkpoints
   (``checkpoints.checkpoint_recovered``) unless the log was empty and a checkpoint exists.
+  Replaying everything past the checkpoint, rather than trusting what the partition files
+  hold there, is what makes a restart after an fsync error safe: the kernel may still serve
+  pages it failed to write, which would read back intact yet be lost at the next power cut.
 - No acknowledged ack is lost: an ack is acknowledged once it is durable in its group's journal,
   and ``recover`` replays every ``groups/*.journal`` into the group's cursors.
 - What cannot be trusted is refused, not guessed at: damage below a partition's checkpointed
@@ -21,10 +27,6 @@ Invariants:
   would leave a gap, or a journal corrupt other than at its tail raise ``CorruptLogError`` (from
   ``log``, ``wal`` and ``journal``), and the broker does not open.
 
-Known gap: a topic whose own name ends in ``.creating`` passes the name check, and ``recover``
-deletes it at the next start with everything acknowledged in it.
-Known gap: ``topic.json``'s directory entry inside ``<name>.creating`` is not fsynced before the
-rename.
 Known gap: committed offsets replayed from a journal are not clamped to the partition's end, so
 a log that came back shorter skips records published after the restart.
 """
@@ -53,6 +55,12 @@ log = logging.getLogger(__name__)
 
 _TOPIC_META: Final = "topic.json"
 _JOURNAL_SUFFIX: Final = ".journal"
+_CREATING: Final = ".creating-"
+"""Prefix of a topic directory being created (no topic name starts with a dot)."""
+_LEGACY_CREATING: Final = ".creating"
+"""Suffix earlier versions gave a topic directory being created."""
+
+FailTopic = Callable[[Topic, BaseException], None]
 
 
 def recover(
@@ -61,17 +69,27 @@ def recover(
     config: BrokerConfig,
     lease_prefix: str,
     on_roll: Callable[[Topic], None],
+    on_fail: FailTopic,
 ) -> None:
     """Open every complete topic under ``topics_dir`` into ``topics``, with its groups."""
     _fileio.make_dirs(topics_dir)
-    for tmp in topics_dir.glob("*.creating"):
-        shutil.rmtree(tmp)  # a topic creation that never completed
     for path in sorted(topics_dir.iterdir()):
+        if path.name.startswith(_CREATING):
+            shutil.rmtree(path)  # a topic creation that never completed
+            continue
         meta_file = path / _TOPIC_META
         if not meta_file.is_file():
             continue
         meta = orjson.loads(meta_file.read_bytes())
-        topic = open_topic(meta["name"], path, int(meta["partitions"]), topics, config, on_roll)
+        if meta["name"] != path.name:
+            if path.name == meta["name"] + _LEGACY_CREATING:
+                shutil.rmtree(path)  # an earlier version's creation that never completed
+            else:
+                log.warning("skipping %s: its topic.json names topic %r", path, meta["name"])
+            continue
+        topic = open_topic(
+            meta["name"], path, int(meta["partitions"]), topics, config, on_roll, on_fail
+        )
         for journal in sorted((path / "groups").glob(f"*{_JOURNAL_SUFFIX}")):
             name = journal.name.removesuffix(_JOURNAL_SUFFIX)
             group = new_group(topic, name, config, lease_prefix)
@@ -93,10 +111,12 @@ def open_topic(
     topics: dict[str, Topic],
     config: BrokerConfig,
     on_roll: Callable[[Topic], None],
+    on_fail: FailTopic,
 ) -> Topic:
     """Load the partitions, replay the write-ahead log into them, checkpoint if it held any.
 
-    The topic joins ``topics``; each roll of its write-ahead log calls ``on_roll(topic)``.
+    The topic joins ``topics``; each roll of its write-ahead log calls ``on_roll(topic)``, and
+    a storage error its files cannot recover from calls ``on_fail(topic, error)``.
     """
     start, trusted = read_checkpoint(path, partitions)
     logs = [
@@ -118,13 +138,17 @@ def open_topic(
         checkpoint_recovered(path, wal, logs)
     topic = Topic(name, path, logs, wal)
     wal.on_roll = lambda: on_roll(topic)
+    topic.on_fail = lambda error: on_fail(topic, error)
+    wal.on_fail = topic.on_fail
+    for plog in logs:
+        plog.on_fail = topic.on_fail
     topics[name] = topic
     return topic
 
 
 def new_group(topic: Topic, name: str, config: BrokerConfig, lease_prefix: str) -> Group:
     """A group of ``topic`` with no cursors yet, journaled in ``groups/<name>.journal``."""
-    return Group(
+    group = Group(
         topic.name,
         name,
         [],
@@ -133,12 +157,17 @@ def new_group(topic: Topic, name: str, config: BrokerConfig, lease_prefix: str) 
         max_deliveries=config.max_deliveries,
         lease_prefix=lease_prefix,
     )
+    group.journal.on_fail = topic.on_fail
+    return group
 
 
 def write_topic_dir(topics_dir: Path, name: str, partitions: int) -> Path:
-    """Create the empty topic directory ``topics_dir/name`` atomically; return its path."""
+    """Create the empty topic directory ``topics_dir/name`` atomically; return its path.
+
+    Every file and directory entry in it is durable before the rename makes it the topic.
+    """
     path = topics_dir / name
-    tmp = path.with_name(path.name + ".creating")
+    tmp = topics_dir / f"{_CREATING}{name}"
     if tmp.exists():
         shutil.rmtree(tmp)
     _fileio.mkdir(tmp)
@@ -147,8 +176,10 @@ def write_topic_dir(topics_dir: Path, name: str, partitions: int) -> Path:
     for p in range(partitions):
         _fileio.mkdir(tmp / "partitions" / f"{p:04d}")
     write_checkpoint(tmp, 0, [0] * partitions)
-    meta = tmp / _TOPIC_META
-    _fileio.write_file(meta, orjson.dumps({"name": name, "partitions": partitions, "format": 1}))
+    meta = orjson.dumps({"name": name, "partitions": partitions, "format": 1})
+    _fileio.write_file(tmp / _TOPIC_META, meta)
+    fsync_dir(tmp / "partitions")
+    fsync_dir(tmp)  # topic.json's entry, and the directories' (checkpoint.json's is already)
     _fileio.replace(tmp, path)
     fsync_dir(topics_dir)
     return path

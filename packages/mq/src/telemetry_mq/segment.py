@@ -41,6 +41,7 @@ class Segment:
         "path",
         "positions",
         "size",
+        "written",
     )
 
     def __init__(self, path: Path, base_offset: int, base_pos: int) -> None:
@@ -49,6 +50,7 @@ class Segment:
         self.base_pos = base_pos  # bytes of the partition before this segment (for backlog sums)
         self.positions = array("Q")
         self.size = 0  # bytes assigned, including records whose write is still pending
+        self.written = 0  # bytes in the file (written by this process, or found at recovery)
         self.first_ts = 0
         self.last_ts = 0
         self._rfd: int | None = None
@@ -97,10 +99,11 @@ def load_segment(
 
     Returns the segment and whether it was truncated. Records below ``trusted`` (the offset
     the topic's last checkpoint made durable in this partition) must be intact: a bad frame
-    there raises ``CorruptLogError`` naming the partition, file and offset. A bad frame at or
-    past ``trusted`` is cut off with everything after it (the file was not fsynced there; the
-    topic's write-ahead log holds every acknowledged record from ``trusted`` on), and so is a
-    torn write at the tail of the partition's last segment.
+    there raises ``CorruptLogError`` naming the partition, file and offset, unless it is a
+    torn write at the tail of the partition's last segment. Everything from ``trusted`` on is
+    cut off: it was never fsynced, and after a failed fsync a re-read can even return pages
+    that are not on the disk; the topic's write-ahead log holds every acknowledged record
+    from ``trusted`` on and replays them.
     """
     data = path.read_bytes()
     seg = Segment(path, base_offset, base_pos)
@@ -111,6 +114,16 @@ def load_segment(
     crc32 = zlib.crc32
     truncated = False
     while pos < end:
+        if expected >= trusted:
+            log.info(
+                "cutting %s at byte %d (offset %d): past the checkpoint, the log replays it",
+                path,
+                pos,
+                expected,
+            )
+            _fileio.truncate_file(path, pos)
+            truncated = True
+            break
         problem = None
         if end - pos < FRAME_OVERHEAD:
             problem = "truncated frame header"
@@ -126,9 +139,9 @@ def load_segment(
             elif offset != expected or key_len > MAX_KEY_BYTES or key_len > size:
                 problem = f"frame holds offset {offset}, expected {expected}"
         if problem is not None:
-            # Past the checkpoint, or torn (nothing valid follows the bad frame: an unfinished,
-            # unacknowledged write): cut it off; the write-ahead log replays what was acked.
-            if expected >= trusted or (last and not _valid_frame_after(data, pos + 1, expected)):
+            # Torn (nothing valid follows the bad frame: an unfinished, unacknowledged write):
+            # cut it off; the write-ahead log replays what was acked.
+            if last and not _valid_frame_after(data, pos + 1, expected):
                 log.warning(
                     "truncating %s at byte %d (offset %d): %s",
                     path,
@@ -153,7 +166,7 @@ def load_segment(
         seg.last_ts = ts
         expected += 1
         pos = body_end
-    seg.size = pos
+    seg.size = seg.written = pos
     return seg, truncated
 
 

@@ -85,6 +85,9 @@ class Broker:
         self._draining = False
         self._closed = False
         self._maintenance: asyncio.Task[None] | None = None
+        self.failure: StorageError | None = None
+        """The first storage error that failed a topic (the service then exits non-zero)."""
+        self._failed = asyncio.Event()
         self._expiry = Expiry(
             clock=clock, observer=observer, commit=self._commit, publish_dead=self._publish_dead
         )
@@ -117,6 +120,7 @@ class Broker:
             broker.config,
             broker._lease_prefix,
             broker._schedule_checkpoint,
+            broker._fail_topic,
         )
         broker._committer.start()
         if broker.config.maintenance_interval:
@@ -143,10 +147,19 @@ class Broker:
             if existing is not None:
                 return existing, False
             self._check_open()
-            path = await asyncio.to_thread(write_topic_dir, self._topics_dir, name, partitions)
-            topic = open_topic(
-                name, path, partitions, self.topics, self.config, self._schedule_checkpoint
-            )
+            try:
+                path = await asyncio.to_thread(write_topic_dir, self._topics_dir, name, partitions)
+                topic = open_topic(
+                    name,
+                    path,
+                    partitions,
+                    self.topics,
+                    self.config,
+                    self._schedule_checkpoint,
+                    self._fail_topic,
+                )
+            except OSError as e:  # the unfinished directory goes at the next start
+                raise StorageError(f"creating topic {name!r} failed: {e}", topic=name) from e
             log.info("created topic %s with %d partitions", name, partitions)
             return topic, True
 
@@ -160,6 +173,43 @@ class Broker:
     def _check_open(self) -> None:
         if self._closing:
             raise BrokerUnavailableError("the broker is shutting down")
+
+    def _live(self, name: str) -> Topic:
+        """The topic named ``name``, unless a storage error failed it (``StorageError``)."""
+        t = self.topic(name)
+        if t.failed is not None:
+            raise StorageError(str(t.failed), topic=name)
+        return t
+
+    def _fail_topic(self, t: Topic, error: BaseException) -> None:
+        """A storage error ``t``'s files cannot recover from: fail the topic for good.
+
+        Its publishes, fetches and lease outcomes answer ``StorageError`` from now on, nothing
+        of it is checkpointed or deleted again, the file that failed is neither written nor
+        fsynced again, and ``failure`` tells the service to exit non-zero: the restart replays
+        the durable log (docs/broker.md, "Storage errors").
+        """
+        if t.failed is not None:
+            return
+        failure = StorageError(
+            f"topic {t.name!r} failed on a storage error and takes no requests until the "
+            f"broker restarts: {error}",
+            topic=t.name,
+        )
+        t.failed = failure
+        for plog in t.logs:
+            plog.failed = failure
+        log.critical("%s", failure)
+        if self.failure is None:
+            self.failure = failure
+            self._failed.set()
+        t.notify()
+
+    async def wait_failed(self) -> StorageError:
+        """Wait until a storage error fails a topic; return that error."""
+        await self._failed.wait()
+        assert self.failure is not None
+        return self.failure
 
     async def _group(self, topic: Topic, name: str) -> Group:
         group = topic.groups.get(name)
@@ -201,7 +251,7 @@ class Broker:
         appended then), ``ProtocolError`` for an oversized key or value.
         """
         self._check_open()
-        t = self.topic(topic)
+        t = self._live(topic)
         if not records:
             return []
         if not _bypass_backlog:
@@ -321,14 +371,14 @@ class Broker:
         if ack_wait <= 0:
             raise ProtocolError("ack_wait must be positive")
         max_bytes = min(max_bytes or self.config.max_fetch_bytes, self.config.max_fetch_bytes)
-        t = self.topic(topic)
+        t = self._live(topic)
         self._check_open()
         if self._draining:
             return []
         g = await self._group(t, group)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + max_wait
-        while not (self._closing or self._draining):
+        while not (self._closing or self._draining or t.failed):
             await self._expiry.expire(t, g)
             now = self._clock()
             batches = self._take(
@@ -347,6 +397,7 @@ class Broker:
                     await t.changed.wait()
             except TimeoutError:
                 pass
+        self._live(topic)  # raises if the topic failed meanwhile
         return []
 
     def _take(
@@ -418,7 +469,7 @@ class Broker:
         now and the leases that were unknown or expired: those do not raise (their records
         are redelivered, as with ``ack``), so the caller's fetch still goes ahead.
         """
-        t = self.topic(topic)
+        t = self._live(topic)
         g = t.groups.get(group)
         if g is None:
             return 0, list(leases)
@@ -508,7 +559,7 @@ class Broker:
         return ack_wait
 
     async def _lease_context(self, topic: str, group: str) -> tuple[Topic, Group]:
-        t = self.topic(topic)
+        t = self._live(topic)
         g = t.groups.get(group)
         if g is None:
             raise LeaseExpiredError(topic, group, "*")
@@ -520,6 +571,8 @@ class Broker:
     async def maintain(self) -> None:
         """Expire leases, apply retention and compact journals (the background task's body)."""
         for t in list(self.topics.values()):
+            if t.failed is not None:
+                continue  # nothing of a failed topic is written or deleted again
             for g in list(t.groups.values()):
                 await self._expiry.expire(t, g)
             await retain(t, self._committer, self.config, self._wall)
@@ -546,14 +599,12 @@ class Broker:
     @property
     def healthy(self) -> str | None:
         """``None`` when the broker can serve, else why not."""
+        if self.failure is not None:
+            return str(self.failure)
         if self._closing:
             return "shutting down"
         if self._draining:
             return "draining"
-        for t in self.topics.values():
-            for plog in t.logs:
-                if plog.failed is not None:
-                    return f"{t.name}/{plog.partition}: write failed: {plog.failed}"
         return None
 
     # -- shutdown ----------------------------------------------------------------------------
@@ -582,14 +633,16 @@ class Broker:
         units: list[Unit] = []
         for t in self.topics.values():
             t.notify()
-            units.append(t.wal)
-            units.extend(g.journal for g in t.groups.values())
+            if t.failed is None:  # a failed topic's files are left as they are
+                units.append(t.wal)
+                units.extend(g.journal for g in t.groups.values())
         await self._committer.close(units)
         for t in self.topics.values():
             if t.checkpointer is not None:
                 await t.checkpointer
             t.wal.close()
-            # Everything is in the partition files now: a last checkpoint empties the log.
+            # Everything is in the partition files now: a last checkpoint empties the log
+            # (unless the topic failed, or a partition could not write its frames).
             await checkpoints.checkpoint_topic(
                 t, t.wal.active + 1, [plog.next_offset for plog in t.logs]
             )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
-from .errors import ProtocolError, TopicNotFoundError
+from .errors import ProtocolError, StorageError, TopicNotFoundError
 from .groups import Group
 from .log import PartitionLog
 from .protocol import MAX_KEY_BYTES, partition_for
@@ -29,6 +30,10 @@ class Topic:
         self._routes: dict[str, tuple[bytes, int]] = {}
         self.checkpoint_wanted = False
         self.checkpointer: asyncio.Task[None] | None = None
+        self.failed: StorageError | None = None
+        """Set when a storage error failed the topic: it takes no more requests."""
+        self.on_fail: Callable[[BaseException], None] = lambda _: None
+        """Called by its files on a storage error they cannot recover from."""
         for plog in logs:
             plog.on_durable = self.notify
 

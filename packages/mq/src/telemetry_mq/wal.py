@@ -13,9 +13,9 @@ offset each partition is durable up to, and the log's older segment files are de
 shutdown checkpoints everything, so the log is empty after it.
 
 On start, each partition is loaded (records below its checkpointed offset must be intact;
-anything bad past it is cut off), then the log is replayed: every frame past a partition's end
+everything past it is cut off), then the log is replayed: every frame past a partition's end
 is appended to it again. So an acknowledged record is never lost, even if the partition file
-lost its unsynced tail in a power failure.
+lost its unsynced tail in a power failure, or pages a failed fsync could not write.
 
 Entry on disk (little endian): ``size u32 | crc u32 | partition u32 | frames``, where ``frames``
 are the partition's record frames (``protocol.encode_frame``), ``size`` their length and
@@ -103,19 +103,24 @@ def checkpoint(
 
     Every record in a log segment below ``cut`` must be below its partition's offset in
     ``offsets`` and written to the partition file. Runs in a worker thread; returns the
-    seconds spent.
+    seconds spent. An error before the new checkpoint is durable raises (the caller fails
+    the topic: no fsync is retried); one deleting old log segments is only logged (the next
+    start deletes them).
     """
     started = perf_counter()
     for plog, paths in zip(logs, unsynced, strict=True):
         plog.sync(paths)
     write_checkpoint(topic_dir, cut, offsets)
-    deleted = False
-    for file in sorted(wal_dir.glob(f"*{SUFFIX}")):
-        if int(file.name.removesuffix(SUFFIX)) < cut:
-            _fileio.remove(file, missing_ok=True)
-            deleted = True
-    if deleted:
-        fsync_dir(wal_dir)
+    try:
+        deleted = False
+        for file in sorted(wal_dir.glob(f"*{SUFFIX}")):
+            if int(file.name.removesuffix(SUFFIX)) < cut:
+                _fileio.remove(file, missing_ok=True)
+                deleted = True
+        if deleted:
+            fsync_dir(wal_dir)
+    except OSError as e:
+        log.error("deleting log segments of %s below %d failed: %s", wal_dir, cut, e)
     return perf_counter() - started
 
 
@@ -128,7 +133,8 @@ class TopicWal(AppendFile):
     ``add`` buffers a partition's frames (after ``PartitionLog.append``); a commit writes the
     buffer to the active segment, then makes those records of the partitions readable.
     ``on_roll`` is called on the event loop after a commit that started a new segment: the
-    broker checkpoints then.
+    broker checkpoints then. A failed write or fsync fails the log for good (``AppendFile``):
+    the records of the failed commit, and of every later one, never become readable.
     """
 
     def __init__(
@@ -155,6 +161,8 @@ class TopicWal(AppendFile):
         self._dsync_fd: int | None = None
         self._fd_segment = -1
         self._unsynced = False
+        self.failed: BaseException | None = None
+        self.on_fail: Callable[[BaseException], None] = lambda _: None
 
     def add(self, partition: int, frames: bytes) -> None:
         """Buffer ``frames`` of ``partition`` for the next commit."""
@@ -177,6 +185,7 @@ class TopicWal(AppendFile):
         return _WalJob(self, data, self.active, ends, rolled, inline)
 
     def _write(self, data: bytes, segment: int, fsync: bool) -> float:
+        self._check()
         if data and segment != self._fd_segment:
             self._close_fds()
             path = self.path / wal_name(segment)
@@ -195,8 +204,8 @@ class TopicWal(AppendFile):
                 write_all(self._dsync_fd, data)
                 return perf_counter() - started
             assert self._fd is not None
+            self._unsynced = True  # before the write: a failed one may leave bytes behind
             write_all(self._fd, data)
-            self._unsynced = True
             started = perf_counter()
         if fsync and self._unsynced and self._fd is not None:
             _fileio.fdatasync(self._fd)
@@ -206,7 +215,7 @@ class TopicWal(AppendFile):
 
     def _close_fds(self) -> None:
         if self._fd is not None:
-            if self._unsynced:  # a segment is always durable before it is left
+            if self._unsynced and self.failed is None:  # a segment is durable before it is left
                 _fileio.fdatasync(self._fd)
                 self._unsynced = False
             os.close(self._fd)
@@ -217,7 +226,8 @@ class TopicWal(AppendFile):
         self._fd_segment = -1
 
     def close(self) -> None:
-        """Fsync and close the active segment (after the committer has stopped)."""
+        """Fsync and close the active segment (after the committer has stopped); a failed
+        log is closed without an fsync: nothing in it past the failure is trusted."""
         self._close_fds()
 
     # -- recovery --------------------------------------------------------------------------
@@ -251,8 +261,8 @@ class TopicWal(AppendFile):
             last = segment
         for plog in logs:
             plog.write_out()
-            if plog.failed is not None:
-                raise plog.failed
+            if plog.write_error is not None:
+                raise plog.write_error
             plog.made_durable(plog.next_offset)
         return cls(topic, path, logs, active=last + 1, segment_bytes=segment_bytes), replayed
 
@@ -286,12 +296,14 @@ class _WalJob:
         self._wal._synced()
 
     def finish(self, error: BaseException | None) -> None:
-        logs = self._wal.logs
+        wal = self._wal
         if error is not None:
-            log.error("write-ahead log of %s: write failed: %s", self._wal.topic, error)
-            for p, _ in self._ends:
-                logs[p].failed = error
+            log.error("write-ahead log of %s: write failed: %s", wal.topic, error)
+            wal._fail(error)
             return
+        if wal.failed is not None:  # never: a failed log's jobs raise
+            return
+        logs = wal.logs
         for p, end in self._ends:
             logs[p].made_durable(end)
         if self._rolled:

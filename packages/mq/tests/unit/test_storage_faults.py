@@ -1,0 +1,392 @@
+"""Disk faults injected through the core's file seam: nothing acknowledged is ever lost.
+
+The rule under test (docs/broker.md, "Storage errors"): a write or fsync error is never retried
+on the same file and never followed by deleting log segments. A failed partition-file write
+keeps its frames and goes on in a new segment file; any other failure (the write-ahead log, a
+group journal, a checkpoint) fails the topic, and the restart replays the durable log.
+
+A crash is simulated as in ``test_wal``: the data directory is copied while the broker runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from telemetry_mq import Broker, StorageError
+from telemetry_mq.faults import Faults
+from telemetry_mq.protocol import PREFIX
+from telemetry_mq.wal import CHECKPOINT, SUFFIX
+
+from ..conftest import OpenBroker
+
+
+@pytest.fixture
+def faults() -> Iterator[Faults]:
+    with Faults() as f:
+        yield f
+
+
+def value(i: int) -> bytes:
+    return orjson.dumps({"i": i, "pad": "x" * 40})
+
+
+def topic_dir(data: Path, topic: str = "t") -> Path:
+    return data / "topics" / topic
+
+
+def wal_files(data: Path) -> list[Path]:
+    return sorted((topic_dir(data) / "wal").glob(f"*{SUFFIX}"))
+
+
+def checkpointed(data: Path) -> list[int]:
+    offsets: list[int] = orjson.loads((topic_dir(data) / CHECKPOINT).read_bytes())["offsets"]
+    return offsets
+
+
+def partition_files(data: Path, p: int) -> list[Path]:
+    return sorted((topic_dir(data) / "partitions" / f"{p:04d}").glob("*.log"))
+
+
+def frames_in(data: Path, p: int) -> int:
+    """How many whole frames the partition's segment files hold, in all."""
+    n = 0
+    for seg in partition_files(data, p):
+        raw = seg.read_bytes()
+        pos = 0
+        while pos + PREFIX.size <= len(raw):
+            size, _ = PREFIX.unpack_from(raw, pos)
+            if pos + PREFIX.size + size > len(raw):
+                break
+            pos += PREFIX.size + size
+            n += 1
+    return n
+
+
+async def publish(b: Broker, start: int, n: int, keys: int = 6) -> list[tuple[int, int]]:
+    return await b.publish("t", [(f"k{i % keys}", value(i)) for i in range(start, start + n)])
+
+
+async def read_all(b: Broker, group: str = "g") -> set[bytes]:
+    """Every value ``group`` has not acked yet (and acks them)."""
+    out: set[bytes] = set()
+    while batches := await b.fetch_many("t", group, max_records=1000):
+        for batch in batches:
+            out.update(d.value for d in batch.records)
+            await b.ack("t", group, batch.lease)
+    return out
+
+
+async def settle(b: Broker) -> None:
+    """Wait for the running checkpoint, if any."""
+    for t in b.topics.values():
+        if t.checkpointer is not None:
+            await t.checkpointer
+
+
+async def crash(b: Broker, data: Path) -> None:
+    """Leave ``data`` as a crash of ``b`` now would: copy it, close ``b``, put the copy back."""
+    await settle(b)
+    snapshot = data.with_name("snapshot")
+    shutil.copytree(data, snapshot)
+    await b.close()
+    shutil.rmtree(data)
+    snapshot.rename(data)
+
+
+def lose_unsynced_writes(data: Path, offsets: list[int]) -> None:
+    """A power cut: each partition keeps only the frames below its checkpointed offset."""
+    for p, keep in enumerate(offsets):
+        n = 0
+        for seg in partition_files(data, p):
+            raw = seg.read_bytes()
+            pos = 0
+            while pos < len(raw) and n < keep:
+                size, _ = PREFIX.unpack_from(raw, pos)
+                pos += PREFIX.size + size
+                n += 1
+            seg.write_bytes(raw[:pos])
+
+
+# -- topic names and topic creation --------------------------------------------------------
+
+
+async def test_a_topic_named_like_a_creation_survives_a_restart(
+    open_broker: OpenBroker, tmp_path: Path
+) -> None:
+    b = await open_broker()
+    await b.create_topic("x.creating", 1)
+    assert await b.publish("x.creating", [("k", b'{"n":1}')]) == [(0, 0)]
+    await b.close()
+    b = await open_broker()
+    batch = await b.fetch("x.creating", "g")
+    assert batch is not None and [d.value for d in batch.records] == [b'{"n":1}']
+
+
+async def test_unfinished_topic_creations_are_removed_at_start(
+    open_broker: OpenBroker, tmp_path: Path
+) -> None:
+    b = await open_broker()
+    await b.create_topic("kept.creating", 1)
+    await b.close()
+    topics = tmp_path / "data" / "topics"
+    (topics / ".creating-new").mkdir()  # this version's unfinished creation
+    legacy = topics / "old.creating"  # an earlier version's: topic.json names "old"
+    legacy.mkdir()
+    (legacy / "topic.json").write_bytes(b'{"name": "old", "partitions": 1, "format": 1}')
+    b = await open_broker()
+    assert sorted(b.topics) == ["kept.creating"]
+    assert sorted(p.name for p in topics.iterdir()) == ["kept.creating"]
+
+
+async def test_a_new_topic_is_durable_before_its_directory_is_renamed(
+    open_broker: OpenBroker, tmp_path: Path, faults: Faults
+) -> None:
+    b = await open_broker()
+    await b.create_topic("t", 2)
+    calls = faults.calls
+    topics = tmp_path / "data" / "topics"
+    (rename,) = [
+        i for i, c in enumerate(calls) if c.op == "replace" and Path(c.path).parent == topics
+    ]
+    tmp = calls[rename].path  # the directory built, then renamed to topics/t
+    meta = max(i for i, c in enumerate(calls) if c.op == "fsync" and c.path == f"{tmp}/topic.json")
+    dir_syncs = [i for i, c in enumerate(calls) if c.op == "fsync" and c.path == tmp]
+    assert any(meta < i < rename for i in dir_syncs), "topic.json's entry is durable first"
+    parts = [i for i, c in enumerate(calls) if c.op == "fsync" and c.path == f"{tmp}/partitions"]
+    assert parts and parts[-1] < rename, "the partition directories' entries too"
+    topics_sync = [i for i, c in enumerate(calls) if c.op == "fsync" and c.path == str(topics)]
+    assert topics_sync and topics_sync[-1] > rename
+
+
+async def test_a_failed_topic_creation_answers_a_storage_error_and_leaves_nothing(
+    open_broker: OpenBroker, tmp_path: Path, faults: Faults
+) -> None:
+    b = await open_broker()
+    faults.fail("open", "*/.creating-t/topic.json", errno.ENOSPC)
+    with pytest.raises(StorageError, match="No space left"):
+        await b.create_topic("t", 2)
+    assert "t" not in b.topics
+    await b.create_topic("t", 2)  # works once there is room
+    assert len(await b.publish("t", [("k", b"1")])) == 1
+    await b.close()
+    b = await open_broker()
+    assert sorted(p.name for p in (tmp_path / "data" / "topics").iterdir()) == ["t"]
+
+
+# -- a failed partition-file write (defect 2) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("nth", "code", "partial"),
+    [
+        (1, errno.ENOSPC, None),  # the segment's very first write: its file is replaced
+        (3, errno.EIO, None),  # after frames were written: the segment is split
+        (3, errno.ENOSPC, 100),  # a short write, then ENOSPC: the partial frames go
+    ],
+    ids=["enospc-first-write", "eio-later-write", "short-write"],
+)
+async def test_a_failed_partition_write_loses_nothing(
+    open_broker: OpenBroker,
+    tmp_path: Path,
+    faults: Faults,
+    nth: int,
+    code: int,
+    partial: int | None,
+) -> None:
+    data = tmp_path / "data"
+    b = await open_broker(wal_segment_bytes=8192, segment_bytes=64 * 1024)
+    await b.create_topic("t", 2)
+    fault = faults.fail("write", "*/partitions/0000/*.log", code, nth=nth, partial=partial)
+    published: set[bytes] = set()
+    for start in range(0, 3000, 100):  # rolls and checkpoints on the way
+        await publish(b, start, 100)
+        published.update(value(i) for i in range(start, start + 100))
+        await settle(b)
+        # No checkpoint ever claims frames the partition files do not hold.
+        for p, offset in enumerate(checkpointed(data)):
+            assert frames_in(data, p) >= offset
+    assert fault.fired == 1, "the fault was hit"
+    assert b.failure is None, "a partition-file write error does not fail the topic"
+    assert b.healthy is None
+    assert await read_all(b) == published
+    await b.close()
+    b = await open_broker()
+    assert await read_all(b, "after") == published
+
+
+async def test_partition_writes_failing_for_a_while_keep_the_log_until_they_work(
+    open_broker: OpenBroker, tmp_path: Path, faults: Faults
+) -> None:
+    data = tmp_path / "data"
+    b = await open_broker(wal_segment_bytes=4096, segment_bytes=16 * 1024)
+    await b.create_topic("t", 1)
+    await publish(b, 0, 200)
+    await settle(b)
+    before = checkpointed(data)
+    faults.fail("write", "*/partitions/*.log", errno.ENOSPC, times=None)  # a full disk
+    for start in range(200, 3200, 100):
+        await publish(b, start, 100)
+        await settle(b)
+    plog = b.topic("t").logs[0]
+    assert plog.write_error is not None and plog.written_offset < plog.next_offset
+    assert checkpointed(data) == before, "no checkpoint passes the written frames"
+    segments = {f.name for f in wal_files(data)}
+    assert len(segments) > 5, "every log segment since stays"
+    published = {value(i) for i in range(3200)}
+    assert await read_all(b) == published  # from memory, the files and memory agree
+    faults.clear()  # space was freed
+    await publish(b, 3200, 100)
+    await settle(b)
+    assert plog.write_error is None and plog.written_offset == plog.next_offset
+    await publish(b, 3300, 2000)  # a roll: the checkpoint goes through
+    await settle(b)
+    assert checkpointed(data)[0] > before[0]
+    assert len(wal_files(data)) < len(segments)
+    await b.close()
+    b = await open_broker()
+    assert await read_all(b, "after") == {value(i) for i in range(5300)}
+
+
+# -- fsync errors and short writes on the write-ahead log (defect 3) -------------------------
+
+
+async def test_a_failed_checkpoint_fsync_fails_the_topic_and_keeps_the_log(
+    open_broker: OpenBroker, tmp_path: Path, faults: Faults
+) -> None:
+    """After an EIO the kernel may have dropped the pages and reports success next time:
+    the checkpoint must never be retried, nor the log segments it would delete."""
+    data = tmp_path / "data"
+    b = await open_broker(wal_segment_bytes=4096)
+    await b.create_topic("t", 2)
+    await publish(b, 0, 100)
+    await settle(b)
+    fault = faults.fail("fdatasync", "*/partitions/*.log", errno.EIO)
+    acked: set[bytes] = set()
+    start = 0
+    async with asyncio.timeout(30):
+        while not fault.fired:  # until a checkpoint hit the fault
+            await publish(b, start, 50)
+            acked.update(value(i) for i in range(start, start + 50))
+            start += 50
+            await settle(b)
+    last_good = checkpointed(data)
+    with pytest.raises(StorageError):
+        await publish(b, start, 50)  # never acknowledged over a hole
+    with pytest.raises(StorageError):
+        await b.fetch("t", "g")
+    assert b.failure is not None and "'t'" in str(b.failure)
+    assert b.healthy == str(b.failure)
+    await crash(b, data)
+    assert checkpointed(data) == last_good
+    # The pages the failed fsync could not write are gone after a power cut.
+    lose_unsynced_writes(data, last_good)
+    b = await open_broker()
+    assert await read_all(b) == acked | {value(i) for i in range(100)}
+
+
+@pytest.mark.parametrize("helper", [True, False], ids=["helper", "threads"])
+async def test_an_fsync_error_on_the_log_is_never_retried(
+    open_broker: OpenBroker, tmp_path: Path, faults: Faults, helper: bool
+) -> None:
+    b = await open_broker(fsync_helper=helper, fsync="interval", fsync_interval=3600)
+    await b.create_topic("t", 1)
+    await publish(b, 0, 10)  # acknowledged after the write (the interval policy)
+    faults.fail("fdatasync", "*.wal", errno.EIO)
+    await b._committer.sync([b.topic("t").wal])  # the interval's fsync fails
+    # The next cycle must not fsync again and trust it (the kernel reports an error once).
+    with pytest.raises(StorageError):
+        await publish(b, 10, 10)
+    assert len(faults.calls_to("fdatasync", "*.wal")) == 1
+    assert b.failure is not None
+
+
+@pytest.mark.parametrize("helper", [True, False], ids=["helper", "threads"])
+async def test_a_short_log_write_is_never_appended_after(
+    open_broker: OpenBroker, tmp_path: Path, faults: Faults, helper: bool
+) -> None:
+    data = tmp_path / "data"
+    b = await open_broker(fsync_helper=helper)
+    await b.create_topic("t", 2)  # keys k0-k3 go to partition 1, k4 and k5 to partition 0
+    first = [(f"k{i}", value(i)) for i in range(6)]
+    await b.publish("t", first)
+    faults.fail("write", "*.wal", errno.ENOSPC, partial=10)
+    with pytest.raises(StorageError):
+        await b.publish("t", [("k4", value(100))])
+    with pytest.raises(StorageError):  # the other partition: nothing goes after the bytes
+        await b.publish("t", [("k0", value(101))])
+    assert not faults.calls_to("fdatasync", "*.wal"), "nothing fsynced after the error"
+    await crash(b, data)
+    b = await open_broker()
+    assert await read_all(b) == {v for _, v in first}
+    assert await b.publish("t", [("k0", value(102))]) == [(1, 4)]
+
+
+async def test_records_of_a_failed_commit_never_become_readable(
+    open_broker: OpenBroker, faults: Faults
+) -> None:
+    """A publish appended while a failing commit is in flight must not make it visible."""
+    b = await open_broker()
+    await b.create_topic("t", 1)
+    await publish(b, 0, 3)  # opens the log segment (the thread path)
+    await publish(b, 3, 3)
+    syncer = b._committer._syncer
+    assert syncer is not None and syncer.alive
+    faults.fail("fdatasync", "*.wal", errno.EIO)
+    os.kill(syncer.pid, signal.SIGSTOP)  # hold the helper's answer
+    try:
+        first = asyncio.create_task(publish(b, 100, 3))
+        async with asyncio.timeout(10):
+            while not syncer._waiting:
+                await asyncio.sleep(0.001)
+        second = asyncio.create_task(publish(b, 200, 3))  # appended during the cycle
+        log = b.topic("t").logs[0]
+        async with asyncio.timeout(10):
+            while log.next_offset < 12:
+                await asyncio.sleep(0.001)
+    finally:
+        os.kill(syncer.pid, signal.SIGCONT)
+    for task in (first, second):
+        with pytest.raises(StorageError):
+            await task
+    assert log.durable_offset == 6, "neither commit's records became readable"
+
+
+# -- group journals ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("op", "partial"), [("write", 5), ("fdatasync", None)], ids=["short-write", "fsync"]
+)
+async def test_a_failed_journal_commit_fails_the_topic(
+    open_broker: OpenBroker, tmp_path: Path, faults: Faults, op: str, partial: int | None
+) -> None:
+    data = tmp_path / "data"
+    b = await open_broker()
+    await b.create_topic("t", 1)
+    await publish(b, 0, 20)
+    batch = await b.fetch("t", "g", max_records=5)
+    assert batch is not None
+    await b.ack("t", "g", batch.lease)  # offsets 0-4: acked durably
+    batch = await b.fetch("t", "g", max_records=5)
+    assert batch is not None
+    faults.fail(op, "*/groups/g.journal", errno.EIO, partial=partial)
+    with pytest.raises(StorageError):
+        await b.ack("t", "g", batch.lease)
+    with pytest.raises(StorageError):  # no later ack is answered over the failed one
+        await b.fetch("t", "g", max_records=5)
+    assert b.failure is not None
+    await crash(b, data)
+    b = await open_broker()
+    # The durable ack stays; the failed one may or may not have reached the disk (as a
+    # publish answered with an error may be stored): its records come again, or not.
+    committed = b.group_stats("t", "g").partitions[0].committed
+    assert committed in (5, 10)
+    assert await read_all(b) == {value(i) for i in range(committed, 20)}
