@@ -203,3 +203,71 @@ async def test_wait_or_stop():
     assert await wait_or_stop(stop, 0.01) is False
     stop.set()
     assert await wait_or_stop(stop, 60) is True  # returns at once when stopped
+
+
+def test_stop_ends_serving_with_its_exit_code_after_a_short_grace():
+    """A fatal error stops the service like SIGTERM does, but exits non-zero, and a request
+    still open gets the short grace, not the whole graceful timeout.
+
+    On the event loop services run on (uvloop, ``loop_factory``): the stdlib loop's
+    ``Server.wait_closed`` also waits for open connections, before any graceful timeout.
+    """
+    import asyncio
+    import contextlib
+    import socket
+
+    import aiohttp
+    from telemetry_kit import exit_code, serve_until_stopped, stop
+    from telemetry_kit.serve import loop_factory
+
+    factory = loop_factory()
+    if factory is None:
+        pytest.skip("uvloop is not installed")
+    app, _ = make_app()
+
+    @app.get("/slow")
+    async def slow() -> dict[str, str]:
+        app.extensions["slow_started"].set()
+        await asyncio.sleep(3600)
+        return {}
+
+    @app.post("/fail")
+    async def fail() -> dict[str, str]:
+        stop(app, exit_code=3, grace=0.2)
+        stop(app, exit_code=0)  # a later clean stop does not hide the failure
+        return {"stopping": "yes"}
+
+    async def scenario() -> int:
+        app.extensions["slow_started"] = slow_started = asyncio.Event()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        settings = ServiceSettings(port=port, graceful_timeout=600)
+        serving = asyncio.create_task(serve_until_stopped(app, settings))
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        async with session.get(f"{url}/healthz") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        await asyncio.sleep(0.05)
+
+            async def hang() -> None:
+                async with session.get(f"{url}/slow") as r:
+                    await r.read()
+
+            hanging = asyncio.create_task(hang())
+            await asyncio.wait_for(slow_started.wait(), 30)
+            async with session.post(f"{url}/fail") as r:
+                assert r.status == 200
+            async with asyncio.timeout(60):  # far below the graceful timeout of 600 s
+                code = await serving
+            with contextlib.suppress(aiohttp.ClientError):
+                await asyncio.wait_for(hanging, 30)  # cut off by the shutdown, not answered
+        return code
+
+    assert asyncio.run(scenario(), loop_factory=factory) == 3
+    assert exit_code(app) == 3

@@ -5,7 +5,15 @@ from .control import ReadinessCheck, control_blueprint
 from .errors import PROBLEM_JSON, APIError, problem, register_error_handlers
 from .httpmetrics import HttpMetrics, http_metrics, instrument
 from .logs import JsonFormatter, TextFormatter, logging_config
-from .serve import draining, hypercorn_config, run, serve_until_stopped, wait_or_stop
+from .serve import (
+    draining,
+    exit_code,
+    hypercorn_config,
+    run,
+    serve_until_stopped,
+    stop,
+    wait_or_stop,
+)
 from .settings import ServiceSettings
 
 __all__ = [
@@ -19,6 +27,7 @@ __all__ = [
     "base_app",
     "control_blueprint",
     "draining",
+    "exit_code",
     "http_metrics",
     "hypercorn_config",
     "instrument",
@@ -27,5 +36,6 @@ __all__ = [
     "register_error_handlers",
     "run",
     "serve_until_stopped",
+    "stop",
     "wait_or_stop",
 ]

@@ -7,6 +7,7 @@ import logging
 import logging.config
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -37,6 +38,37 @@ def draining(app: Quart) -> asyncio.Event:
     return event
 
 
+@dataclass(frozen=True, slots=True)
+class _Exit:
+    code: int
+    grace: float | None
+
+
+def _stop_event(app: Quart) -> asyncio.Event:
+    event: asyncio.Event = app.extensions.setdefault("telemetry_stop", asyncio.Event())
+    return event
+
+
+def stop(app: Quart, *, exit_code: int = 0, grace: float | None = None) -> None:
+    """Stop serving as a stop signal does, then exit the process with ``exit_code``.
+
+    For a service that cannot go on (a fatal error: a non-zero code, so its supervisor
+    restarts it): open requests get at most ``grace`` seconds (instead of the graceful
+    timeout) before the app's shutdown runs. The first non-zero code asked for wins.
+    """
+    previous: _Exit | None = app.extensions.get("telemetry_exit")
+    if previous is None or (exit_code and not previous.code):
+        app.extensions["telemetry_exit"] = _Exit(exit_code, grace)
+    draining(app).set()
+    _stop_event(app).set()
+
+
+def exit_code(app: Quart) -> int:
+    """The code the process exits with once ``app`` stopped (0 unless ``stop`` said so)."""
+    request: _Exit | None = app.extensions.get("telemetry_exit")
+    return 0 if request is None else request.code
+
+
 def hypercorn_config(settings: ServiceSettings) -> Config:
     """The Hypercorn config for a service: one worker, our logging, our graceful timeout."""
     config = Config()
@@ -53,22 +85,37 @@ def hypercorn_config(settings: ServiceSettings) -> Config:
     return config
 
 
-async def serve_until_stopped(app: Quart, settings: ServiceSettings) -> None:
-    """Serve ``app`` until SIGTERM/SIGINT, then drain requests and run the app's shutdown."""
-    stop = asyncio.Event()
+async def serve_until_stopped(app: Quart, settings: ServiceSettings) -> int:
+    """Serve ``app`` until SIGTERM/SIGINT (or ``stop``), then drain requests and run the app's
+    shutdown. Returns the code the process should exit with (``exit_code``)."""
+    stopped = _stop_event(app)
     drain = draining(app)
 
     def on_signal() -> None:
         log.info("stop signal received; draining")
         drain.set()
-        stop.set()
+        stopped.set()
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     config = hypercorn_config(settings)
-    await serve(app, config, shutdown_trigger=stop.wait)
-    log.info("stopped")
+
+    async def shutdown_trigger() -> None:
+        await stopped.wait()
+        request: _Exit | None = app.extensions.get("telemetry_exit")
+        if request is not None and request.grace is not None:
+            # Read by Hypercorn after the trigger returns: open requests get this long.
+            config.graceful_timeout = min(config.graceful_timeout, request.grace)
+
+    try:
+        await serve(app, config, shutdown_trigger=shutdown_trigger)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    code = exit_code(app)
+    log.info("stopped" if not code else "stopped; exiting with code %d", code)
+    return code
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -88,4 +135,6 @@ def run(app: Quart, settings: ServiceSettings) -> None:
     """Configure logging once and serve ``app`` (the body of every ``__main__``)."""
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.shutdown_timeout
-    asyncio.run(serve_until_stopped(app, settings), loop_factory=loop_factory())
+    code = asyncio.run(serve_until_stopped(app, settings), loop_factory=loop_factory())
+    if code:
+        raise SystemExit(code)

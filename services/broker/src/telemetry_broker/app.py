@@ -6,10 +6,11 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from importlib.metadata import version
+from typing import Final
 
 from prometheus_client import CollectorRegistry
 from quart import Quart
-from telemetry_kit import base_app, draining
+from telemetry_kit import base_app, draining, stop
 from telemetry_mq import Broker
 
 from .blueprints.groups import groups_blueprint
@@ -21,6 +22,11 @@ from .runtime import Runtime, register_mq_errors
 from .settings import BrokerSettings
 
 log = logging.getLogger(__name__)
+
+EXIT_STORAGE_FAILED: Final = 74
+"""Exit code after a storage error failed a topic (``EX_IOERR``): restart, recovery replays."""
+FAILED_GRACE: Final = 2.0
+"""Seconds open requests get to finish after a storage failure (the answers are quick 503s)."""
 
 
 def create_app(settings: BrokerSettings) -> Quart:
@@ -62,16 +68,30 @@ def create_app(settings: BrokerSettings) -> Quart:
         log.info("broker open in %s", settings.data_dir)
         # On SIGTERM, end the long-polls at once (204) rather than at their max_wait.
         drain = asyncio.create_task(_drain_when(draining(app), broker))
+        failed = asyncio.create_task(_exit_when_failed(app, broker))
         try:
             yield
         finally:
             drain.cancel()
+            failed.cancel()
             runtime.broker_or_none = None
             await broker.close()
+            if broker.failure is not None:  # also when it came during the close itself
+                stop(app, exit_code=EXIT_STORAGE_FAILED)
 
     return app
 
 
-async def _drain_when(stop: asyncio.Event, broker: Broker) -> None:
-    await stop.wait()
+async def _drain_when(stopping: asyncio.Event, broker: Broker) -> None:
+    await stopping.wait()
     broker.drain()
+
+
+async def _exit_when_failed(app: Quart, broker: Broker) -> None:
+    """A storage error failed a topic: stop serving and exit non-zero, so the supervisor
+    restarts the broker and recovery replays the durable log (docs/broker.md)."""
+    error = await broker.wait_failed()
+    log.critical(
+        "stopping the broker after a storage error (exit %d): %s", EXIT_STORAGE_FAILED, error
+    )
+    stop(app, exit_code=EXIT_STORAGE_FAILED, grace=FAILED_GRACE)
