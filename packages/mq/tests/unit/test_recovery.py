@@ -177,3 +177,34 @@ async def test_reads_from_memory_and_from_disk_agree(open_broker: OpenBroker) ->
     await b.close()
     b = await open_broker()
     assert b.topic("t").logs[0].read(n - 10, 10, 1 << 30) == from_memory
+
+
+async def test_a_partition_shorter_than_its_checkpoint_is_reported(
+    open_broker: OpenBroker, tmp_path: Path
+) -> None:
+    b = await open_broker()
+    await b.create_topic("t", 1)
+    await publish_n(b, 10)
+    await b.close()  # the checkpoint makes offsets below 10 durable
+    seg = partition_dir(tmp_path) / segment_name(0)
+    data = seg.read_bytes()
+    seg.write_bytes(data[: len(data) // 2])  # five whole frames: the rest is gone
+    with pytest.raises(CorruptLogError, match="checkpoint") as info:
+        await open_broker()
+    assert (info.value.partition, info.value.offset) == (0, 5)
+
+
+async def test_a_gap_between_segments_below_the_checkpoint_is_reported(
+    open_broker: OpenBroker, tmp_path: Path
+) -> None:
+    b = await open_broker(segment_bytes=1024)
+    await b.create_topic("t", 1)
+    for i in range(5):
+        await publish_n(b, 10, start=i * 10)
+    await b.close()
+    files = sorted(partition_dir(tmp_path).iterdir())
+    assert len(files) >= 3
+    files[1].unlink()  # a sealed segment in the middle, below the checkpoint
+    with pytest.raises(CorruptLogError, match="segment starts at offset") as info:
+        await open_broker()
+    assert info.value.path == str(files[2])

@@ -7,14 +7,16 @@ the partition files after the last checkpoint (those writes were never fsynced).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import orjson
 import pytest
 from telemetry_mq import Broker, CorruptLogError
+from telemetry_mq.faults import Faults
 from telemetry_mq.protocol import PREFIX
-from telemetry_mq.wal import CHECKPOINT, SUFFIX
+from telemetry_mq.wal import CHECKPOINT, ENTRY_HEAD, SUFFIX, wal_name
 
 from ..conftest import OpenBroker
 
@@ -192,3 +194,70 @@ async def test_a_crash_loses_nothing_acked_under_any_fsync_policy(
     b = await open_broker(fsync=fsync)
     assert await read_all(b, "after") == expected
     assert await b.publish("t", [("k1", value(50))]) == [(1, len(expected[1]))]
+
+
+async def test_a_bad_entry_in_an_earlier_log_segment_is_reported(
+    open_broker: OpenBroker, tmp_path: Path
+) -> None:
+    """Only the last log segment can end in a torn write: a segment is durable before the log
+    moves to the next one, so damage at the end of an earlier one is corruption."""
+    data = tmp_path / "data"
+    b = await open_broker()
+    await b.create_topic("t", 1)
+    await publish(b, 0, 5, keys=1)
+    await publish(b, 5, 5, keys=1)
+    await crash(b, data)
+    (wal,) = wal_files(data)
+    raw = wal.read_bytes()
+    size, _, _ = ENTRY_HEAD.unpack_from(raw, 0)
+    first = ENTRY_HEAD.size + size
+    wal.write_bytes(raw[:first] + b"\x40\x00\x00\x00garbage")  # the first entry, then damage
+    wal.with_name(wal_name(1)).write_bytes(raw[first:])  # the second entry, in the next segment
+    with pytest.raises(CorruptLogError) as info:
+        await open_broker()
+    assert info.value.path == str(wal) and info.value.position == first
+
+
+async def test_the_thread_path_makes_each_publish_durable_before_answering(
+    open_broker: OpenBroker, tmp_path: Path
+) -> None:
+    """Without the fsync helper every log write runs in a worker thread: each one must be an
+    O_DSYNC write, or be followed by an fdatasync, before its publish is answered."""
+    data = tmp_path / "data"
+    b = await open_broker(fsync_helper=False)
+    await b.create_topic("t", 2)
+    with Faults() as faults:
+        for start in range(0, 50, 10):
+            before = len(faults.calls)
+            await publish(b, start, 10)
+            calls = faults.calls[before:]
+            writes = [i for i, c in enumerate(calls) if c.op == "write" and c.path.endswith(SUFFIX)]
+            assert writes, "the publish wrote to the log"
+            for i in writes:
+                write = calls[i]
+                durable = write.flags & os.O_DSYNC or any(
+                    c.op == "fdatasync" and c.path == write.path and not c.errno
+                    for c in calls[i + 1 :]
+                )
+                assert durable, f"publish answered before {write} was durable"
+    assert b._committer._syncer is None  # really the threads
+    expected = await read_all(b)
+    assert sum(map(len, expected.values())) == 50
+    await crash(b, data)
+    b = await open_broker(fsync_helper=False)
+    assert await read_all(b, "after") == expected
+
+
+async def test_the_thread_path_fdatasyncs_what_it_wrote_without_fsync(
+    open_broker: OpenBroker,
+) -> None:
+    """The ``interval`` policy answers after the write; the next fsync must fdatasync it."""
+    b = await open_broker(fsync_helper=False, fsync="interval", fsync_interval=3600)
+    await b.create_topic("t", 1)
+    with Faults() as faults:
+        await publish(b, 0, 10, keys=1)
+        (write,) = faults.calls_to("write", f"*{SUFFIX}")
+        assert not write.flags & os.O_DSYNC
+        assert not faults.calls_to("fdatasync", f"*{SUFFIX}")
+        await b._committer.sync([b.topic("t").wal])  # what the interval's tick does
+        assert [c.path for c in faults.calls_to("fdatasync", f"*{SUFFIX}")] == [write.path]
