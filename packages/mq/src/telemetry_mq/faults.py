@@ -45,8 +45,8 @@ class Call:
     """``write``: bytes asked to write; ``ftruncate``: the new size."""
     errno: int = 0
     """0 when the call succeeded (a short write included)."""
-    via: str = "thread"
-    """``helper`` for an fdatasync done by the fsync helper process."""
+    via: str = ""
+    """``helper`` for an fdatasync done by the fsync helper process (else this process)."""
 
 
 @dataclass(slots=True)
@@ -71,11 +71,6 @@ class Fault:
         if self.seen < self.nth or (self.times is not None and self.fired >= self.times):
             return False
         return True
-
-    @property
-    def spent(self) -> bool:
-        """Whether it will fire no more."""
-        return self.times is not None and self.fired >= self.times
 
 
 def _path_of(fd: int) -> str:
