@@ -15,7 +15,8 @@ Invariants:
   every log segment from the checkpoint's ``wal`` on into the partitions, then checkpoints
   (``checkpoints.checkpoint_recovered``) unless the log was empty and a checkpoint exists.
 - No acknowledged ack is lost: an ack is acknowledged once it is durable in its group's journal,
-  and ``recover`` replays every ``groups/*.journal`` into the group's cursors.
+  and ``recover`` replays every ``groups/*.journal`` into the group's cursors; a committed
+  offset past a partition's end is brought back to the end (``Group.replay``).
 - What cannot be trusted is refused, not guessed at: damage below a partition's checkpointed
   offset, a gap between segments, a partition shorter than its checkpoint, a log frame that
   would leave a gap, or a journal corrupt other than at its tail raise ``CorruptLogError`` (from
@@ -25,8 +26,6 @@ Known gap: a topic whose own name ends in ``.creating`` passes the name check, a
 deletes it at the next start with everything acknowledged in it.
 Known gap: ``topic.json``'s directory entry inside ``<name>.creating`` is not fsynced before the
 rename.
-Known gap: committed offsets replayed from a journal are not clamped to the partition's end, so
-a log that came back shorter skips records published after the restart.
 """
 
 from __future__ import annotations
