@@ -1,8 +1,9 @@
 """The async HTTP client of the broker: pooled connections, orjson bodies, retries.
 
 Connection errors and 429/503 answers are retried with exponential backoff and full jitter,
-never shorter than the broker's ``Retry-After``. A retried publish may store its records twice
-(at-least-once delivery): consumers write idempotently.
+never shorter than the broker's ``Retry-After`` (except a failed dead-lettering: the records
+are back for redelivery, so retrying the reject or nack would only answer 0). A retried
+publish may store its records twice (at-least-once delivery): consumers write idempotently.
 """
 
 from __future__ import annotations
@@ -14,14 +15,20 @@ from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from types import TracebackType
 from typing import Any, Final, Self
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
+from .deadletter import Selection
 from .errors import (
     BacklogFullError,
     BrokerUnavailableError,
+    DeadLetterError,
+    GroupNotFoundError,
     LeaseExpiredError,
+    LeaseLimitError,
+    LimitExceededError,
     MQError,
     ProtocolError,
     RequestTooLargeError,
@@ -44,6 +51,8 @@ _JSON: Final = "application/json"
 _USER_AGENT: Final = f"telemetry-mq/{version('telemetry-mq')}"
 _RETRY_STATUSES: Final = frozenset({429, 503})
 _RETRY_EXCEPTIONS: Final = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
+_FINAL_CODES: Final = (b'"DEAD_LETTER_FAILED"',)
+"""Problem codes of a 429/503 not worth retrying (the request cannot succeed again)."""
 
 
 class BrokerClient:
@@ -128,6 +137,7 @@ class BrokerClient:
         accept: str = _JSON,
         extra_time: float = 0.0,
         topic: str | None = None,
+        group: str | None = None,
     ) -> tuple[int, bytes, Mapping[str, str]]:
         session = self._open()
         headers = {"Accept": accept}
@@ -153,8 +163,12 @@ class BrokerClient:
             else:
                 if status < 300:
                     return status, data, resp_headers
-                if status not in _RETRY_STATUSES or attempt >= self.max_retries:
-                    raise _error(status, data, topic, retry_after)
+                if (
+                    status not in _RETRY_STATUSES
+                    or attempt >= self.max_retries
+                    or any(code in data for code in _FINAL_CODES)
+                ):
+                    raise _error(status, data, topic, retry_after, group)
                 delay = self._delay(attempt, retry_after)
                 log.debug("%s %s answered %d, retry in %.3fs", method, path, status, delay)
             attempt += 1
@@ -260,6 +274,7 @@ class BrokerClient:
             accept=NDJSON,
             extra_time=max_wait,
             topic=topic,
+            group=group,
         )
         expired = parse_expired_leases(headers.get(EXPIRED_LEASES))
         if expired:
@@ -278,7 +293,7 @@ class BrokerClient:
     async def _settle(self, batch: Batch, action: str, doc: dict[str, Any]) -> int:
         try:
             result = await self._json(
-                "POST", self._lease_path(batch, action), doc, topic=batch.topic
+                "POST", self._lease_path(batch, action), doc, topic=batch.topic, group=batch.group
             )
         except _LeaseGoneError as e:
             raise LeaseExpiredError(batch.topic, batch.group, batch.lease) from e
@@ -340,6 +355,51 @@ class BrokerClient:
             raise LeaseExpiredError(batch.topic, batch.group, batch.lease) from e
         return float(result["ack_wait"])
 
+    async def delete_group(self, topic: str, group: str) -> None:
+        """Delete a consumer group (its leases, state and journal); ``GroupNotFoundError``."""
+        await self._request(
+            "DELETE", f"/v1/topics/{topic}/groups/{group}/", topic=topic, group=group
+        )
+
+    async def dead_letters(
+        self, topic: str, *, limit: int = 100, after: str | None = None, reason: str | None = None
+    ) -> dict[str, Any]:
+        """The topic's pending dead letters: ``records``, ``by_reason``, ``by_error``, a page.
+
+        The page (``letters``) holds up to ``limit`` letters after ``after`` (a previous
+        page's ``next``), of ``reason`` only if given. See ``DeadLetterList`` in the broker's
+        OpenAPI spec for the fields.
+        """
+        params = [f"limit={limit}"]
+        if after is not None:
+            params.append(f"after={quote(after)}")
+        if reason is not None:
+            params.append(f"reason={quote(reason)}")
+        path = f"/v1/topics/{topic}/dead-letters/?{'&'.join(params)}"
+        result: dict[str, Any] = await self._json("GET", path, topic=topic)
+        return result
+
+    async def replay_dead_letters(
+        self, topic: str, selection: Selection, *, max_records: int = 10_000
+    ) -> tuple[int, int]:
+        """Publish the selected dead letters' records to ``topic`` again (byte for byte).
+
+        Returns ``(replayed, remaining)``: records moved now and selected letters still
+        pending (past ``max_records``: call again). A crash of the broker in between can
+        duplicate a record, never lose one.
+        """
+        doc: dict[str, Any] = {"max_records": max_records}
+        if selection.all:
+            doc["all"] = True
+        if selection.reason is not None:
+            doc["reason"] = selection.reason
+        if selection.origins is not None:
+            doc["origins"] = sorted(selection.origins)
+        result = await self._json(
+            "POST", f"/v1/topics/{topic}/dead-letters/replay", doc, topic=topic
+        )
+        return int(result["replayed"]), int(result["remaining"])
+
     async def topic_stats(self, topic: str) -> dict[str, Any]:
         """The topic's partitions, groups, lag and backlog."""
         result: dict[str, Any] = await self._json("GET", f"/v1/topics/{topic}", topic=topic)
@@ -356,24 +416,40 @@ class _LeaseGoneError(MQError):
     """The broker answered 409 LEASE_EXPIRED (turned into ``LeaseExpiredError`` with context)."""
 
 
-def _error(status: int, data: bytes, topic: str | None, retry_after: str | None) -> MQError:
+def _error(
+    status: int, data: bytes, topic: str | None, retry_after: str | None, group: str | None
+) -> MQError:
     try:
         body = orjson.loads(data) if data else {}
         if not isinstance(body, dict):
             body = {}
     except orjson.JSONDecodeError:
         body = {}
-    detail = str(body.get("detail") or body.get("code") or data[:200])
+    code = body.get("code")
+    detail = str(body.get("detail") or code or data[:200])
+    if code in ("TOO_MANY_TOPICS", "TOO_MANY_GROUPS", "NACK_DELAY_TOO_LONG"):
+        return LimitExceededError(code, detail, limit=float(body.get("limit", 0)))
     if status == 400:
         return ProtocolError(f"broker refused the request: {detail} {body.get('errors', '')}")
     if status == 401:
         return UnauthorizedError(detail)
+    if status == 404 and code == "GROUP_NOT_FOUND":
+        return GroupNotFoundError(topic or "?", group or "?")
     if status == 404:
         return TopicNotFoundError(topic or "?")
-    if status == 409 and body.get("code") == "LEASE_EXPIRED":
+    if status == 409 and code == "LEASE_EXPIRED":
         return _LeaseGoneError(detail)
     if status == 413:
         return RequestTooLargeError(detail)
+    if status == 429 and code == "TOO_MANY_LEASES":
+        return LeaseLimitError(
+            topic or "?",
+            group or "?",
+            limit=int(body.get("limit", 0)),
+            retry_after=float(retry_after or 1.0),
+        )
+    if status == 503 and code == "DEAD_LETTER_FAILED":
+        return DeadLetterError(detail, topic=topic or "?")
     if status == 429:
         return BacklogFullError(
             topic or "?",

@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 
 from . import _fileio
 from ._syncd import fdatasync_each
+from .errors import BrokerUnavailableError
 from .syncer import SyncerGoneError, SyncProcess, SyncResult
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Committer:
         self._idle.set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._closed = False
 
     def start(self) -> None:
         """Bind to the running loop, start the fsync helper (and the fsync ticker for the
@@ -110,7 +112,12 @@ class Committer:
             self._ticker = asyncio.create_task(self._tick(), name="mq-fsync-ticker")
 
     def request(self, unit: Unit) -> asyncio.Future[None]:
-        """Schedule ``unit``'s pending writes; the future resolves once they are committed."""
+        """Schedule ``unit``'s pending writes; the future resolves once they are committed.
+
+        Raises ``BrokerUnavailableError`` once the committer is closed (its pool is gone).
+        """
+        if self._closed:
+            raise BrokerUnavailableError("the broker is closed: nothing more is committed")
         fut = self._dirty.get(unit)
         if fut is None:
             loop = self._loop or asyncio.get_running_loop()
@@ -132,6 +139,7 @@ class Committer:
     async def close(self, units: list[Unit]) -> None:
         """Commit and fsync everything still pending, then stop."""
         await self.sync(units)
+        self._closed = True  # from here on a request raises instead of waiting forever
         if self._ticker is not None:
             self._ticker.cancel()
         await self._idle.wait()

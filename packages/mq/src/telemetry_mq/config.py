@@ -12,7 +12,9 @@ class BrokerConfig:
     """Tunables of the broker core (the service fills them from ``BROKER_*`` env vars).
 
     Sizes are bytes, durations seconds. ``retention_bytes`` is per partition;
-    ``max_backlog_bytes`` per topic.
+    ``max_backlog_bytes`` and ``max_dead_letter_bytes`` per topic. ``max_topics`` counts the
+    topics clients create (a dead-letter topic comes with its topic); ``max_in_flight_records``
+    is per group; ``group_idle_timeout`` None: a group never counts as idle.
     """
 
     default_partitions: int = 16
@@ -28,6 +30,12 @@ class BrokerConfig:
     default_ack_wait: float = 30.0
     max_deliveries: int = 5
     dlq_partitions: int = 1
+    max_dead_letter_bytes: int = 256 * 1024 * 1024
+    max_topics: int = 1000
+    max_groups_per_topic: int = 100
+    max_in_flight_records: int = 100_000
+    max_nack_delay: float = 3600.0
+    group_idle_timeout: float | None = 600.0
     journal_compact_bytes: int = 1024 * 1024
     maintenance_interval: float | None = 1.0
     retry_after: float = 1.0

@@ -2,11 +2,15 @@
 
 MQError
  ├── BrokerUnavailableError   the broker cannot take the request now (connection, 503, closing)
- │    └── BacklogFullError    the topic's unconsumed backlog is over its bound (429)
+ │    ├── BacklogFullError    the topic's unconsumed backlog is over its bound (429)
+ │    ├── LeaseLimitError     the group has as many records in flight as it may (429)
+ │    └── DeadLetterError     records could not be dead-lettered; they stay deliverable (503)
  ├── ProtocolError            the request or the answer is malformed (400, unexpected status/body)
  │    ├── RequestTooLargeError  the request body is over the broker's limit (413)
- │    └── UnauthorizedError     a bearer token is required or wrong (401)
+ │    ├── UnauthorizedError     a bearer token is required or wrong (401)
+ │    └── LimitExceededError    past a configured limit: topics, groups, nack delay (409/400)
  ├── TopicNotFoundError       the topic does not exist (404)
+ │    └── GroupNotFoundError  the consumer group does not exist (404)
  ├── LeaseExpiredError        the lease is unknown or expired; its records are redelivered (409)
  ├── StorageError             the log could not be written (disk full, I/O error)
  └── CorruptLogError          recovery found a corrupt record that is not a torn tail
@@ -36,6 +40,27 @@ class BacklogFullError(BrokerUnavailableError):
         self.retry_after = retry_after
 
 
+class LeaseLimitError(BrokerUnavailableError):
+    """Fetch refused: the group has ``limit`` records in flight already; ack some, then retry."""
+
+    def __init__(self, topic: str, group: str, *, limit: int, retry_after: float) -> None:
+        super().__init__(
+            f"group {group!r} of {topic!r} has {limit} records in flight, its limit: ack first"
+        )
+        self.topic = topic
+        self.group = group
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class DeadLetterError(BrokerUnavailableError):
+    """Records could not be moved to the dead-letter topic; they stay deliverable (retry)."""
+
+    def __init__(self, message: str, *, topic: str) -> None:
+        super().__init__(message)
+        self.topic = topic
+
+
 class ProtocolError(MQError):
     """A request or an answer does not follow the broker protocol."""
 
@@ -48,12 +73,30 @@ class UnauthorizedError(ProtocolError):
     """The broker requires a bearer token and none, or a wrong one, was given."""
 
 
+class LimitExceededError(ProtocolError):
+    """A request past a configured limit; ``code`` names it (``TOO_MANY_TOPICS``, ...)."""
+
+    def __init__(self, code: str, message: str, *, limit: float) -> None:
+        super().__init__(message)
+        self.code = code
+        self.limit = limit
+
+
 class TopicNotFoundError(MQError):
     """The topic does not exist."""
 
     def __init__(self, topic: str) -> None:
         super().__init__(f"topic {topic!r} does not exist")
         self.topic = topic
+
+
+class GroupNotFoundError(TopicNotFoundError):
+    """The consumer group does not exist on the topic."""
+
+    def __init__(self, topic: str, group: str) -> None:
+        MQError.__init__(self, f"group {group!r} does not exist on topic {topic!r}")
+        self.topic = topic
+        self.group = group
 
 
 class LeaseExpiredError(MQError):

@@ -8,7 +8,13 @@ Record frame on disk (little endian)::
 
 Fetched batches travel over HTTP either as one JSON document, or (``Accept:
 application/x-ndjson``, what the client uses) as a JSON header line followed by one line per
-record value, so a value is handed over as the exact bytes that were published.
+record value, so a value is handed over as the exact bytes that were stored.
+
+A value is stored as the bytes it was published with, except that a value spanning lines (a
+newline between its tokens: inside a JSON string a newline is always escaped) loses its
+whitespace between tokens at publish (``one_line``). Nothing else changes: numbers keep their
+digits (``1e400``, a 30-digit integer), strings their escapes. So every stored value is one
+line, and the NDJSON encoding of a fetch cannot fail.
 """
 
 from __future__ import annotations
@@ -125,11 +131,21 @@ class _PublishBody(msgspec.Struct):
 _decode_publish_body = msgspec.json.Decoder(_PublishBody).decode
 
 
+def one_line(value: bytes) -> bytes:
+    """``value`` (a JSON text) without whitespace between its tokens if it spans lines.
+
+    Tokens are copied as they are: numbers are not parsed, so none is rounded or refused.
+    Raises ``msgspec.DecodeError`` if ``value`` is not JSON.
+    """
+    return msgspec.json.format(value, indent=-1) if b"\n" in value else value
+
+
 def decode_publish(body: bytes, max_records: int = 100_000) -> list[tuple[str, bytes]]:
     """Parse a publish body into ``(key, value)`` pairs.
 
     The whole body is validated as JSON, but the values are not turned into Python objects:
-    each is kept as the exact bytes of its JSON text (what the client sent, normally compact).
+    each is kept as the exact bytes of its JSON text (what the client sent, normally compact),
+    made one line if it spans lines (``one_line``).
     """
     try:
         records = _decode_publish_body(body).records
@@ -152,18 +168,13 @@ def decode_publish(body: bytes, max_records: int = 100_000) -> list[tuple[str, b
             raise ProtocolError(f"records[{i}].key is not valid UTF-8") from e
         if too_long:
             raise ProtocolError(f"records[{i}].key is longer than {MAX_KEY_BYTES} bytes")
-        out.append((key, bytes(rec.value)))
+        out.append((key, one_line(bytes(rec.value))))
     return out
 
 
 def parse_expired_leases(header: str | None) -> list[str]:
     """The lease ids of an ``Expired-Leases`` header (none when it is absent)."""
     return [lease for lease in (header or "").replace(" ", "").split(",") if lease]
-
-
-def _one_line(value: bytes) -> bytes:
-    # Values published by the client are compact orjson output; re-encode anything else.
-    return orjson.dumps(orjson.loads(value)) if b"\n" in value else value
 
 
 def _batch_doc(batch: Batch) -> dict[str, Any]:
@@ -211,8 +222,9 @@ def encode_batch_ndjson(batch: Batch) -> bytes:
     )
     values = [d.value for d in batch.records]
     lines = b"\n".join(values)
-    if lines.count(b"\n") != len(values) - 1:  # a value spans lines: make each one line
-        lines = b"\n".join([_one_line(v) for v in values])
+    if lines.count(b"\n") != len(values) - 1:
+        # A value stored before publishes were made one line: make it one line now.
+        lines = b"\n".join([one_line(v) for v in values])
     return head + b"\n" + lines + b"\n"
 
 

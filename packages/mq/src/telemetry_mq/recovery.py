@@ -21,14 +21,13 @@ Invariants:
   hold there, is what makes a restart after an fsync error safe: the kernel may still serve
   pages it failed to write, which would read back intact yet be lost at the next power cut.
 - No acknowledged ack is lost: an ack is acknowledged once it is durable in its group's journal,
-  and ``recover`` replays every ``groups/*.journal`` into the group's cursors.
+  and ``recover`` replays every ``groups/*.journal`` into the group's cursors; a committed
+  offset past a partition's end is brought back to the end (``Group.replay``).
 - What cannot be trusted is refused, not guessed at: damage below a partition's checkpointed
   offset, a gap between segments, a partition shorter than its checkpoint, a log frame that
   would leave a gap, or a journal corrupt other than at its tail raise ``CorruptLogError`` (from
   ``log``, ``wal`` and ``journal``), and the broker does not open.
 
-Known gap: committed offsets replayed from a journal are not clamped to the partition's end, so
-a log that came back shorter skips records published after the restart.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ from ._fileio import fsync_dir
 from .checkpoints import checkpoint_recovered
 from .config import BrokerConfig
 from .groups import Group
-from .journal import read_journal
+from .journal import GroupJournal, read_journal
 from .log import PartitionLog
 from .topic import Topic
 from .wal import CHECKPOINT, TopicWal, read_checkpoint, write_checkpoint
@@ -157,7 +156,9 @@ def new_group(topic: Topic, name: str, config: BrokerConfig, lease_prefix: str) 
         max_deliveries=config.max_deliveries,
         lease_prefix=lease_prefix,
     )
-    group.journal.on_fail = topic.on_fail
+    journal = group.journal
+    assert isinstance(journal, GroupJournal)  # a new group is never deleted
+    journal.on_fail = topic.on_fail
     return group
 
 

@@ -3,8 +3,10 @@
 Invariants:
 
 - Nothing unconsumed goes: a topic without groups keeps everything (backpressure bounds it),
-  and a segment may go only when its last offset is below **every** group's committed offset
-  (``Topic.consumed``).
+  and a segment may go only when its last offset is below **every** holding group's committed
+  offset (``Topic.consumed``: idle groups hold only while all are idle), as computed both
+  before and after the journal sync is awaited: a group created or back from idle during that
+  await holds too.
 - The committed offsets retention trusts are durable first: every group's journal is synced
   before anything is deleted, so a restart cannot bring back a committed offset below a deleted
   segment.
@@ -12,10 +14,6 @@ Invariants:
   than ``retention_age`` or while the partition is over ``retention_bytes``
   (``PartitionLog.retain``). The deletion runs inline on the event loop, so the segment list
   never changes under a concurrent read.
-
-Known gap: ``consumed`` is computed before the journal sync is awaited and used after it; a
-group created during that await starts at the old start offset, on segments then deleted, and
-its committed offset never advances.
 """
 
 from __future__ import annotations
@@ -43,6 +41,7 @@ async def retain(
         return
     # Retention trusts the committed offsets above: make them durable before deleting.
     await committer.sync([g.journal for g in t.groups.values()])
+    consumed = [min(a, b) for a, b in zip(consumed, t.consumed(), strict=True)]
     cfg = config
     now_us = int(wall() * 1_000_000)
     age = int(cfg.retention_age * 1_000_000) if cfg.retention_age is not None else None

@@ -2,18 +2,25 @@
 
 Pure asyncio plus files; the HTTP service in ``telemetry_broker`` is a thin layer over it.
 Fsyncs run in the fsync helper process or the committer's worker threads; reads are ``pread``
-calls on the event loop (a fetch reads at most ``max_fetch_bytes``, normally from the page cache;
-known gap: records redelivered after a nack or an expiry are read past that bound).
-``Broker`` holds the topics, the committer, the config, the clocks and the observer, and serves
-publish, fetch and the lease outcomes; each other responsibility has a module of its own, whose
-docstring states its invariants:
+calls on the event loop (a fetch reads at most about ``max_fetch_bytes``, normally from the
+page cache). ``Broker`` holds the topics, the committer, the config, the clocks and the
+observer, and serves publish, the lease outcomes and the group and dead-letter admin calls;
+each other responsibility has a module of its own, whose docstring states its invariants:
 
 - ``recovery.py``: the data directory (topic creation, opening topics, log replay, journals),
+- ``catalog.py``: creating topics and groups within their limits, deleting groups,
 - ``checkpoints.py``: when write-ahead log segments may be deleted,
 - ``retention.py``: when partition segments may be deleted,
+- ``fetching.py``: the long-poll loop and leasing within the budgets,
 - ``expiry.py``: lease expiry and dead-lettering,
-- ``topic.py`` (a topic and its stats), ``groups.py`` (leases, cursors), ``deadletter.py``
-  (envelopes), ``log.py``/``wal.py``/``journal.py`` (the files), ``commit.py`` (group commit).
+- ``deadletter.py``: dead-letter names, envelopes, listing and replay,
+- ``topic.py`` (a topic and its stats), ``groups.py`` (leases, cursors),
+  ``log.py``/``wal.py``/``journal.py`` (the files), ``commit.py`` (group commit).
+
+The lease outcomes keep one rule here: a call that changed a group's journal answers only once
+the commit carrying the change is durable, and a retried ack (nothing new to write) answers only
+once a commit started after it is, so never before the first ack's own commit. A failed journal
+commit makes the next one a snapshot, which writes whatever the failed one did not.
 """
 
 from __future__ import annotations
@@ -27,21 +34,34 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import checkpoints
+from .catalog import Catalog
 from .commit import Committer, Unit
 from .config import BrokerConfig
+from .deadletter import (
+    REPLAY_GROUP,
+    DeadLetterReport,
+    DeadLetters,
+    Selection,
+    dlq_name,
+    is_dlq,
+    pending_count,
+)
 from .errors import (
     BacklogFullError,
     BrokerUnavailableError,
     LeaseExpiredError,
+    LimitExceededError,
     MQError,
     ProtocolError,
     StorageError,
     TopicNotFoundError,
 )
 from .expiry import Expiry
+from .fetching import Fetcher
 from .groups import Group
-from .protocol import FRAME_OVERHEAD, Batch, Delivery, check_name
-from .recovery import new_group, open_topic, recover, write_topic_dir
+from .journal import GroupJournal
+from .protocol import Batch
+from .recovery import recover
 from .retention import retain
 from .stats import GroupStats, Observer, TopicStats
 from .topic import Topic
@@ -80,7 +100,6 @@ class Broker:
             observe_fsync=observer.fsync,
         )
         self._lease_prefix = secrets.token_hex(4) + "-"
-        self._create_lock = asyncio.Lock()
         self._closing = False
         self._draining = False
         self._closed = False
@@ -90,6 +109,27 @@ class Broker:
         self._failed = asyncio.Event()
         self._expiry = Expiry(
             clock=clock, observer=observer, commit=self._commit, publish_dead=self._publish_dead
+        )
+        self._fetcher = Fetcher(
+            config=config,
+            clock=clock,
+            observer=observer,
+            expiry=self._expiry,
+            request_commit=self._committer.request,
+            stopping=lambda: self._closing or self._draining,
+        )
+        self._dead_letters = DeadLetters(publish=self.publish, commit=self._commit_group)
+        self._catalog = Catalog(
+            self.topics,
+            data_dir / "topics",
+            config,
+            clock=clock,
+            committer=self._committer,
+            commit=self._commit,
+            lease_prefix=self._lease_prefix,
+            on_roll=self._schedule_checkpoint,
+            on_fail=self._fail_topic,
+            check_open=self._check_open,
         )
 
     @classmethod
@@ -115,13 +155,16 @@ class Broker:
         )
         await asyncio.to_thread(
             recover,
-            broker._topics_dir,
+            broker.data_dir / "topics",
             broker.topics,
             broker.config,
             broker._lease_prefix,
             broker._schedule_checkpoint,
             broker._fail_topic,
         )
+        for t in broker.topics.values():
+            for g in t.groups.values():
+                broker._catalog.adopt(t, g)
         broker._committer.start()
         if broker.config.maintenance_interval:
             broker._maintenance = asyncio.create_task(broker._maintain_forever())
@@ -129,39 +172,14 @@ class Broker:
 
     # -- topics and groups ----------------------------------------------------------------
 
-    @property
-    def _topics_dir(self) -> Path:
-        return self.data_dir / "topics"
-
     async def create_topic(self, name: str, partitions: int | None = None) -> tuple[Topic, bool]:
         """Create a topic (idempotent). Returns the topic and whether it was created now.
 
-        An existing topic keeps its partition count whatever ``partitions`` asks for.
+        An existing topic keeps its partition count whatever ``partitions`` asks for. Raises
+        ``ProtocolError`` for a name a client may not create (at most 196 characters, not
+        ending in ``.dlq``), ``LimitExceededError`` past ``max_topics``.
         """
-        check_name("topic", name)
-        partitions = partitions or self.config.default_partitions
-        if not 1 <= partitions <= 1024:
-            raise ProtocolError("partitions must be between 1 and 1024")
-        async with self._create_lock:
-            existing = self.topics.get(name)
-            if existing is not None:
-                return existing, False
-            self._check_open()
-            try:
-                path = await asyncio.to_thread(write_topic_dir, self._topics_dir, name, partitions)
-                topic = open_topic(
-                    name,
-                    path,
-                    partitions,
-                    self.topics,
-                    self.config,
-                    self._schedule_checkpoint,
-                    self._fail_topic,
-                )
-            except OSError as e:  # the unfinished directory goes at the next start
-                raise StorageError(f"creating topic {name!r} failed: {e}", topic=name) from e
-            log.info("created topic %s with %d partitions", name, partitions)
-            return topic, True
+        return await self._catalog.create_topic(name, partitions)
 
     def topic(self, name: str) -> Topic:
         """The topic named ``name``; raises ``TopicNotFoundError``."""
@@ -203,7 +221,7 @@ class Broker:
         if self.failure is None:
             self.failure = failure
             self._failed.set()
-        t.notify()
+        t.notify_all()
 
     async def wait_failed(self) -> StorageError:
         """Wait until a storage error fails a topic; return that error."""
@@ -211,18 +229,13 @@ class Broker:
         assert self.failure is not None
         return self.failure
 
-    async def _group(self, topic: Topic, name: str) -> Group:
-        group = topic.groups.get(name)
-        if group is not None:
-            return group
-        check_name("group", name)
-        group = new_group(topic, name, self.config, self._lease_prefix)
-        group.cursors = Group.replay([], topic.logs)  # starts at the earliest retained offset
-        topic.groups[name] = group
-        group.journal.compact()  # the journal starts with a snapshot
-        await self._commit([group.journal], topic.name)
-        log.info("created consumer group %s on %s", name, topic.name)
-        return group
+    async def delete_group(self, topic: str, group: str) -> None:
+        """Delete a consumer group: its leases, its state and its journal (durably).
+
+        Raises ``GroupNotFoundError``, or ``ProtocolError`` for the broker's own groups. Its
+        waiting fetches answer empty; a later fetch with the same name creates a new group.
+        """
+        await self._catalog.delete_group(self.topic(topic), group)
 
     def _schedule_checkpoint(self, t: Topic) -> None:
         checkpoints.schedule(t, lambda: self._closing)
@@ -231,10 +244,15 @@ class Broker:
         futures = [self._committer.request(u) for u in units]
         # asyncio.wait, not gather: a cancelled caller must not cancel the shared commit.
         await asyncio.wait(futures)
-        for fut in futures:
+        for unit, fut in zip(units, futures, strict=True):
             error = fut.exception()
             if error is not None:
+                if isinstance(unit, GroupJournal):
+                    unit.compact()  # the next commit writes the whole state, this one included
                 raise StorageError(f"commit failed: {error}", topic=topic) from error
+
+    async def _commit_group(self, g: Group) -> None:
+        await self._commit([g.journal], g.topic)
 
     # -- publish ---------------------------------------------------------------------------
 
@@ -243,26 +261,27 @@ class Broker:
         return topic.backlog_bytes()
 
     async def publish(
-        self, topic: str, records: Sequence[tuple[str, bytes]], *, _bypass_backlog: bool = False
+        self, topic: str, records: Sequence[tuple[str, bytes]], *, _dead_letters: bool = False
     ) -> list[tuple[int, int]]:
         """Append ``(key, value)`` records; return ``(partition, offset)`` once they are durable.
 
         Raises ``BacklogFullError`` when the topic's backlog is over its bound (nothing is
-        appended then), ``ProtocolError`` for an oversized key or value.
+        appended then), ``ProtocolError`` for an oversized key or value, or for a dead-letter
+        topic (only the broker writes those; their bound is ``max_dead_letter_bytes``).
         """
         self._check_open()
         t = self._live(topic)
+        if is_dlq(topic) != _dead_letters:
+            raise ProtocolError(f"{topic!r} is a dead-letter topic: only the broker writes it")
         if not records:
             return []
-        if not _bypass_backlog:
-            backlog = self.backlog_bytes(t)
-            if backlog >= self.config.max_backlog_bytes:
-                raise BacklogFullError(
-                    topic,
-                    backlog_bytes=backlog,
-                    limit=self.config.max_backlog_bytes,
-                    retry_after=self.config.retry_after,
-                )
+        cfg = self.config
+        limit = cfg.max_dead_letter_bytes if _dead_letters else cfg.max_backlog_bytes
+        backlog = self.backlog_bytes(t)
+        if backlog >= limit:
+            raise BacklogFullError(
+                topic, backlog_bytes=backlog, limit=limit, retry_after=self.config.retry_after
+            )
         buckets: dict[int, list[tuple[str, bytes, bytes]]] = {}
         order: list[int] = []
         max_value = self.config.max_record_bytes
@@ -293,9 +312,10 @@ class Broker:
         self.observer.published(topic, len(positions))
         return positions
 
-    async def _publish_dead(self, dlq: str, letters: list[tuple[str, bytes]]) -> None:
-        await self.create_topic(dlq, self.config.dlq_partitions)
-        await self.publish(dlq, letters, _bypass_backlog=True)
+    async def _publish_dead(self, topic: str, letters: list[tuple[str, bytes]]) -> None:
+        dlq, _ = await self._catalog.ensure_topic(dlq_name(topic), self.config.dlq_partitions)
+        await self._catalog.group(dlq, REPLAY_GROUP, internal=True)  # holds the unreplayed
+        await self.publish(dlq.name, letters, _dead_letters=True)
 
     # -- fetch and lease outcomes ------------------------------------------------------------
 
@@ -375,76 +395,16 @@ class Broker:
         self._check_open()
         if self._draining:
             return []
-        g = await self._group(t, group)
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + max_wait
-        while not (self._closing or self._draining or t.failed):
-            await self._expiry.expire(t, g)
-            now = self._clock()
-            batches = self._take(
-                t, g, now, max_records, max_bytes, ack_wait, len(t.logs) if multi else 1
-            )
-            if batches:
-                return batches
-            remaining = give_up - loop.time()
-            if remaining <= 0:
-                return []
-            due = g.next_due()
-            if due is not None:
-                remaining = min(remaining, max(due - now, 0.001))
-            try:
-                async with asyncio.timeout(remaining):
-                    await t.changed.wait()
-            except TimeoutError:
-                pass
-        self._live(topic)  # raises if the topic failed meanwhile
-        return []
-
-    def _take(
-        self,
-        t: Topic,
-        g: Group,
-        now: float,
-        max_records: int,
-        max_bytes: int,
-        ack_wait: float,
-        max_batches: int,
-    ) -> list[Batch]:
-        """Lease up to ``max_batches`` batches, round robin, within the record and byte budget.
-
-        Each take reads at least one record, so the bytes can overshoot by one record, as a
-        single fetch's ``max_bytes`` can.
-        """
-        batches: list[Batch] = []
-        fetched = redelivered = 0
-        while len(batches) < max_batches and max_records > 0 and max_bytes > 0:
-            taken = g.take(
-                t.logs, now, max_records=max_records, max_bytes=max_bytes, ack_wait=ack_wait
-            )
-            if taken is None:
-                break
-            counts = taken.counts
-            fetched += len(counts)
-            redelivered += sum(1 for c in counts if c > 1)
-            max_records -= len(counts)
-            max_bytes -= sum(FRAME_OVERHEAD + len(k) + len(v) for _, _, k, v in taken.records)
-            batches.append(
-                Batch(
-                    t.name,
-                    g.name,
-                    taken.lease.partition,
-                    taken.lease.id,
-                    ack_wait,
-                    [
-                        Delivery(o, k, v, ts, c)
-                        for (o, ts, k, v), c in zip(taken.records, counts, strict=True)
-                    ],
-                )
-            )
-        if batches:
-            self._committer.request(g.journal)  # delivery counts: written, not awaited
-            self.observer.fetched(t.name, g.name, fetched, redelivered)
-        return batches
+        g = await self._catalog.group(t, group)
+        return await self._fetcher.fetch(
+            t,
+            g,
+            max_records=max_records,
+            max_wait=max_wait,
+            ack_wait=ack_wait,
+            max_bytes=max_bytes,
+            multi=multi,
+        )
 
     async def ack(
         self, topic: str, group: str, lease: str, offsets: Sequence[int] | None = None
@@ -455,8 +415,9 @@ class Broker:
         """
         t, g = await self._lease_context(topic, group)
         n = g.ack(lease, offsets)
+        # Even with nothing new (a retry): the first ack's commit may still be under way.
+        await self._commit([g.journal], topic)
         if n:
-            await self._commit([g.journal], topic)
             self.observer.acked(topic, group, n)
         return n
 
@@ -471,8 +432,9 @@ class Broker:
         """
         t = self._live(topic)
         g = t.groups.get(group)
-        if g is None:
+        if g is None or g.deleted:
             return 0, list(leases)
+        g.touch(self._clock())
         await self._expiry.expire(t, g)
         n = 0
         expired: list[str] = []
@@ -481,8 +443,9 @@ class Broker:
                 n += g.ack(lease, None)
             except LeaseExpiredError:
                 expired.append(lease)
-        if n:
+        if len(expired) < len(leases):  # as in ack: a retry waits for the first ack's commit
             await self._commit([g.journal], topic)
+        if n:
             self.observer.acked(topic, group, n)
         return n, expired
 
@@ -496,14 +459,19 @@ class Broker:
         delay: float = 0.0,
         error: str | None = None,
     ) -> int:
-        """Release records for redelivery after ``delay`` (dead-letter past max deliveries)."""
+        """Release records for redelivery after ``delay`` (dead-letter past max deliveries).
+
+        Raises ``LimitExceededError`` for a delay past ``max_nack_delay``, ``DeadLetterError``
+        when records past max deliveries could not be dead-lettered (they were restored).
+        """
+        self._check_delay(delay)
         t, g = await self._lease_context(topic, group)
         n, dead = g.nack(lease, offsets, self._clock(), delay=max(delay, 0.0), error=error)
         if n:
             self.observer.nacked(topic, group, n)
+            t.notify_group(group)
             if dead is not None:
-                await self._expiry.settle(t, g, dead, "max_deliveries")
-            t.notify()
+                await self._expiry.settle(t, g, [dead], "max_deliveries")
         return n
 
     async def release(
@@ -522,13 +490,21 @@ class Broker:
         not process the records for a reason of its own (its database is away). Durable
         before it returns. Raises ``LeaseExpiredError`` for an unknown or expired lease.
         """
+        self._check_delay(delay)
         t, g = await self._lease_context(topic, group)
         n = g.release(lease, offsets, self._clock(), delay=max(delay, 0.0))
         if n:
+            t.notify_group(group)
             await self._commit([g.journal], topic)
             self.observer.released(topic, group, n)
-            t.notify()
         return n
+
+    def _check_delay(self, delay: float) -> None:
+        limit = self.config.max_nack_delay
+        if delay > limit:
+            raise LimitExceededError(
+                "NACK_DELAY_TOO_LONG", f"a delay is at most {limit:g} seconds", limit=limit
+            )
 
     async def reject(
         self,
@@ -539,12 +515,18 @@ class Broker:
         *,
         error: str | None = None,
     ) -> int:
-        """Move records straight to the dead-letter topic ``<topic>.dlq``."""
+        """Move records straight to the dead-letter topic ``<topic>.dlq``.
+
+        Raises ``DeadLetterError`` when they could not be written there (they were restored
+        for redelivery), ``ProtocolError`` on a dead-letter topic (ack or replay those).
+        """
+        if is_dlq(topic):
+            raise ProtocolError(f"records of the dead-letter topic {topic!r} cannot be rejected")
         t, g = await self._lease_context(topic, group)
         dead = g.reject(lease, offsets, error=error)
         if dead is None:
             return 0
-        await self._expiry.settle(t, g, dead, "rejected")
+        await self._expiry.settle(t, g, [dead], "rejected")
         return len(dead[1])
 
     async def extend(
@@ -561,19 +543,64 @@ class Broker:
     async def _lease_context(self, topic: str, group: str) -> tuple[Topic, Group]:
         t = self._live(topic)
         g = t.groups.get(group)
-        if g is None:
+        if g is None or g.deleted:
             raise LeaseExpiredError(topic, group, "*")
+        g.touch(self._clock())
         await self._expiry.expire(t, g)
+        if g.deleted:
+            raise LeaseExpiredError(topic, group, "*")
         return t, g
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    async def dead_letters(
+        self, topic: str, *, limit: int = 100, after: str | None = None, reason: str | None = None
+    ) -> DeadLetterReport:
+        """The pending dead letters of ``topic``: counts by reason and error, and one page.
+
+        ``limit`` letters (of ``reason`` only, if given) after position ``after``
+        (``"partition:offset"`` in the dead-letter topic, the report's ``next``).
+        """
+        self.topic(topic)
+        dlq = self.topics.get(dlq_name(topic))
+        return await self._dead_letters.report(topic, dlq, limit=limit, after=after, reason=reason)
+
+    async def replay_dead_letters(
+        self, topic: str, selection: Selection, *, max_records: int = 10_000
+    ) -> tuple[int, int]:
+        """Publish selected dead letters' records to ``topic`` again; return (moved, left).
+
+        Each value goes back byte for byte as a new record with its key, durable before its
+        letter is marked replayed (a crash can duplicate it, never lose it). ``left`` counts
+        the selected letters still pending (past ``max_records``). Raises
+        ``BacklogFullError`` when ``topic`` is full (the letters moved before stay moved).
+        """
+        self._check_open()
+        self.topic(topic)
+        dlq = self.topics.get(dlq_name(topic))
+        if dlq is None:
+            return 0, 0
+        group = await self._catalog.group(dlq, REPLAY_GROUP, internal=True)
+        return await self._dead_letters.replay(topic, dlq, group, selection, max_records)
+
+    def dead_letter_depth(self, topic: str) -> int:
+        """Records in ``<topic>.dlq`` not yet replayed (0 without a dead-letter topic)."""
+        dlq = self.topics.get(dlq_name(topic))
+        return 0 if dlq is None else pending_count(dlq)
 
     # -- maintenance -----------------------------------------------------------------------
 
     async def maintain(self) -> None:
-        """Expire leases, apply retention and compact journals (the background task's body)."""
+        """Mark idle groups, expire leases, apply retention (the background task's body)."""
+        idle_timeout = self.config.group_idle_timeout
         for t in list(self.topics.values()):
             if t.failed is not None:
                 continue  # nothing of a failed topic is written or deleted again
             for g in list(t.groups.values()):
+                if g.deleted:
+                    continue
+                if not g.idle and g.check_idle(self._clock(), idle_timeout):
+                    log.info("consumer group %s of %s is idle", g.name, t.name)
                 await self._expiry.expire(t, g)
             await retain(t, self._committer, self.config, self._wall)
 
@@ -617,7 +644,7 @@ class Broker:
         """
         self._draining = True
         for t in self.topics.values():
-            t.notify()
+            t.notify_all()
 
     async def close(self) -> None:
         """Stop taking requests, commit and fsync everything pending, close every file."""
@@ -632,7 +659,7 @@ class Broker:
                 pass
         units: list[Unit] = []
         for t in self.topics.values():
-            t.notify()
+            t.notify_all()
             if t.failed is None:  # a failed topic's files are left as they are
                 units.append(t.wal)
                 units.extend(g.journal for g in t.groups.values())

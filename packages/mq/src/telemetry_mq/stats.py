@@ -29,7 +29,11 @@ class GroupPartitionStats:
 
 @dataclass(frozen=True, slots=True)
 class GroupStats:
-    """One consumer group on one topic: committed offsets, lag, in-flight records."""
+    """One consumer group on one topic: committed offsets, lag, in-flight records.
+
+    ``idle``: no lease, no waiting fetch and no call for the idle timeout; an idle group holds
+    back-pressure and retention only while every group of the topic is idle.
+    """
 
     topic: str
     group: str
@@ -37,6 +41,7 @@ class GroupStats:
     in_flight: int
     backlog_bytes: int
     partitions: list[GroupPartitionStats]
+    idle: bool = False
 
 
 @dataclass(frozen=True, slots=True)

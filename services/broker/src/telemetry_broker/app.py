@@ -13,6 +13,7 @@ from quart import Quart
 from telemetry_kit import base_app, draining, stop
 from telemetry_mq import Broker
 
+from .blueprints.deadletters import dead_letters_blueprint
 from .blueprints.groups import groups_blueprint
 from .blueprints.records import records_blueprint
 from .blueprints.topics import topics_blueprint
@@ -57,6 +58,7 @@ def create_app(settings: BrokerSettings) -> Quart:
     app.register_blueprint(topics_blueprint(runtime, token))
     app.register_blueprint(records_blueprint(runtime, fast))
     app.register_blueprint(groups_blueprint(runtime, token, fast, settings.max_fetch_wait))
+    app.register_blueprint(dead_letters_blueprint(runtime, token))
     app.extensions["telemetry_broker"] = runtime
 
     @app.while_serving

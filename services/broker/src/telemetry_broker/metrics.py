@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from telemetry_mq import Broker, Observer
+from telemetry_mq import DLQ_SUFFIX, Broker, Observer
 
 _NS = "telemetry"
 _SUB = "broker"
@@ -107,14 +107,36 @@ class BacklogCollector(Collector):
         in_flight = gauge(
             "in_flight_records", "Records under a lease.", ["topic", "consumer_group"]
         )
+        idle = gauge(
+            "consumer_group_idle",
+            "1 while the group is idle (it holds back-pressure only if every group is).",
+            ["topic", "consumer_group"],
+        )
+        dead_letters = gauge(
+            "dead_letter_records",
+            "Records in the topic's dead-letter topic not yet replayed.",
+            ["topic"],
+        )
         for name in sorted(broker.topics):
             stats = broker.topic_stats(name)
             backlog_bytes.add_metric([name], stats.backlog_bytes)
             backlog_records.add_metric([name], stats.backlog_records)
             log_bytes.add_metric([name], stats.bytes)
             log_records.add_metric([name], stats.records)
+            if not name.endswith(DLQ_SUFFIX):
+                dead_letters.add_metric([name], broker.dead_letter_depth(name))
             for g in stats.groups:
                 in_flight.add_metric([name, g.group], g.in_flight)
+                idle.add_metric([name, g.group], int(g.idle))
                 for p in g.partitions:
                     lag.add_metric([name, g.group, str(p.partition)], p.lag)
-        return [backlog_bytes, backlog_records, log_bytes, log_records, lag, in_flight]
+        return [
+            backlog_bytes,
+            backlog_records,
+            log_bytes,
+            log_records,
+            lag,
+            in_flight,
+            idle,
+            dead_letters,
+        ]

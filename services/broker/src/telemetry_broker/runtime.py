@@ -17,12 +17,19 @@ from telemetry_mq import (
     Broker,
     BrokerUnavailableError,
     CorruptLogError,
+    DeadLetterError,
+    GroupNotFoundError,
     LeaseExpiredError,
+    LeaseLimitError,
+    LimitExceededError,
     MQError,
     ProtocolError,
     StorageError,
     TopicNotFoundError,
 )
+
+_LIMIT_STATUS = {"NACK_DELAY_TOO_LONG": 400}
+"""The status of a ``LimitExceededError`` by code; 409 otherwise (the broker holds too many)."""
 
 
 class Runtime:
@@ -99,14 +106,32 @@ def mq_problem(error: MQError) -> Response:
             backlog_bytes=error.backlog_bytes,
             max_backlog_bytes=error.limit,
         )
+    if isinstance(error, LeaseLimitError):
+        return problem(
+            429,
+            "TOO_MANY_LEASES",
+            str(error),
+            headers={"Retry-After": str(max(1, round(error.retry_after)))},
+            limit=error.limit,
+        )
+    if isinstance(error, GroupNotFoundError):
+        return problem(404, "GROUP_NOT_FOUND", str(error))
     if isinstance(error, TopicNotFoundError):
         return problem(404, "TOPIC_NOT_FOUND", str(error))
     if isinstance(error, LeaseExpiredError):
         return problem(409, "LEASE_EXPIRED", str(error))
+    if isinstance(error, LimitExceededError):
+        status = _LIMIT_STATUS.get(error.code, 409)
+        return problem(status, error.code, str(error), limit=error.limit)
     if isinstance(error, ProtocolError):
         return problem(400, "INVALID_REQUEST", str(error))
     if isinstance(error, StorageError | BrokerUnavailableError):
-        code = "STORAGE_ERROR" if isinstance(error, StorageError) else "BROKER_UNAVAILABLE"
+        if isinstance(error, StorageError):
+            code = "STORAGE_ERROR"
+        elif isinstance(error, DeadLetterError):
+            code = "DEAD_LETTER_FAILED"
+        else:
+            code = "BROKER_UNAVAILABLE"
         return problem(503, code, str(error), headers={"Retry-After": "1"})
     if isinstance(error, CorruptLogError):
         return problem(500, "CORRUPT_LOG", str(error))

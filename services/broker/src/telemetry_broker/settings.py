@@ -56,6 +56,25 @@ class BrokerSettings(ServiceSettings):
     maintenance_interval: float = Field(
         1.0, gt=0, description="Seconds between lease expiry / retention rounds."
     )
+    max_topics: int = Field(
+        1000, ge=1, description="Topics clients may create (dead-letter topics not counted)."
+    )
+    max_groups_per_topic: int = Field(100, ge=1, description="Consumer groups per topic.")
+    max_in_flight_records: int = Field(
+        100_000, ge=1, description="Records a group may hold under leases at once (429 past)."
+    )
+    max_nack_delay: float = Field(
+        3600.0, ge=0, description="Longest delay a nack or release may ask, seconds (400 past)."
+    )
+    group_idle_timeout: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds without a fetch, ack or lease after which a group stops holding"
+        " back-pressure and retention while another group is active; 0: never.",
+    )
+    max_dead_letter_bytes: int = Field(
+        256 * MiB, ge=1, description="Dead letters not yet replayed per topic, bytes."
+    )
 
     def topic_specs(self) -> list[tuple[str, int]]:
         """The topics to create at start with their partition counts."""
@@ -83,4 +102,10 @@ class BrokerSettings(ServiceSettings):
             default_ack_wait=self.ack_wait,
             max_deliveries=self.max_deliveries,
             maintenance_interval=self.maintenance_interval,
+            max_topics=self.max_topics,
+            max_groups_per_topic=self.max_groups_per_topic,
+            max_in_flight_records=self.max_in_flight_records,
+            max_nack_delay=self.max_nack_delay,
+            group_idle_timeout=self.group_idle_timeout or None,
+            max_dead_letter_bytes=self.max_dead_letter_bytes,
         )

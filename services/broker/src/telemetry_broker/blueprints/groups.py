@@ -1,18 +1,20 @@
 """Consumer groups: fetch a lease, settle it (ack, nack, reject, extend), group stats.
 
 Fetch and the lease outcomes are hot routes, served by the fast path; group stats by Quart.
+Deleting a group is an admin route of the topics blueprint.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, RootModel
 from quart import Blueprint, Response
 from quart_schema import document_response, tag_blueprint
-from telemetry_kit import APIError
-from telemetry_mq import GroupStats
+from telemetry_mq import Batch, Broker, GroupStats, MQError
 from telemetry_mq.protocol import (
     ACKED_RECORDS,
     EXPIRED_LEASES,
@@ -25,6 +27,8 @@ from telemetry_mq.protocol import (
 
 from ..fastpath import FastPath, FastRequest, FastResponse
 from ..runtime import Runtime, json_response, parse, require_token
+
+log = logging.getLogger(__name__)
 
 LeaseId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,100}$")]
 
@@ -100,14 +104,22 @@ class Settle(BaseModel):
 class NackRequest(Settle):
     """Hand records back for redelivery."""
 
-    delay: float = Field(0.0, ge=0, le=86_400, description="Seconds before redelivery.")
+    delay: float = Field(
+        0.0,
+        ge=0,
+        le=86_400,
+        description="Seconds before redelivery; past BROKER_MAX_NACK_DELAY: 400"
+        " NACK_DELAY_TOO_LONG.",
+    )
     error: str | None = Field(None, max_length=4000, description="Kept as the last error.")
 
 
 class ReleaseRequest(Settle):
     """Hand records back without spending a delivery (the consumer could not try them)."""
 
-    delay: float = Field(0.0, ge=0, le=86_400, description="Seconds before redelivery.")
+    delay: float = Field(
+        0.0, ge=0, le=86_400, description="Seconds before redelivery (as for nack)."
+    )
 
 
 class RejectRequest(Settle):
@@ -176,19 +188,22 @@ def groups_blueprint(
         max_wait = min(data.max_wait, max_fetch_wait)
         if not fetched and max_wait > 0:
             fetched = await req.unless_disconnected(lease(max_wait=max_wait))
+        ndjson = NDJSON in req.header(b"accept")
         if isinstance(fetched, list):
             if not fetched:
                 return FastResponse(status=204, headers=headers)
-            if NDJSON in req.header(b"accept"):
-                body = encode_batches_ndjson(fetched)
-                return FastResponse(body, content_type=NDJSON, headers=headers)
-            return FastResponse(encode_batches_json(fetched), headers=headers)
-        batch = fetched
-        if batch is None:
-            return FastResponse(status=204, headers=headers)
-        if NDJSON in req.header(b"accept"):
-            return FastResponse(encode_batch_ndjson(batch), content_type=NDJSON, headers=headers)
-        return FastResponse(encode_batch_json(batch), headers=headers)
+            encode: Callable[[Any], bytes] = (
+                encode_batches_ndjson if ndjson else encode_batches_json
+            )
+            body = await _encode_or_release(broker, fetched, encode, fetched)
+        else:
+            if fetched is None:
+                return FastResponse(status=204, headers=headers)
+            encode = encode_batch_ndjson if ndjson else encode_batch_json
+            body = await _encode_or_release(broker, [fetched], encode, fetched)
+        if ndjson:
+            return FastResponse(body, content_type=NDJSON, headers=headers)
+        return FastResponse(body, headers=headers)
 
     on_lease = "/leases/<lease>"
 
@@ -237,9 +252,26 @@ def groups_blueprint(
     @document_response(GroupStats)
     async def group_stats(topic: str, group: str) -> Response:
         """Committed offsets, lag and in-flight records of the group per partition."""
-        broker = runtime.broker
-        if group not in broker.topic(topic).groups:
-            raise APIError(404, "GROUP_NOT_FOUND", f"group {group!r} has not fetched {topic!r}")
-        return json_response(broker.group_stats(topic, group))
+        return json_response(runtime.broker.group_stats(topic, group))
 
     return bp
+
+
+async def _encode_or_release(
+    broker: Broker, batches: Sequence[Batch], encode: Callable[[Any], bytes], fetched: Any
+) -> bytes:
+    """Encode the answer; if that fails, hand the leases back (no delivery spent), re-raise.
+
+    Every stored value is one JSON line (``protocol.one_line``), so this should not fail; if
+    it does, the records must not stay leased to a consumer that never gets them.
+    """
+    try:
+        return encode(fetched)
+    except Exception:
+        log.exception("encoding a fetch answer failed; releasing its %d leases", len(batches))
+        for b in batches:
+            try:
+                await broker.release(b.topic, b.group, b.lease)
+            except MQError as e:  # the lease expires instead
+                log.error("releasing lease %s failed: %s", b.lease, e)
+        raise

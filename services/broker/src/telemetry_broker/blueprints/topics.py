@@ -1,4 +1,4 @@
-"""Topics: create, list, and per-topic stats (partitions, groups, lag, backlog)."""
+"""Topics: create, list, per-topic stats (partitions, groups, lag, backlog), delete a group."""
 
 from __future__ import annotations
 
@@ -60,5 +60,15 @@ def topics_blueprint(runtime: Runtime, token: str | None) -> Blueprint:
     async def get_topic(topic: str) -> Response:
         """One topic: partitions (offsets, bytes), groups (committed, lag), backlog."""
         return json_response(runtime.broker.topic_stats(topic))
+
+    @bp.delete("/<topic>/groups/<group>/")
+    async def delete_group(topic: str, group: str) -> Response:
+        """Delete a consumer group: its leases, state and journal (durably). 204; 404 if unknown.
+
+        Its open long-polls answer 204; a later fetch with its name starts a new group at the
+        earliest retained offset, so stop the group's consumers first.
+        """
+        await runtime.broker.delete_group(topic, group)
+        return Response(b"", status=204)
 
     return bp
