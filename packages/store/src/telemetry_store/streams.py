@@ -22,10 +22,22 @@ class Claim:
         return self.start + self.count
 
 
+# Update first: an existing stream's claim draws no identity value. (An
+# ``INSERT ... ON CONFLICT DO UPDATE`` evaluates the id default before it finds the conflict,
+# so every claim spent one value of the smallint sequence, and claim 32,768 failed.)
 _CLAIM = """
-INSERT INTO streams AS s (name, next_seq) VALUES (%(name)s, %(count)s)
-ON CONFLICT (name) DO UPDATE SET next_seq = s.next_seq + EXCLUDED.next_seq, updated_at = now()
+UPDATE streams SET next_seq = next_seq + %(count)s, updated_at = now()
+WHERE name = %(name)s
 RETURNING id, next_seq - %(count)s
+"""
+
+# Only names missing from the snapshot reach the INSERT, so only they draw an id; a race
+# between two first claims of one name spends one value, once.
+_CREATE = """
+INSERT INTO streams (name)
+SELECT n FROM unnest(%s::text[]) AS n
+WHERE NOT EXISTS (SELECT 1 FROM streams s WHERE s.name = n)
+ON CONFLICT (name) DO NOTHING
 """
 
 
@@ -34,16 +46,18 @@ async def claim(cur: Cursor, name: str, count: int) -> Claim:
     if count <= 0:
         raise ValueError("count must be positive")
     await cur.execute(_CLAIM, {"name": name, "count": count})
-    stream_id, start = await cur.fetchone()
+    row = await cur.fetchone()
+    if row is None:
+        await ensure_streams(cur, [name])
+        await cur.execute(_CLAIM, {"name": name, "count": count})
+        row = await cur.fetchone()
+    stream_id, start = row
     return Claim(stream_id=stream_id, name=name, start=start, count=count)
 
 
 async def ensure_streams(cur: Cursor, names: list[str]) -> None:
-    """Register streams by name (no-op for known ones)."""
-    await cur.execute(
-        "INSERT INTO streams (name) SELECT unnest(%s::text[]) ON CONFLICT (name) DO NOTHING",
-        (names,),
-    )
+    """Register streams by name (no-op for known ones, which draw no identity value)."""
+    await cur.execute(_CREATE, (names,))
 
 
 async def next_seq(cur: Cursor, name: str) -> int | None:
