@@ -14,6 +14,7 @@ from telemetry_store import (
     load_migrations,
     migrate,
     next_seq,
+    pending_chunks,
     transaction,
     upsert_gpus,
 )
@@ -54,12 +55,13 @@ async def test_migrate_is_applied_once_even_concurrently(fresh_database_url):
 
 
 async def test_claims_never_overlap(pool):
-    async def one() -> list[int]:
+    async def one(i: int) -> list[int]:
         async with transaction(pool) as cur:
-            c = await claim(cur, "claims-test", 100)
+            c = await claim(cur, "claims-test", 100, owner=f"o{i}")
+            assert c is not None and not c.takeover and c.owner == f"o{i}"
             return list(range(c.start, c.stop))
 
-    chunks = await asyncio.gather(*(one() for _ in range(8)))
+    chunks = await asyncio.gather(*(one(i) for i in range(8)))
     flat = sorted(s for chunk in chunks for s in chunk)
     assert flat == list(range(800))
     async with transaction(pool) as cur:
@@ -67,7 +69,7 @@ async def test_claims_never_overlap(pool):
         assert await next_seq(cur, "no-such-stream") is None
     with pytest.raises(ValueError):
         async with transaction(pool) as cur:
-            await claim(cur, "claims-test", 0)
+            await claim(cur, "claims-test", 0, owner="o")
 
 
 async def test_batch_insert_is_idempotent(cur):
@@ -124,20 +126,22 @@ async def _sequence_next(cur, table: str, value: int) -> None:
 async def test_claims_go_on_past_the_last_stream_id(db):
     async with transaction(db) as cur:
         await _sequence_next(cur, "streams", SMALLINT_MAX)  # one id left
-        first = await claim(cur, "near-the-limit", 10)
-    assert (first.stream_id, first.start) == (SMALLINT_MAX, 0)
+        c = await claim(cur, "near-the-limit", 10, owner="me")
+    assert c is not None and (c.stream_id, c.start) == (SMALLINT_MAX, 0)
     # Each claim used to draw (and waste) an id: the next one failed with
     # 'nextval: reached maximum value of sequence "streams_id_seq" (32767)'.
     for i in range(1, 2001):
         async with transaction(db) as cur:
-            c = await claim(cur, "near-the-limit", 10)
-        assert (c.stream_id, c.start) == (SMALLINT_MAX, 10 * i)
+            c = await claim(cur, "near-the-limit", 10, owner="me", done=c)
+        assert c is not None and (c.stream_id, c.start) == (SMALLINT_MAX, 10 * i)
     async with transaction(db) as cur:
         for _ in range(200):
             await ensure_streams(cur, ["near-the-limit"])
         assert await next_seq(cur, "near-the-limit") == 20_010
         await cur.execute("SELECT count(*) FROM streams")
         assert (await cur.fetchone())[0] == 1
+        # Each claim deleted the chunk finished before it: only the last one is left.
+        assert await pending_chunks(cur, "near-the-limit") == 1
 
 
 async def test_gpu_upserts_go_on_past_the_last_gpu_id(db):
@@ -179,9 +183,10 @@ async def test_migration_restarts_the_sequences_past_the_ids_in_use(fresh_databa
         applied = await migrate(pool)
         assert applied[0] == 3
         async with transaction(pool) as cur:
-            c = await claim(cur, "c", 5)
-            assert c.stream_id == 3
-            assert (await claim(cur, "a", 5)).start == 10
+            c = await claim(cur, "c", 5, owner="me")
+            assert c is not None and c.stream_id == 3
+            a = await claim(cur, "a", 5, owner="me")
+            assert a is not None and a.start == 10
             await upsert_gpus(cur, sightings(read_samples(CSV_PATH)[10:20], 2_000))  # ten more
             await cur.execute("SELECT max(id) FROM gpus")
             assert (await cur.fetchone())[0] == 20

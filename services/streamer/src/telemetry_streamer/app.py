@@ -63,6 +63,7 @@ def create_app(settings: Settings) -> Quart:
                     batch_size=settings.batch_size,
                     rate=settings.rate,
                     loops=settings.loops,
+                    lease=settings.chunk_lease,
                 )
                 state["replayer"] = replayer
                 app.add_background_task(replayer.run, app.shutdown_event, settings.migrate)

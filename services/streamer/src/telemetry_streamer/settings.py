@@ -26,6 +26,12 @@ class Settings(ServiceSettings):
         "dcgm", min_length=1, description="Shared stream name (at most 200 bytes of UTF-8)."
     )
     chunk_size: int = Field(1000, ge=1, description="Sequence numbers claimed per round trip.")
+    chunk_lease: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a claimed chunk stays leased without renewal (renewed every third"
+        " of it); a chunk of a streamer that died is taken over after this.",
+    )
     batch_size: int = Field(500, ge=1, le=10_000, description="Records per publish request.")
     rate: float = Field(
         2470.0, ge=0, description="Datapoints per second for this replica; 0 means unlimited."
