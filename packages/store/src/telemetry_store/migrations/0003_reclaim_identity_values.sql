@@ -5,6 +5,9 @@
 -- id in use, so the values spent without a row are available again. Nothing references an id
 -- above the highest one, and the rows and their ids stay as they are (telemetry.stream_id and
 -- gpu_id keep pointing at the same rows; no column changes type, no table is rewritten).
+-- The lock keeps writers of an older version out until the migration commits: an insert that
+-- drew a value before the restart and committed after it would otherwise meet that value again.
+LOCK TABLE streams, gpus IN SHARE ROW EXCLUSIVE MODE;
 SELECT setval(pg_get_serial_sequence('streams', 'id'), coalesce(max(id), 0) + 1, false)
 FROM streams;
 SELECT setval(pg_get_serial_sequence('gpus', 'id'), coalesce(max(id), 0) + 1, false)
