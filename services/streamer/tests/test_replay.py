@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 from telemetry_devstack import ServiceProcess, free_port
 from telemetry_model import decode, read_samples
@@ -266,3 +267,15 @@ async def test_a_replica_whose_chunk_was_taken_over_leaves_it_to_the_new_owner(b
     # The thief's chunk is the thief's; the replica went on with (and finished) the next one.
     assert await chunks(db) == [(0, "thief", False)]
     assert registry.get_sample_value("telemetry_streamer_claims_total") >= 2
+
+
+async def test_a_replica_cancelled_mid_chunk_hands_it_on(broker, db):
+    async with BrokerClient(broker.url) as mq:
+        await mq.create_topic("t", partitions=2)
+        replica = replayer(db, mq, CollectorRegistry())
+        task = asyncio.create_task(replica.run(asyncio.Event()))
+        assert await mq.fetch("t", "probe", max_records=1, max_wait=30) is not None
+        task.cancel()  # what the shutdown does to a task past its timeout
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert await chunks(db) == [(0, replica.owner, True)]

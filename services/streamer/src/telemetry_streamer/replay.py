@@ -211,9 +211,10 @@ class Replayer:
                     await self._give_up(chunk, start)
                     return False
         except asyncio.CancelledError:
-            # Cancelled past the shutdown timeout: hand the chunk on rather than let its
-            # lease run out first.
-            await asyncio.shield(self._give_up(chunk, chunk.start))
+            # Cancelled past the shutdown timeout: hand the chunk on rather than let its lease
+            # run out first, but briefly (the shutdown waits for this task).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.shield(asyncio.wait_for(self._give_up(chunk, chunk.start), 2.0))
             raise
         finally:
             keeper.cancel()
