@@ -48,7 +48,7 @@ def records(n: int, start: int = 0) -> list[tuple[str, bytes]]:
     out = []
     for seq in range(start, start + n):
         s = samples[seq % len(samples)]
-        out.append((s.gpu.uuid, WireTemplate(s).encode(stream, seq, 1_800_000_000_000_000 + seq)))
+        out.append((s.gpu.uuid, WireTemplate(s).encode(stream, seq, 1_700_000_000_000_000 + seq)))
     return out
 
 

@@ -32,7 +32,16 @@ from .reads import (
     window_json_query,
     window_query,
 )
-from .streams import Claim, claim, ensure_streams, next_seq
+from .streams import (
+    Claim,
+    claim,
+    ensure_streams,
+    finish,
+    next_seq,
+    pending_chunks,
+    release,
+    renew,
+)
 from .writes import GpuSighting, insert_datapoints, upsert_gpus
 
 __all__ = [
@@ -61,6 +70,7 @@ __all__ = [
     "cursor",
     "ensure_streams",
     "find_gpu",
+    "finish",
     "insert_datapoints",
     "latest_values",
     "list_gpus",
@@ -69,10 +79,13 @@ __all__ = [
     "migrate",
     "migrate_when_reachable",
     "next_seq",
+    "pending_chunks",
     "ping",
     "read_buckets",
     "read_window",
     "read_window_json",
+    "release",
+    "renew",
     "transaction",
     "upsert_gpus",
     "window_json_query",
