@@ -1,6 +1,12 @@
 """telemetry-store: the PostgreSQL schema, migrations, work index, write path and reads."""
 
-from .errors import MigrationError, StoreError, UnknownStreamError
+from .errors import (
+    MigrationError,
+    QueryCancelledError,
+    QueryTimeoutError,
+    StoreError,
+    UnknownStreamError,
+)
 from .migrate import (
     ADVISORY_LOCK_ID,
     Migration,
@@ -8,7 +14,7 @@ from .migrate import (
     migrate,
     migrate_when_reachable,
 )
-from .pool import Cursor, create_pool, cursor, ping, transaction
+from .pool import Cursor, Probe, bounded, create_pool, cursor, describe, ping, transaction
 from .reads import (
     AGGREGATES,
     Aggregate,
@@ -53,12 +59,17 @@ __all__ = [
     "MigrationError",
     "Point",
     "PointKey",
+    "Probe",
+    "QueryCancelledError",
+    "QueryTimeoutError",
     "StoreError",
     "UnknownStreamError",
     "Window",
+    "bounded",
     "claim",
     "create_pool",
     "cursor",
+    "describe",
     "ensure_streams",
     "find_gpu",
     "insert_datapoints",
