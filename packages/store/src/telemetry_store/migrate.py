@@ -32,7 +32,7 @@ class Migration:
 
 
 def load_migrations() -> list[Migration]:
-    """The packaged migrations, ordered by version; raise on a gap or a bad file name."""
+    """The packaged migrations, ordered by version; raise on a repeated number or a bad name."""
     found: list[Migration] = []
     for entry in resources.files(__package__).joinpath("migrations").iterdir():
         if not entry.name.endswith(".sql"):
@@ -42,9 +42,14 @@ def load_migrations() -> list[Migration]:
             raise MigrationError(f"bad migration file name {entry.name!r}")
         found.append(Migration(int(m.group(1)), m.group(2), entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
-    for expected, migration in enumerate(found, start=1):
-        if migration.version != expected:
-            raise MigrationError(f"migration {expected} is missing", version=expected)
+    # Numbers may skip (ranges are reserved for work landing in parallel), never repeat.
+    for before, migration in zip(found, found[1:], strict=False):
+        if migration.version == before.version:
+            raise MigrationError(
+                f"two migrations numbered {migration.version}", version=migration.version
+            )
+    if found and found[0].version != 1:
+        raise MigrationError("migration 1 is missing", version=1)
     return found
 
 
