@@ -54,6 +54,25 @@ for values in "${values_files[@]}"; do
   printf '%s: %s manifests\n' "$name" "$(grep -c '^kind:' "$out/$name.yaml")"
 done
 
+step "values the chart must refuse"
+# Each: the --set arguments, then what the error must say.
+refusals=(
+  "--set api.autoscaling.enabled=true|connection budget exceeded"
+  "--set collector.env.COLLECTOR_WORKERS=64|connection budget exceeded"
+  "--set connectionBudget.reserved=95|connection budget exceeded"
+)
+for case in "${refusals[@]}"; do
+  args=${case%%|*}
+  expected=${case#*|}
+  # shellcheck disable=SC2086 # the --set arguments are meant to split
+  if "$helm" template telemetry "$chart" $args > /dev/null 2> "$out/refusal.err"; then
+    echo "helm-check: the chart rendered with $args; it must refuse" >&2
+    exit 1
+  fi
+  grep -q "$expected" "$out/refusal.err" || { cat "$out/refusal.err" >&2; exit 1; }
+  printf 'refused %s: %s\n' "$args" "$(grep -o "$expected[^;]*" "$out/refusal.err" | head -1)"
+done
+
 step "kubernetes-validate --strict -k $kube_version"
 # Custom resources (the optional ServiceMonitor) have no schema there: a warning, not a failure.
 uv run --frozen kubernetes-validate --strict --quiet -k "$kube_version" "$out"/*.yaml

@@ -43,8 +43,7 @@ def load_migrations() -> list[Migration]:
             raise MigrationError(f"bad migration file name {entry.name!r}")
         found.append(Migration(int(m.group(1)), m.group(2), entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
-    # Versions are unique but may leave gaps: work on separate parts of the schema reserves
-    # ranges of numbers (0003-0009, 0010-...), and each pending version is applied in order.
+    # Versions are unique but may leave gaps; each pending version is applied in order.
     for before, after in itertools.pairwise(found):
         if before.version == after.version:
             raise MigrationError(
