@@ -55,3 +55,32 @@ async def test_a_far_future_timestamp_is_dead_lettered_not_stored(broker, db):
         assert [row[0] for row in await cur.fetchall()] == [s for s in range(20) if s not in (5, 9)]
         await cur.execute("SELECT max(last_seen) < now() + interval '1 day' FROM gpus")
         assert (await cur.fetchone())[0] is True
+
+
+async def test_the_collector_s_future_skew_is_its_setting(broker, db):
+    samples = read_samples(CSV_PATH)[:2]
+    stream = orjson.dumps("skew")
+    two_days = time.time_ns() // 1000 + 2 * 86_400_000_000
+    records = [
+        (s.gpu.uuid, WireTemplate(s).encode(stream, i, two_days)) for i, s in enumerate(samples)
+    ]
+    async with BrokerClient(broker.url) as mq:
+        await mq.create_topic(TOPIC, partitions=1)
+        await mq.publish(TOPIC, records)
+        consumer = Consumer(
+            broker=mq,
+            pool=db,
+            metrics=CollectorMetrics.create(CollectorRegistry()),
+            topic=TOPIC,
+            group="collectors",
+            batch_size=100,
+            max_wait=0.5,
+            ack_wait=30.0,
+            max_future_skew=3 * 86_400.0,  # COLLECTOR_MAX_FUTURE_SKEW=259200
+        )
+        batch = await mq.fetch(TOPIC, "collectors", max_records=100, max_wait=5.0)
+        assert batch is not None
+        assert await consumer.handle(batch)
+    async with db.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT count(*) FROM telemetry")
+        assert (await cur.fetchone())[0] == 2

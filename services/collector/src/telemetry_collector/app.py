@@ -69,6 +69,7 @@ def create_app(settings: Settings) -> Quart:
                     max_wait=settings.max_wait,
                     ack_wait=settings.ack_wait,
                     max_backoff=settings.max_backoff,
+                    max_future_skew=settings.max_future_skew or None,
                 )
                 state["consumer"] = consumer
                 app.add_background_task(

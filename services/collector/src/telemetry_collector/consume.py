@@ -84,6 +84,7 @@ class Consumer:
         ack_wait: float,
         probe_timeout: float = 5.0,
         max_backoff: float = 5.0,
+        max_future_skew: float | None = 86_400.0,
     ) -> None:
         self._broker = broker
         self._pool = pool
@@ -95,6 +96,7 @@ class Consumer:
         self._ack_wait = ack_wait
         self._probe_timeout = probe_timeout
         self._max_backoff = max_backoff
+        self._max_future_skew = max_future_skew
         self._registry = Registry()
         # Set while the workers may fetch; cleared by a transient fault until the database is back.
         self._available = asyncio.Event()
@@ -177,7 +179,7 @@ class Consumer:
             reasons: list[str] = []
             for record in batch.records:
                 try:
-                    point = decode(record.value)
+                    point = decode(record.value, max_future_skew=self._max_future_skew)
                 except DecodeError as e:
                     invalid.append(record.offset)
                     reasons.append(f"offset {record.offset}: {e}")

@@ -32,3 +32,9 @@ class Settings(ServiceSettings):
     max_backoff: float = Field(
         5.0, gt=0, description="Longest wait between probes of an unavailable database (s)."
     )
+    max_future_skew: float = Field(
+        86_400.0,
+        ge=0,
+        description="A datapoint stamped further than this into the future (s) is refused and"
+        " dead-lettered (0: only the year-9999 ceiling).",
+    )
