@@ -130,9 +130,15 @@ async def test_every_service_is_up_and_ready(observed: Observed):
         return up if up == expected else None
 
     await wait_for(all_up, timeout=30, what=f"targets up: {expected}")
-    for service in ("broker", "streamer", "collector", "api"):
-        ready = await observed.query(f"telemetry_{service}_ready")
-        assert ready and all(r["value"][1] == "1" for r in ready), (service, ready)
+
+    async def all_ready() -> bool:
+        # One series per process, each 1: the readiness check passed at the last scrape.
+        ready = await observed.query('{__name__=~"telemetry_.+_ready"} == 1')
+        return sorted(r["metric"]["job"] for r in ready) == sorted(
+            job for job, n in expected.items() for _ in range(n)
+        )
+
+    await wait_for(all_ready, timeout=30, what="telemetry_<service>_ready == 1 everywhere")
     # Process metrics (the dashboard's CPU and memory panels) from every service.
     cpu = {r["metric"]["job"] for r in await observed.query("process_cpu_seconds_total")}
     rss = {r["metric"]["job"] for r in await observed.query("process_resident_memory_bytes")}
