@@ -493,6 +493,59 @@ def pipeline() -> dash.Dashboard:
         )
     )
 
+    d = (
+        d.with_row(row("Database"))
+        .with_panel(
+            graph(
+                "Collectors reaching the database",
+                "short",
+                refs(
+                    prom(
+                        f"sum by (topic) (telemetry_collector_database_up{{{TOPIC}}})",
+                        "fetching {{topic}}",
+                    ),
+                    prom(
+                        f"count by (topic) (telemetry_collector_database_up{{{TOPIC}}})",
+                        "collectors {{topic}}",
+                    ),
+                ),
+                description=(
+                    "Collectors whose workers fetch (the others wait for the database), out of"
+                    " all collectors."
+                ),
+            )
+        )
+        .with_panel(
+            graph(
+                "Database faults",
+                "ops",
+                refs(
+                    prom(
+                        f"sum by (topic) ({r('telemetry_collector_database_pauses_total')})",
+                        "collector pauses {{topic}}",
+                    ),
+                    prom(
+                        f"sum by (topic) ({r('telemetry_collector_datapoints_released_total')})",
+                        "datapoints released {{topic}}",
+                    ),
+                    prom(
+                        f"sum({r('telemetry_api_db_pool_exhausted_total', labels=NS)})",
+                        "API 503 DATABASE_BUSY",
+                    ),
+                    prom(
+                        f"sum({r('telemetry_api_db_query_timeouts_total', labels=NS)})",
+                        "API 503 QUERY_TIMEOUT",
+                    ),
+                ),
+                description=(
+                    "Collector pauses for the database and the records they handed back"
+                    " (redelivered later, no delivery spent); API requests refused for a busy"
+                    " pool or a query past its timeout."
+                ),
+            )
+        )
+    )
+
     def p99(metric: str, by: str, labels: str = NS) -> str:
         return (
             f"histogram_quantile(0.99, sum by ({by}, le) ({r(metric + '_bucket', labels=labels)}))"

@@ -176,6 +176,15 @@ async def test_throughput_and_lag_series_carry_the_labels_the_dashboards_use(obs
     assert len(partitions) == 16 and {s["topic"] for s in lag} == {"telemetry"}
     outcomes = {s["outcome"] for s in await observed.series("telemetry_collector_batches_total")}
     assert "stored" in outcomes
+
+    # The collectors' database gauge (TelemetryDatabaseUnreachable): 1 per collector once migrated.
+    async def reaching() -> bool:
+        up = await observed.query("telemetry_collector_database_up == 1")
+        return sorted((u["metric"]["topic"], u["metric"]["instance"]) for u in up) == sorted(
+            ("telemetry", f"127.0.0.1:{c.port}") for c in observed.stack.collectors
+        )
+
+    await wait_for(reaching, timeout=30, what="telemetry_collector_database_up == 1")
     dead = await observed.series("telemetry_broker_dead_letter_records")
     assert {s["topic"] for s in dead} == {"telemetry"}
     routes = {s["route"] for s in await observed.series("telemetry_broker_http_requests_total")}
@@ -235,6 +244,8 @@ MUST_SHOW_DATA = {
     "Broker backlog / B",
     "Consumer lag per partition and group / A",
     "In-flight records per group / A",
+    "Collectors reaching the database / A",
+    "Collectors reaching the database / B",
     "Publish and store / A",
     "Publish and store / B",
     "Publish and store / C",
