@@ -203,3 +203,21 @@ async def test_wait_or_stop():
     assert await wait_or_stop(stop, 0.01) is False
     stop.set()
     assert await wait_or_stop(stop, 60) is True  # returns at once when stopped
+
+
+def test_listen_on_port_0_and_report_it(tmp_path):
+    import socket
+
+    from telemetry_kit.serve import listen, write_port_file
+
+    sock = listen("127.0.0.1", 0, backlog=4)
+    with sock:
+        port = sock.getsockname()[1]
+        assert port > 0
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # listening from the bind on: the connection waits in the backlog
+        with pytest.raises(OSError, match="in use"):  # the port is ours, not merely free
+            listen("127.0.0.1", port, backlog=4)
+        write_port_file(tmp_path / "port", port)
+    assert (tmp_path / "port").read_text() == f"{port}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["port"]  # no temporary file left

@@ -39,22 +39,23 @@ async def test_workers_store_what_is_published(broker, db, fresh_database_url):
 
 
 async def test_unreachable_broker_is_not_ready(db, fresh_database_url):
-    from telemetry_devstack import free_port
+    from telemetry_devstack import refused_port
 
-    settings = Settings(
-        database_url=fresh_database_url,
-        broker_url=f"http://127.0.0.1:{free_port()}",
-        topic="t",
-        workers=1,
-    )
-    app = create_app(settings)
-    async with app.test_app():
-        client = app.test_client()
+    with refused_port() as port:
+        settings = Settings(
+            database_url=fresh_database_url,
+            broker_url=f"http://127.0.0.1:{port}",
+            topic="t",
+            workers=1,
+        )
+        app = create_app(settings)
+        async with app.test_app():
+            client = app.test_client()
 
-        async def not_ready_reason() -> str | None:
-            r = await client.get("/readyz")
-            body = await r.get_json()
-            return body.get("detail") if r.status_code == 503 else None
+            async def not_ready_reason() -> str | None:
+                r = await client.get("/readyz")
+                body = await r.get_json()
+                return body.get("detail") if r.status_code == 503 else None
 
-        reason = await wait_for(not_ready_reason, timeout=10, what="a not-ready answer")
-        assert reason == "broker unreachable"
+            reason = await wait_for(not_ready_reason, timeout=10, what="a not-ready answer")
+            assert reason == "broker unreachable"

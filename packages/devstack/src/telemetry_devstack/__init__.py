@@ -1,7 +1,7 @@
 """telemetry-devstack: run the whole pipeline on one machine (embedded PostgreSQL + services)."""
 
 from .postgres import create_database, drop_database, embedded_server, with_database
-from .procs import ServiceProcess, die_with_parent, free_port, print_sink, process_alive
+from .procs import ServiceProcess, die_with_parent, print_sink, process_alive, refused_port
 from .stack import Stack, StackConfig
 
 __all__ = [
@@ -12,8 +12,8 @@ __all__ = [
     "die_with_parent",
     "drop_database",
     "embedded_server",
-    "free_port",
     "print_sink",
     "process_alive",
+    "refused_port",
     "with_database",
 ]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import logging.config
+import os
 import signal
+import socket
 from collections.abc import Callable
+from pathlib import Path
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -53,8 +56,40 @@ def hypercorn_config(settings: ServiceSettings) -> Config:
     return config
 
 
+def listen(host: str, port: int, backlog: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: the kernel picks a free one), listening.
+
+    Binding here rather than in Hypercorn tells us the port before Hypercorn takes the socket
+    over, and the port is ours from the bind on: a parent that asks for port 0 never races
+    another process for it. The options are the ones Hypercorn sets on a socket it binds.
+    """
+    host = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """Write ``port`` to ``path`` atomically: a reader sees no file or the whole number."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(path)
+
+
 async def serve_until_stopped(app: Quart, settings: ServiceSettings) -> None:
-    """Serve ``app`` until SIGTERM/SIGINT, then drain requests and run the app's shutdown."""
+    """Serve ``app`` until SIGTERM/SIGINT, then drain requests and run the app's shutdown.
+
+    The socket is bound and listening before the app starts up; its port goes to
+    ``settings.port_file`` when one is set (connections wait in the backlog until Hypercorn
+    accepts them, and ``/readyz`` says when the app can work).
+    """
     stop = asyncio.Event()
     drain = draining(app)
 
@@ -67,6 +102,12 @@ async def serve_until_stopped(app: Quart, settings: ServiceSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     config = hypercorn_config(settings)
+    sock = listen(settings.host, settings.port, config.backlog)
+    port = int(sock.getsockname()[1])
+    config.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns (and closes) the socket now
+    log.info("listening on %s:%d", settings.host, port)
+    if settings.port_file is not None:
+        write_port_file(settings.port_file, port)
     await serve(app, config, shutdown_trigger=stop.wait)
     log.info("stopped")
 
