@@ -34,3 +34,33 @@ async def scrape(url: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+async def until(
+    condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.005
+) -> Any:
+    """Like ``wait_for`` for a cheap in-process condition: checked every few milliseconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (last := condition()):
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(interval)  # poll interval of a deadline-bounded condition
+    return last
+
+
+def waiting_on(event: asyncio.Event) -> list[asyncio.Task[Any]]:
+    """The tasks of this loop suspended in ``event.wait()``, found through their await chains.
+
+    How a test knows a long-poll reached its wait point (so a wake-up it triggers next is the
+    one that must end the wait), and that the wait is gone again once the poll was cancelled.
+    """
+    found = []
+    for task in asyncio.all_tasks():
+        coro: Any = task.get_coro()
+        while hasattr(inner := getattr(coro, "cr_await", None), "cr_code"):
+            coro = inner  # down to the innermost coroutine (it awaits a plain future)
+        code = getattr(coro, "cr_code", None)
+        if code is asyncio.Event.wait.__code__ and coro.cr_frame.f_locals.get("self") is event:
+            found.append(task)
+    return found
