@@ -513,3 +513,23 @@ async def test_oversized_value_is_refused(open_broker: OpenBroker) -> None:
     with pytest.raises(ProtocolError):
         await b.publish("t", [("k", b"1" * 101)])
     assert b.topic_stats("t").records == 0
+
+
+def test_mark_done_commits_only_a_contiguous_run_from_the_committed_offset() -> None:
+    from telemetry_mq.groups import Cursor
+
+    cur = Cursor(committed=0, next=10)
+    cur.mark_done([0, 2])  # starts at committed, but 1 is not done: not the fast path
+    assert (cur.committed, cur.done) == (1, {2})
+    cur.mark_done([4, 5])  # a gap before it: nothing moves
+    assert (cur.committed, cur.done) == (1, {2, 4, 5})
+    cur.mark_done([1])  # fills the gap: committed runs on over every done offset
+    assert (cur.committed, cur.done) == (3, {4, 5})
+    cur.mark_done([3])  # contiguous from committed, with done offsets past it still to join
+    assert (cur.committed, cur.done) == (6, set())
+    cur.mark_done([6, 7, 8])  # the common case: the oldest batch acked in full
+    assert (cur.committed, cur.done) == (9, set())
+    cur.mark_done([11, 10])  # as many offsets as the run needs, but 9 is not among them
+    assert (cur.committed, cur.done) == (9, {10, 11})
+    cur.mark_done([9])
+    assert (cur.committed, cur.done) == (12, set())
