@@ -1,7 +1,14 @@
 """telemetry-devstack: run the whole pipeline on one machine (embedded PostgreSQL + services)."""
 
 from .postgres import create_database, drop_database, embedded_server, with_database
-from .procs import ServiceProcess, die_with_parent, print_sink, process_alive, refused_port
+from .procs import (
+    ServiceProcess,
+    die_with_parent,
+    free_port,
+    print_sink,
+    process_alive,
+    refused_port,
+)
 from .stack import Stack, StackConfig
 
 __all__ = [
@@ -12,6 +19,7 @@ __all__ = [
     "die_with_parent",
     "drop_database",
     "embedded_server",
+    "free_port",
     "print_sink",
     "process_alive",
     "refused_port",

@@ -44,6 +44,19 @@ def process_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (another process may take it before you bind it).
+
+    Only for a process that must come back on the same port across restarts while its clients
+    keep the URL (the broker checker restarts the broker so); even then, prefer to start it
+    once with ``ServiceProcess(prefix=..., port=0)`` and reuse the port it reports. Nothing in
+    the tests uses it.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 @contextlib.contextmanager
 def refused_port(host: str = "127.0.0.1") -> Iterator[int]:
     """A port that refuses connections while the block runs (bound by us, never listening).
