@@ -1298,6 +1298,7 @@ def render(
         *([*skipped, ""] if skipped else []),
         f"- Date: {started:%Y-%m-%d %H:%M %Z} (run took {elapsed / 60:.1f} min)",
         f"- Command: `{cmd}`",
+        *([f"- Conditions: {args.note}"] if args.note else []),
         f"- Machine: {env['nproc']} CPUs ({env['cpu']}), {env['ram']} RAM, kernel"
         f" {env['kernel']}; disk: {env['disk']}; load average before the run: {env['load']}"
         f" (after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])})",
@@ -1457,6 +1458,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " with --force",
     )
     p.add_argument("--force", action="store_true", help="write the section even if incomplete")
+    p.add_argument("--note", help="a line on the run's conditions for the report (e.g. the load)")
     p.add_argument("--no-write", action="store_true", help="print only, do not update --output")
     p.add_argument("--quick", action="store_true", help="tiny smoke run; does not write docs")
     args = p.parse_args(argv)
@@ -1606,8 +1608,8 @@ def size_run(
         for s in systems:
             if s != REDIS_ALWAYS:
                 fixed += ovh[s] + max(args.paced_seconds, n / rate(s, 100))
-    if args.backlog and OURS in systems:
-        fixed += ovh[OURS] + args.backlog / rate(OURS, 100)
+    if args.backlog and OURS in systems:  # publishing alone at batch 1,000: about 2-3x faster
+        fixed += ovh[OURS] + args.backlog / (2 * rate(OURS, 100))
     room = BUDGET_SHARE * left
     scale = 1.0 if fixed + var <= room or var <= 0 else max(MIN_SCALE, (room - fixed) / var)
     if scale < 1:
