@@ -1488,8 +1488,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 CAL_RECORDS: Final = {1: 500, 100: 20_000}
 """Records of the calibration runs per batch size: a few seconds per system."""
-ROUNDS_SIZED_FOR: Final = 3
-"""The sizes leave room for this many runs of each batch-100/1000 case (a median of three)."""
+ROUNDS_SIZED_FOR: Final = 2
+"""The sizes leave room for this many runs of each batch-100/1000 case; more rounds run while
+the budget has room (on a slow machine, larger cases beat more of them: short runs are mostly
+start-up)."""
 BUDGET_SHARE: Final = 0.85
 """Of the budget left after calibrating, the share the estimate may fill (estimates are rough)."""
 MIN_SCALE: Final = 0.05

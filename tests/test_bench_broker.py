@@ -40,9 +40,10 @@ def calibration(bench: ModuleType, slower: float, overhead: float = 3.0):
     return cal
 
 
-def test_the_tuned_machine_keeps_the_default_sizes(bench: ModuleType) -> None:
+@pytest.mark.parametrize("slower", [1.0, 2.0])
+def test_the_tuned_machine_keeps_the_default_sizes(bench: ModuleType, slower: float) -> None:
     args = bench.parse_args([])
-    sizing = bench.size_run(args, calibration(bench, 1.0), list(TUNED), left=510.0)
+    sizing = bench.size_run(args, calibration(bench, slower), list(TUNED), left=510.0)
     assert (sizing.scale, sizing.records, sizing.batch1_records, sizing.rate) == (
         1.0,
         200_000,
@@ -52,14 +53,14 @@ def test_the_tuned_machine_keeps_the_default_sizes(bench: ModuleType) -> None:
     assert sizing.notes == []
 
 
-@pytest.mark.parametrize("slower", [2.0, 3.0])
+@pytest.mark.parametrize("slower", [2.5, 3.0])
 def test_a_slower_machine_gets_smaller_cases_that_fit_the_budget(
     bench: ModuleType, slower: float
 ) -> None:
     args = bench.parse_args([])
     sizing = bench.size_run(args, calibration(bench, slower), list(TUNED), left=480.0)
     assert 0 < sizing.scale < 1
-    assert bench.MIN_RECORDS <= sizing.records < 200_000
+    assert 50_000 <= sizing.records < 200_000  # still long enough to be more than start-up
     assert sizing.estimate <= bench.BUDGET_SHARE * 480.0
     if slower >= 3:  # telemetry-broker's 21,000/s cannot pace 20,000/s without saturating
         assert sizing.rate < 20_000 and any("paced runs go at" in n for n in sizing.notes)
