@@ -49,18 +49,26 @@ async def until(
     return last
 
 
-def waiting_on(event: asyncio.Event) -> list[asyncio.Task[Any]]:
-    """The tasks of this loop suspended in ``event.wait()``, found through their await chains.
+def parked_fetches(topic: str) -> list[asyncio.Task[Any]]:
+    """The tasks of this loop whose broker fetch of ``topic`` waits for records.
 
-    How a test knows a long-poll reached its wait point (so a wake-up it triggers next is the
-    one that must end the wait), and that the wait is gone again once the poll was cancelled.
+    Found through each task's await chain: a ``fetch``/``fetch_many`` of the broker core whose
+    innermost coroutine is a ``wait`` (the wake-up it sleeps on), not a commit on its way there.
+    How a test knows a long-poll reached its wait point, so that what it does next (publish,
+    drain, close) is what must end the wait; and that the wait is gone once it was cancelled.
     """
     found = []
     for task in asyncio.all_tasks():
-        coro: Any = task.get_coro()
-        while hasattr(inner := getattr(coro, "cr_await", None), "cr_code"):
-            coro = inner  # down to the innermost coroutine (it awaits a plain future)
-        code = getattr(coro, "cr_code", None)
-        if code is asyncio.Event.wait.__code__ and coro.cr_frame.f_locals.get("self") is event:
+        chain: list[Any] = [task.get_coro()]
+        while hasattr(inner := getattr(chain[-1], "cr_await", None), "cr_code"):
+            chain.append(inner)  # down to the innermost coroutine (it awaits a plain future)
+        fetching = any(
+            c.cr_code.co_name in ("fetch", "fetch_many")
+            and "telemetry_mq" in c.cr_code.co_filename
+            and c.cr_frame.f_locals.get("topic") == topic
+            for c in chain
+            if getattr(c, "cr_frame", None) is not None
+        )
+        if fetching and chain[-1].cr_code.co_name == "wait":
             found.append(task)
     return found

@@ -18,7 +18,7 @@ from telemetry_mq import (
     TopicNotFoundError,
 )
 
-from tests.helpers import until, waiting_on
+from tests.helpers import parked_fetches, until
 
 from ..conftest import Clock, OpenBroker
 
@@ -43,10 +43,9 @@ def crash_copy(tmp_path: Path, name: str) -> Path:
     return snapshot
 
 
-async def parked(b: Broker, topic: str) -> None:
-    """Return once a fetch of ``topic`` waits at its wait point (the topic's ``changed``)."""
-    changed = b.topic(topic).changed
-    await until(lambda: waiting_on(changed), timeout=10, what="a fetch waiting for records")
+async def parked(topic: str) -> None:
+    """Return once a fetch of ``topic`` waits for records at its wait point."""
+    await until(lambda: parked_fetches(topic), timeout=10, what="a fetch waiting for records")
 
 
 async def one_partition(open_broker: OpenBroker, n: int = 5, **config: object) -> Broker:
@@ -324,7 +323,7 @@ async def test_an_ack_is_durable_when_it_returns(
 async def test_drain_ends_long_polls_and_stops_leasing(open_broker: OpenBroker) -> None:
     b = await one_partition(open_broker, 0)
     waiting = asyncio.create_task(b.fetch("t", "g", max_wait=30))
-    await parked(b, "t")
+    await parked("t")
     b.drain()
     assert await asyncio.wait_for(waiting, 5) is None
     await b.publish("t", [("k", value(1))])  # publishing still works
@@ -473,7 +472,7 @@ async def test_the_backlog_bound_is_inclusive(open_broker: OpenBroker) -> None:
 async def test_long_poll_wakes_up_on_publish(open_broker: OpenBroker) -> None:
     b = await one_partition(open_broker, 0)
     waiting = asyncio.create_task(b.fetch("t", "g", max_wait=30))
-    await parked(b, "t")  # the publish must wake it, not be there before it looks
+    await parked("t")  # the publish must wake it, not be there before it looks
     await b.publish("t", [("k", value(7))])
     batch = await asyncio.wait_for(waiting, 5)
     assert ids(batch) == [7]
@@ -482,7 +481,7 @@ async def test_long_poll_wakes_up_on_publish(open_broker: OpenBroker) -> None:
 async def test_long_poll_ends_empty_when_the_broker_closes(open_broker: OpenBroker) -> None:
     b = await one_partition(open_broker, 0)
     waiting = asyncio.create_task(b.fetch("t", "g", max_wait=30))
-    await parked(b, "t")
+    await parked("t")
     await b.close()
     assert await asyncio.wait_for(waiting, 5) is None
 

@@ -18,7 +18,7 @@ from telemetry_broker import BrokerSettings, create_app
 from telemetry_broker.fastpath import FastPath
 from telemetry_mq.protocol import NDJSON, decode_batch_ndjson, decode_batches_ndjson
 
-from tests.helpers import until, waiting_on
+from tests.helpers import parked_fetches, until
 
 TOPIC = "/v1/topics/telemetry"
 FETCH = f"{TOPIC}/groups/collectors/fetch"
@@ -396,14 +396,13 @@ async def test_a_long_poll_is_cancelled_when_the_client_goes_away(tmp_path: Path
     app = create_app(settings(tmp_path, max_fetch_wait=60.0))
     async with app.test_app() as test_app:
         client = test_app.test_client()
-        changed = app.extensions["telemetry_broker"].broker.topic("telemetry").changed
         async with client.request(FETCH, method="POST") as connection:
             await connection.send(orjson.dumps({"max_wait": 60}))
             await connection.send_complete()
-            await until(lambda: waiting_on(changed), timeout=10, what="the fetch's long-poll")
+            await until(lambda: parked_fetches("telemetry"), timeout=10, what="the long-poll")
             await connection.disconnect()
             # Cancelled when the client left, long before its 60 s are up.
-            await until(lambda: not waiting_on(changed), timeout=10, what="the cancellation")
+            await until(lambda: not parked_fetches("telemetry"), timeout=10, what="its end")
         await publish(client, 1)  # had the fetch still been waiting, it would lease this record
         stats = await (await client.get(f"{TOPIC}/groups/collectors/")).get_json()
         assert (stats["lag"], stats["in_flight"]) == (1, 0)
