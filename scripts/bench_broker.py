@@ -1135,7 +1135,7 @@ def table(results: list[Result]) -> str:
         other = ref(system, r.case)
         if r.case.rate or not r.ok or other is None or not other.ok:
             return "-"
-        return f"{r.rps / other.rps:.2f}x"
+        return f"{math.floor(r.rps / other.rps * 100) / 100:.2f}x"  # as the targets show it
 
     lines = [
         "| system | config | batch | records | records/s | runs (records/s) | p50 ms | p99 ms "
