@@ -15,7 +15,6 @@ from telemetry_devstack import (
     create_database,
     drop_database,
     embedded_server,
-    free_port,
 )
 from telemetry_store import create_pool, migrate
 
@@ -71,15 +70,13 @@ async def db(fresh_database_url: str) -> AsyncIterator[aiopg.Pool]:
 
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[ServiceProcess]:
-    """A real broker process on a free loopback port, with its data in ``tmp_path``."""
-    port = free_port()
+    """A real broker process on a loopback port it binds itself, with its data in ``tmp_path``."""
     proc = ServiceProcess(
         "broker",
         "telemetry_broker",
-        port=port,
+        prefix="BROKER",
         env={
             "BROKER_HOST": "127.0.0.1",
-            "BROKER_PORT": str(port),
             "BROKER_DATA_DIR": str(tmp_path / "broker"),
             "BROKER_LOG_FORMAT": "json",
         },

@@ -23,6 +23,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -142,31 +143,30 @@ def explain_window(dsn: str, uuid: str, start: datetime) -> str:
 # --- the served API and the load -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_api(dsn: str, port: int, clients: int) -> subprocess.Popen[bytes]:
+def start_api(dsn: str, clients: int, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The API on a free port it binds itself (API_PORT=0, reported in API_PORT_FILE)."""
+    port_file = workdir / "api.port"
     env = {
         **os.environ,
         "API_DATABASE_URL": dsn,
         "API_HOST": "127.0.0.1",
-        "API_PORT": str(port),
+        "API_PORT": "0",
+        "API_PORT_FILE": str(port_file),
         "API_POOL_MAX_SIZE": str(clients),
         "API_POOL_MIN_SIZE": str(clients),
         "API_LOG_LEVEL": "WARNING",
         "API_LOG_FORMAT": "text",
     }
+    port_file.unlink(missing_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "telemetry_api"], env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
+            port = int(port_file.read_text())
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
                 if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return proc
+                    return proc, port
         except OSError:
             pass
         if proc.poll() is not None:
@@ -496,8 +496,8 @@ def main() -> int:
         postmaster = local_postmaster(dsn)
         load_before = os.getloadavg()
         plan = explain_window(dsn, uuids[0], T0 + timedelta(hours=5))
-        port = free_port()
-        api = start_api(dsn, port, args.clients)
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-api-")))
+        api, port = start_api(dsn, args.clients, workdir)
         try:
             results = []
             cases = [(name, make, args.clients) for name, make in scenarios(uuids, ticks).items()]

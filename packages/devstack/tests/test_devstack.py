@@ -17,6 +17,7 @@ from telemetry_devstack import (
     drop_database,
     free_port,
     process_alive,
+    refused_port,
     scrape_config,
     with_database,
 )
@@ -47,10 +48,11 @@ def test_with_database_swaps_only_the_name():
 
 
 async def test_a_process_that_exits_is_reported_with_its_output():
-    proc = ServiceProcess("zen", "this", port=free_port(), env={}, sink=None)
-    await proc.start()
-    with pytest.raises(RuntimeError, match="zen exited with 0"):
-        await proc.wait_ready(timeout=10)
+    with refused_port() as port:
+        proc = ServiceProcess("zen", "this", port=port, env={}, sink=None)
+        await proc.start()
+        with pytest.raises(RuntimeError, match="zen exited with 0"):
+            await proc.wait_ready(timeout=10)
     assert any("Beautiful is better than ugly" in line for line in proc.lines)
     assert await proc.stop() == 0
 
@@ -58,14 +60,59 @@ async def test_a_process_that_exits_is_reported_with_its_output():
 async def test_a_process_that_never_gets_ready_times_out_and_is_stopped():
     # It serves on a port of its own choosing, so nothing ever answers on ``port``.
     args = ["0", "--bind", "127.0.0.1"]
-    proc = ServiceProcess("idle", "http.server", port=free_port(), env={}, args=args, sink=None)
-    await proc.start()
-    try:
-        with pytest.raises(TimeoutError, match="not ready"):
-            await proc.wait_ready(timeout=1.5)
-    finally:
-        code = await proc.stop(timeout=5)
+    with refused_port() as port:
+        proc = ServiceProcess("idle", "http.server", port=port, env={}, args=args, sink=None)
+        await proc.start()
+        try:
+            with pytest.raises(TimeoutError, match="not ready"):
+                await proc.wait_ready(timeout=1.5)
+        finally:
+            code = await proc.stop(timeout=5)
     assert code == -15  # stopped by our SIGTERM
+
+
+async def test_a_service_binds_a_free_port_itself_and_reports_it(tmp_path):
+    # Two at once on port 0: each gets its own port, known before it is ready.
+    procs = [
+        ServiceProcess(
+            f"broker-{i}",
+            "telemetry_broker",
+            prefix="BROKER",
+            env={"BROKER_DATA_DIR": str(tmp_path / str(i)), "BROKER_LOG_FORMAT": "json"},
+            sink=None,
+        )
+        for i in range(2)
+    ]
+    with pytest.raises(RuntimeError, match="not known yet"):
+        _ = procs[0].url
+    try:
+        for p in procs:
+            await p.start()
+        ports = [await p.wait_port(30) for p in procs]
+        assert all(ports) and ports[0] != ports[1]
+        for p in procs:
+            await p.wait_ready(30)  # answers on the reported port
+        assert procs[0].url == f"http://127.0.0.1:{ports[0]}"
+    finally:
+        codes = [await p.stop() for p in procs]
+    assert codes == [0, 0]
+
+
+async def test_a_service_that_dies_before_it_binds_is_reported(tmp_path):
+    # A port that is taken: the bind fails, and the parent hears of the exit, not a timeout.
+    with refused_port() as taken:
+        proc = ServiceProcess(
+            "broker",
+            "telemetry_broker",
+            prefix="BROKER",
+            port=taken,
+            env={"BROKER_DATA_DIR": str(tmp_path), "BROKER_LOG_FORMAT": "json"},
+            sink=None,
+        )
+        await proc.start()
+        with pytest.raises(RuntimeError, match="broker exited with 1"):
+            await proc.wait_port(30)
+    assert any("Address already in use" in line for line in proc.lines)
 
 
 def test_cli_bounds():
@@ -78,7 +125,7 @@ def test_cli_bounds():
 async def test_a_service_has_its_own_process_group():
     """A terminal's Ctrl-C (SIGINT to the foreground group) reaches only the parent."""
     args = ["0", "--bind", "127.0.0.1"]
-    proc = ServiceProcess("idle", "http.server", port=free_port(), env={}, args=args, sink=None)
+    proc = ServiceProcess("idle", "http.server", env={}, args=args, sink=None)
     await proc.start()
     try:
         assert os.getpgid(proc.pid) == proc.pid != os.getpgid(0)
@@ -88,12 +135,12 @@ async def test_a_service_has_its_own_process_group():
 
 _PARENT = """
 import asyncio, sys
-from telemetry_devstack import ServiceProcess, free_port
+from telemetry_devstack import ServiceProcess
 
 async def main():
     # Silent for a minute: it must not die of writing to its dead parent's pipe instead.
     args = ["-n", "1", "-r", "1", "import time; time.sleep(60)"]
-    proc = ServiceProcess("sleeper", "timeit", port=free_port(), env={}, args=args, sink=None)
+    proc = ServiceProcess("sleeper", "timeit", env={}, args=args, sink=None)
     await proc.start()
     print(proc.pid, flush=True)
     await asyncio.sleep(60)

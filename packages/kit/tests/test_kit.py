@@ -241,7 +241,7 @@ async def test_wait_or_stop():
     assert await wait_or_stop(stop, 60) is True  # returns at once when stopped
 
 
-def test_stop_ends_serving_with_its_exit_code_after_a_short_grace():
+def test_stop_ends_serving_with_its_exit_code_after_a_short_grace(tmp_path):
     """A fatal error stops the service like SIGTERM does, but exits non-zero, and a request
     still open gets the short grace, not the whole graceful timeout.
 
@@ -250,7 +250,6 @@ def test_stop_ends_serving_with_its_exit_code_after_a_short_grace():
     """
     import asyncio
     import contextlib
-    import socket
 
     import aiohttp
     from telemetry_kit import exit_code, serve_until_stopped, stop
@@ -275,12 +274,13 @@ def test_stop_ends_serving_with_its_exit_code_after_a_short_grace():
 
     async def scenario() -> int:
         app.extensions["slow_started"] = slow_started = asyncio.Event()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        settings = ServiceSettings(port=port, graceful_timeout=600)
+        port_file = tmp_path / "port"
+        settings = ServiceSettings(port=0, port_file=port_file, graceful_timeout=600)
         serving = asyncio.create_task(serve_until_stopped(app, settings))
-        url = f"http://127.0.0.1:{port}"
+        async with asyncio.timeout(30):
+            while not port_file.exists():
+                await asyncio.sleep(0.02)  # polling a condition with a deadline
+        url = f"http://127.0.0.1:{int(port_file.read_text())}"
         async with aiohttp.ClientSession() as session:
             async with asyncio.timeout(30):
                 while True:
@@ -307,3 +307,21 @@ def test_stop_ends_serving_with_its_exit_code_after_a_short_grace():
 
     assert asyncio.run(scenario(), loop_factory=factory) == 3
     assert exit_code(app) == 3
+
+
+def test_listen_on_port_0_and_report_it(tmp_path):
+    import socket
+
+    from telemetry_kit.serve import listen, write_port_file
+
+    sock = listen("127.0.0.1", 0, backlog=4)
+    with sock:
+        port = sock.getsockname()[1]
+        assert port > 0
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # listening from the bind on: the connection waits in the backlog
+        with pytest.raises(OSError, match="in use"):  # the port is ours, not merely free
+            listen("127.0.0.1", port, backlog=4)
+        write_port_file(tmp_path / "port", port)
+    assert (tmp_path / "port").read_text() == f"{port}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["port"]  # no temporary file left

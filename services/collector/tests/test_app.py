@@ -39,22 +39,23 @@ async def test_workers_store_what_is_published(broker, db, fresh_database_url):
 
 
 async def test_unreachable_broker_is_not_ready(db, fresh_database_url):
-    from telemetry_devstack import free_port
+    from telemetry_devstack import refused_port
 
-    settings = Settings(
-        database_url=fresh_database_url,
-        broker_url=f"http://127.0.0.1:{free_port()}",
-        topic="t",
-        workers=1,
-    )
-    app = create_app(settings)
-    async with app.test_app():
-        client = app.test_client()
+    with refused_port() as port:
+        settings = Settings(
+            database_url=fresh_database_url,
+            broker_url=f"http://127.0.0.1:{port}",
+            topic="t",
+            workers=1,
+        )
+        app = create_app(settings)
+        async with app.test_app():
+            client = app.test_client()
 
-        async def broker_reason() -> bool:
-            # "starting" and "not migrated yet" come first; then the broker is the reason.
-            r = await client.get("/readyz")
-            body = await r.get_json()
-            return r.status_code == 503 and body.get("detail") == "broker unreachable"
+            async def broker_reason() -> bool:
+                # "starting" and "not migrated yet" come first; then the broker is the reason.
+                r = await client.get("/readyz")
+                body = await r.get_json()
+                return r.status_code == 503 and body.get("detail") == "broker unreachable"
 
-        await wait_for(broker_reason, timeout=10, what="not ready: broker unreachable")
+            await wait_for(broker_reason, timeout=10, what="not ready: broker unreachable")

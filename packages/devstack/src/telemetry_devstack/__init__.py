@@ -8,7 +8,14 @@ from .postgres import (
     stop_server,
     with_database,
 )
-from .procs import ServiceProcess, die_with_parent, free_port, print_sink, process_alive
+from .procs import (
+    ServiceProcess,
+    die_with_parent,
+    free_port,
+    print_sink,
+    process_alive,
+    refused_port,
+)
 from .prometheus import Prometheus, find_prometheus, scrape_config
 from .stack import Stack, StackConfig
 
@@ -25,8 +32,9 @@ __all__ = [
     "free_port",
     "print_sink",
     "process_alive",
+    "refused_port",
+    "scrape_config",
     "start_server",
     "stop_server",
-    "scrape_config",
     "with_database",
 ]
