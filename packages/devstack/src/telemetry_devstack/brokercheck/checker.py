@@ -510,10 +510,15 @@ class Checker:
     ) -> dict[str, set[Pos]]:
         """Every dead letter is deserved and names its origin; returns positions per group."""
         dead_for: dict[str, set[Pos]] = defaultdict(set)
-        info_fetches: dict[str, list[Op]] = defaultdict(list)
+        # Per group, the start and end times of the fetches whose answers were never seen.
+        unseen_t0: dict[str, list[float]] = defaultdict(list)
+        unseen_t1: dict[str, list[float]] = defaultdict(list)
         for op in self.ops:
             if op.kind in _FETCHES and op.type == INFO:
-                info_fetches[op.args["group"]].append(op)
+                unseen_t0[op.args["group"]].append(op.t0)
+                unseen_t1[op.args["group"]].append(op.t1 if op.t1 is not None else op.t0)
+        for times in (*unseen_t0.values(), *unseen_t1.values()):
+            times.sort()
         max_deliveries = self.cfg.max_deliveries
         for dl in self.dead:
             where = f"dead letter at {DLQ} offset {dl.offset} (read by {dl.op})"
@@ -605,19 +610,18 @@ class Checker:
                 for op, action, outcome in settled.get(group, {}).get(pos, [])
                 if action == "release" and outcome == OK and op.t0 < t
             }
-            unseen = [
-                op
-                for op in info_fetches.get(group, [])
-                if op.t0 < t and (op.t1 is None or op.t1 > pub.op.t0)
-            ]
-            bound = len([d for d in leases if d.lease not in released]) + len(unseen)
+            # Those that began before the dead letter and ended after the publish began.
+            unseen = bisect.bisect_left(unseen_t0[group], t) - bisect.bisect_right(
+                unseen_t1[group], min(pub.op.t0, t)
+            )
+            bound = len([d for d in leases if d.lease not in released]) + unseen
             if not isinstance(count, int) or count < max_deliveries or count > bound:
                 self.fail(
                     "dead-letter",
                     f"{label} for max_deliveries with delivery_count "
                     f"{count} (max {max_deliveries}); at most {bound} deliveries can "
                     f"have been spent: {len(leases)} seen, {len(released)} released, "
-                    f"{len(unseen)} fetches unseen; settlements: "
+                    f"{unseen} fetches unseen; settlements: "
                     f"{self._describe(settled, group, pos)}",
                 )
         return dead_for

@@ -233,6 +233,7 @@ class Run:
         self.broken: str | None = None
         self.starts = 0
         self.t_start = 0.0
+        self._start_seconds = 1.0  # how long the last start took
         self._broker_log = broker_log
         self._clients: list[BrokerClient] = []
         client_log = logging.getLogger("telemetry_mq.client")
@@ -283,7 +284,10 @@ class Run:
             self.proc = proc
             await proc.start()
             ready = asyncio.create_task(proc.wait_ready(90))
-            early = rng.uniform(0.05, 1.0) if rng.random() < self.cfg.startup_kill_rate else None
+            # Late in a start (of the length the last one took) is when the broker recovers.
+            early = None
+            if rng.random() < self.cfg.startup_kill_rate:
+                early = rng.uniform(0.5, 1.0) * self._start_seconds
             if early is not None:
                 done, _ = await asyncio.wait({ready}, timeout=early)
                 if not done:
@@ -304,6 +308,8 @@ class Run:
                 self.broken = f"the broker did not come back (start {self.starts}): {e}"
                 raise BrokerDownError(self.broken) from e
             self.history.end(op, OK, {"pid": proc.pid})
+            assert op.t1 is not None
+            self._start_seconds = op.t1 - op.t0
             return
 
     async def _kill(self, during: str = "run") -> None:
