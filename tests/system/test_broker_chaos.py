@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from telemetry_devstack import ServiceProcess
 from telemetry_devstack.brokercheck import CheckConfig, run_check
-from telemetry_devstack.brokercheck.history import History
-from telemetry_devstack.brokercheck.workload import TOPIC, Run
+from telemetry_devstack.brokercheck.history import History, load
+from telemetry_devstack.brokercheck.workload import Run
 from telemetry_mq import Batch, BrokerClient
 
 pytestmark = pytest.mark.system
@@ -40,13 +40,14 @@ async def test_the_history_knows_which_piggybacked_acks_expired(
     broker: ServiceProcess, tmp_path: Path
 ) -> None:
     history = History(tmp_path / "history.jsonl", {"config": {}})
-    run = Run(CheckConfig(seed=1), history, tmp_path / "unused", io.StringIO())
+    config = CheckConfig(seed=1)
+    run = Run(config, history, tmp_path / "unused", io.StringIO())
     run.url = broker.url
     async with BrokerClient(broker.url) as mq:
-        await mq.create_topic(TOPIC, partitions=2)
-        await mq.publish(TOPIC, [("k", b'{"id":"x"}')])
+        await mq.create_topic(config.topic, partitions=2)
+        await mq.publish(config.topic, [("k", b'{"id":"x"}')])
     worker = run._worker("consumer-g0-0")
-    gone = Batch(TOPIC, "g0", 0, "no-such-lease", 1.0, [])
+    gone = Batch(config.topic, "g0", 0, "no-such-lease", 1.0, [])
     ok, batches = await run.fetch(
         worker, "g0", multi=False, max_records=1, max_wait=0.0, ack_wait=5.0, ack=[gone],
         cancel_after=None,
@@ -58,6 +59,6 @@ async def test_the_history_knows_which_piggybacked_acks_expired(
     )  # fmt: skip
     await worker.client.close()
     history.close()
-    first, second = history.ops
+    _, (first, second) = load(history.path)
     assert first.result["expired"] == ["no-such-lease"]
     assert "expired" not in second.result  # acked for real

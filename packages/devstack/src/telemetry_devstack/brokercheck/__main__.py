@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="SIGKILLs spread over the run (default: one per 15 s)",
     )
     p.add_argument("--terms", type=int, default=None, help="SIGTERMs (default: kills / 5)")
+    p.add_argument("--topic", default=d.topic, help="the topic to use (created at start)")
     p.add_argument("--startup-kill-rate", type=float, default=d.startup_kill_rate)
     p.add_argument("--partitions", type=int, default=d.partitions)
     p.add_argument("--groups", type=int, default=d.groups)
@@ -78,6 +79,7 @@ def config_from(args: argparse.Namespace) -> CheckConfig:
     kills = args.kills if args.kills is not None else max(1, round(seconds / 15))
     return CheckConfig(
         seed=args.seed if args.seed is not None else new_seed(),
+        topic=args.topic,
         seconds=seconds,
         kills=kills,
         terms=args.terms if args.terms is not None else kills // 5,
@@ -115,8 +117,8 @@ def replay_command(config: CheckConfig) -> str:
         f"--terms {config.terms}",
     ]
     for name in (
-        "startup_kill_rate", "partitions", "groups", "producers", "consumers", "rate", "batch",
-        "max_deliveries", "ack_wait", "cancel_rate", "values", "max_fetch_bytes",
+        "topic", "startup_kill_rate", "partitions", "groups", "producers", "consumers", "rate",
+        "batch", "max_deliveries", "ack_wait", "cancel_rate", "values", "max_fetch_bytes",
         "max_backlog_bytes", "segment_bytes", "wal_segment_bytes", "retention_age",
     ):  # fmt: skip
         value = getattr(config, name)

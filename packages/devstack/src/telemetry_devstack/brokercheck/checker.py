@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -54,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .history import FAIL, INFO, OK, Op
-from .workload import DLQ, TOPIC, CheckConfig, digest, value_id
+from .workload import CheckConfig, digest, value_id
 
 Pos = tuple[int, int]
 """(partition, offset)"""
@@ -156,6 +157,87 @@ class Summary:
         return out
 
 
+class _Unseen:
+    """Bounds the leases of a group that nobody saw (the answers of their fetches were lost).
+
+    Two bounds, the smaller one counts. A fetch whose answer was lost leases a record at most
+    once, and may have done so at any time until the broker process it was sent to went down
+    (a broker can act on a request after the client gave up on it). And lease ids count up
+    per group and broker process, so the gaps between the ids seen are exactly the leases
+    not seen, each created between the fetches that got its neighbours; after the last id
+    seen of a process the gaps are unknown, and only the first bound holds.
+    """
+
+    def __init__(self, ops: list[Op], leases: Iterable[_Lease]) -> None:
+        # Broker processes: from each start to the kill or stop after it.
+        self.lives: list[tuple[float, float]] = []
+        for op in sorted(ops, key=lambda o: o.t0):
+            if op.kind == "start":
+                self.lives.append((op.t0, math.inf))
+            elif op.kind in ("kill", "term") and self.lives:
+                self.lives[-1] = (self.lives[-1][0], op.t1 or op.t0)
+        self._starts = [start for start, _ in self.lives]
+        # Fetches with lost answers, per group: when sent, and when their broker went down.
+        sent: dict[str, list[float]] = defaultdict(list)
+        down: dict[str, list[float]] = defaultdict(list)
+        for op in ops:
+            if op.kind in _FETCHES and op.type == INFO:
+                sent[op.args["group"]].append(op.t0)
+                down[op.args["group"]].append(self.life(op.t0)[1])
+        self._sent = {g: sorted(ts) for g, ts in sent.items()}
+        self._down = {g: sorted(ts) for g, ts in down.items()}
+        # Lease id gaps, per group: the window in which each missing lease was created, and
+        # the stretches (after the last id seen of a process) where gaps are unknown.
+        self._gaps: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self._unknown: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        seen: dict[tuple[str, str], dict[int, Op]] = defaultdict(dict)
+        for lease in leases:
+            prefix, _, number = lease.id.rpartition("-")
+            try:
+                n = int(number, 16)
+            except ValueError:  # not the id format this relies on: no gap bound at all
+                self._unknown[lease.group].append((-math.inf, math.inf))
+                continue
+            seen[(lease.group, prefix)][n] = lease.fetch
+        covered: dict[str, set[int]] = defaultdict(set)
+        for (group, _), by_number in seen.items():
+            numbers = sorted(by_number)
+            i = self._life_index(by_number[numbers[0]].t0)
+            covered[group].add(i)
+            life = self.lives[i] if i >= 0 else (-math.inf, math.inf)
+            lo = life[0]
+            for prev, nxt in zip([0, *numbers], numbers, strict=False):
+                if prev:
+                    lo = by_number[prev].t0
+                hi = by_number[nxt].t1 or math.inf
+                self._gaps[group].extend((lo, hi) for _ in range(nxt - prev - 1))
+            self._unknown[group].append((by_number[numbers[-1]].t0, life[1]))
+        groups = {lease.group for lease in leases} | set(sent)
+        for group in groups:
+            for i, life in enumerate(self.lives):
+                if i not in covered[group]:  # no lease of this group seen in that process
+                    self._unknown[group].append(life)
+
+    def _life_index(self, t: float) -> int:
+        return bisect.bisect_right(self._starts, t) - 1
+
+    def life(self, t: float) -> tuple[float, float]:
+        """The broker process a request sent at ``t`` went to: (start, end)."""
+        i = self._life_index(t)
+        return self.lives[i] if i >= 0 else (-math.inf, math.inf)
+
+    def bound(self, group: str, start: float, end: float) -> int | float:
+        """At most how many unseen leases of ``group`` can have been made in ``[start, end]``."""
+        sent = self._sent.get(group, [])
+        by_fetches = bisect.bisect_left(sent, end) - bisect.bisect_right(
+            self._down.get(group, []), start
+        )
+        if any(lo < end and hi > start for lo, hi in self._unknown.get(group, [])):
+            return max(by_fetches, 0)
+        by_gaps = sum(1 for lo, hi in self._gaps.get(group, []) if lo < end and hi > start)
+        return max(min(by_fetches, by_gaps), 0)
+
+
 class Checker:
     """Indexes a history once, then checks each property."""
 
@@ -228,7 +310,7 @@ class Checker:
         self._clock.sort()
         for op in self.ops:  # lease outcomes, after every lease is known
             if op.kind in _SETTLES or op.kind == "extend":
-                if op.args.get("topic", TOPIC) != TOPIC:
+                if op.args.get("topic", self.cfg.topic) != self.cfg.topic:
                     continue
                 held = self.leases.get((op.args["group"], op.args["lease"]))
                 if held is not None:
@@ -352,7 +434,7 @@ class Checker:
         events.sort(key=lambda e: (e[0], e[1]))
         for _, is_end, op in events:
             if op.kind == "stats":
-                if op.args.get("topic") != TOPIC:
+                if op.args.get("topic") != self.cfg.topic:
                     continue
                 for p, (_, end) in enumerate(op.result["partitions"]):
                     if p in done_max and end <= done_max[p][0]:
@@ -399,7 +481,7 @@ class Checker:
         positions_of: dict[str, set[Pos]] = defaultdict(set)
         reported: set[Pos] = set()
         for pos, obs in self._observations().items():
-            ids = {(vid, dig) for vid, dig, _ in obs}
+            ids = {vid for vid, _, _ in obs}  # differing bytes of one value: "corrupt"
             if len(ids) > 1 and pos not in reported:
                 reported.add(pos)
                 where = "; ".join(f"{vid} in {w}" for vid, _, w in obs[:6])
@@ -510,25 +592,17 @@ class Checker:
     ) -> dict[str, set[Pos]]:
         """Every dead letter is deserved and names its origin; returns positions per group."""
         dead_for: dict[str, set[Pos]] = defaultdict(set)
-        # Per group, the start and end times of the fetches whose answers were never seen.
-        unseen_t0: dict[str, list[float]] = defaultdict(list)
-        unseen_t1: dict[str, list[float]] = defaultdict(list)
-        for op in self.ops:
-            if op.kind in _FETCHES and op.type == INFO:
-                unseen_t0[op.args["group"]].append(op.t0)
-                unseen_t1[op.args["group"]].append(op.t1 if op.t1 is not None else op.t0)
-        for times in (*unseen_t0.values(), *unseen_t1.values()):
-            times.sort()
+        unseen_leases = _Unseen(self.ops, self.leases.values())
         max_deliveries = self.cfg.max_deliveries
         for dl in self.dead:
-            where = f"dead letter at {DLQ} offset {dl.offset} (read by {dl.op})"
+            where = f"dead letter at {self.cfg.dlq} offset {dl.offset} (read by {dl.op})"
             doc = dl.doc
             origin = doc.get("origin") if doc else None
             if not doc or not isinstance(origin, dict):
                 self.fail("dead-letter", f"{where} is not an envelope: {dl.raw[:200]!r}")
                 continue
             group, p, o = origin.get("group"), origin.get("partition"), origin.get("offset")
-            if origin.get("topic") != TOPIC or group not in self.groups:
+            if origin.get("topic") != self.cfg.topic or group not in self.groups:
                 self.fail("dead-letter", f"{where} names origin {origin}")
                 continue
             if not isinstance(p, int) or not isinstance(o, int):
@@ -602,18 +676,16 @@ class Checker:
             if reason != "max_deliveries":
                 self.fail("dead-letter", f"{label} has reason {reason!r}")
                 continue
-            # The most deliveries it can have spent by then: every lease of it we saw
-            # (less the ones released), plus one for every fetch whose answer we never saw.
+            # The most deliveries it can have spent by then: every lease of it we saw (less
+            # the ones released), plus every lease nobody saw that can have been created
+            # between its publish and its dead letter.
             leases = [d for d in ds if d.op.t0 < t]
             released = {
                 op.args["lease"]
                 for op, action, outcome in settled.get(group, {}).get(pos, [])
                 if action == "release" and outcome == OK and op.t0 < t
             }
-            # Those that began before the dead letter and ended after the publish began.
-            unseen = bisect.bisect_left(unseen_t0[group], t) - bisect.bisect_right(
-                unseen_t1[group], min(pub.op.t0, t)
-            )
+            unseen = unseen_leases.bound(group, pub.op.t0, t)
             bound = len([d for d in leases if d.lease not in released]) + unseen
             if not isinstance(count, int) or count < max_deliveries or count > bound:
                 self.fail(
@@ -621,7 +693,7 @@ class Checker:
                     f"{label} for max_deliveries with delivery_count "
                     f"{count} (max {max_deliveries}); at most {bound} deliveries can "
                     f"have been spent: {len(leases)} seen, {len(released)} released, "
-                    f"{unseen} fetches unseen; settlements: "
+                    f"{unseen} unseen; settlements: "
                     f"{self._describe(settled, group, pos)}",
                 )
         return dead_for
@@ -666,7 +738,7 @@ class Checker:
             if op.kind == "stats"
             and op.type == OK
             and op.process in ("drain", "final")
-            and op.args.get("topic") == TOPIC
+            and op.args.get("topic") == self.cfg.topic
         ]
         if not finals:
             if not self.broken:
@@ -745,25 +817,34 @@ class Checker:
                         f"({lease.group}) of {lease.fetch}, before it could expire "
                         f"({deadline:.3f} s)",
                     )
+
+        def surely_held(lease: _Lease) -> tuple[float, float]:
+            # From its fetch's answer until it could first have ended: a settlement (or an
+            # extend, which may shorten it) sent, its deadline, or a broker going down.
+            start = lease.fetch.t1 or lease.fetch.t0
+            end = lease.fetch.t0 + lease.ack_wait
+            end = min([end, *(op.t0 for op, _ in lease.ops)])
+            end = min([end, *(t0 for t0, _ in restarts if t0 >= lease.fetch.t0)])
+            return start, end
+
         for group, by_pos in self.deliveries.items():
             for pos, ds in by_pos.items():
-                for d1, d2 in zip(ds, ds[1:], strict=False):
-                    if d1.lease == d2.lease or d2.op.t1 is None:
-                        continue
-                    lease = self.leases[(group, d1.lease)]
-                    if d2.op.t1 >= lease.fetch.t0 + lease.ack_wait:
-                        continue
-                    if any(op.t0 < d2.op.t1 for op, _ in lease.ops):
-                        continue  # settled (or extended) meanwhile, maybe
-                    if restarted(lease.fetch.t0, d2.op.t1):
-                        continue
-                    self.fail(
-                        "leases",
-                        f"partition {pos[0]} offset {pos[1]} leased to {group} "
-                        f"by {d1.op} (lease {d1.lease}, {lease.ack_wait} s) was leased "
-                        f"again by {d2.op} (lease {d2.lease}) before that lease was "
-                        f"settled or could expire",
-                    )
+                held = sorted(
+                    (surely_held(self.leases[(group, lid)]), lid) for lid in {d.lease for d in ds}
+                )
+                for i, ((_, end), lid) in enumerate(held):
+                    for (start2, _), lid2 in held[i + 1 :]:
+                        if start2 >= end:
+                            break
+                        first, second = self.leases[(group, lid)], self.leases[(group, lid2)]
+                        self.fail(
+                            "leases",
+                            f"partition {pos[0]} offset {pos[1]} was leased to {group} by "
+                            f"{first.fetch} (lease {lid}, {first.ack_wait} s) and by "
+                            f"{second.fetch} (lease {lid2}) while both leases surely held it "
+                            f"({start2:.3f}-{end:.3f} s: neither settled, expired or lost to "
+                            "a restart)",
+                        )
 
     def check_fetch_sizes(self) -> None:
         """No fetch answer is larger than ``BROKER_MAX_FETCH_BYTES`` plus one record."""

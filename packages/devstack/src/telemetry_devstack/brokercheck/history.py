@@ -85,7 +85,6 @@ class History:
         self._start = time.monotonic()
         self.wall_start = time.time()
         self._next = 0
-        self.ops: list[Op] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[bytes] | None = open(path, "wb")  # noqa: SIM115 - closed by close()
         doc = {"brokercheck": FORMAT, **header, "wall_start": self.wall_start}
@@ -114,7 +113,6 @@ class History:
         if result:
             op.result.update(result)
         op.error = error
-        self.ops.append(op)
         if self._file is not None:
             self._file.write(orjson.dumps(op.to_json()) + b"\n")
 

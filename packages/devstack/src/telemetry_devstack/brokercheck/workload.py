@@ -40,8 +40,6 @@ from .history import FAIL, INFO, OK, History, Op
 
 log = logging.getLogger(__name__)
 
-TOPIC: Final = "chaos"
-DLQ: Final = TOPIC + ".dlq"
 DLQ_GROUP: Final = "brokercheck"
 _ID: Final = re.compile(rb'"id"\s*:\s*"([^"\\]+)"')
 
@@ -51,6 +49,7 @@ class CheckConfig:
     """What a run does: its length, faults, workload and broker settings."""
 
     seed: int
+    topic: str = "chaos"
     seconds: float = 40.0
     kills: int = 5
     """SIGKILLs spread over the run (a few more land during restarts: ``startup_kill_rate``)."""
@@ -78,7 +77,7 @@ class CheckConfig:
     """Share of long-polls the consumer cancels (closes the connection) before the answer."""
     values: str = "plain"
     """``plain`` (compact, spaced, escaped and raw Unicode JSON), ``multiline`` (values span
-    lines), ``hostile`` (numbers that do not round-trip through a float)."""
+    lines), ``hostile`` (numbers that do not round-trip through a float, some on two lines)."""
     max_fetch_bytes: int = 4 * 1024 * 1024
     max_backlog_bytes: int = 8 * 1024 * 1024
     segment_bytes: int = 64 * 1024
@@ -90,6 +89,11 @@ class CheckConfig:
     broker_env: tuple[tuple[str, str], ...] = ()
     allow: tuple[str, ...] = ()
     """Properties whose violations are reported but do not fail the run (known defects)."""
+
+    @property
+    def dlq(self) -> str:
+        """The topic's dead-letter topic."""
+        return self.topic + ".dlq"
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as a JSON document (for the history's header)."""
@@ -139,8 +143,9 @@ def make_value(rng: random.Random, vid: str, key: str, style: str) -> bytes:
         text = f'[{n}, {{"id": "{vid}"}}, "{s}", "{pad}"]'
     if style == "multiline" and rng.random() < 0.3:
         text = text.replace(",", ",\n", 1).replace(":", " :\r\n ", 1)
-    elif style == "hostile" and rng.random() < 0.3:
-        text = f'{{"id":"{vid}","big":123456789012345678901234567890,"huge":1e400}}'
+    elif style == "hostile" and rng.random() < 0.3:  # numbers beyond a double, maybe on lines
+        sep = rng.choice((",", ",\n"))
+        text = f'{{"id":"{vid}","big":123456789012345678901234567890{sep}"huge":1e400}}'
     return text.encode()
 
 
@@ -251,7 +256,7 @@ class Run:
             "BROKER_DATA_DIR": str(self.data_dir),
             "BROKER_LOG_FORMAT": "json",
             "BROKER_LOG_LEVEL": "INFO",
-            "BROKER_TOPICS": f"{TOPIC}:{c.partitions}",
+            "BROKER_TOPICS": f"{c.topic}:{c.partitions}",
             "BROKER_MAX_DELIVERIES": str(c.max_deliveries),
             "BROKER_ACK_WAIT": str(c.ack_wait),
             "BROKER_MAX_FETCH_WAIT": str(c.max_fetch_wait),
@@ -413,7 +418,7 @@ class Run:
                     "retries": w.retries,
                 },
             )
-            ok, positions = await self._do(op, w.client.publish(TOPIC, records), w.retries)
+            ok, positions = await self._do(op, w.client.publish(self.cfg.topic, records), w.retries)
             if ok:
                 assert positions is not None
                 self.history.end(op, OK, {"positions": [list(p) for p in positions]})
@@ -478,8 +483,8 @@ class Run:
             }
             async with asyncio.timeout(cancel_after):
                 if multi:
-                    return await w.client.fetch_many(TOPIC, group, **kw)
-                batch = await w.client.fetch(TOPIC, group, **kw)
+                    return await w.client.fetch_many(self.cfg.topic, group, **kw)
+                batch = await w.client.fetch(self.cfg.topic, group, **kw)
                 return [] if batch is None else [batch]
 
         ok, batches = await self._do(op, call(), w.retries)
@@ -501,7 +506,7 @@ class Run:
                 "partition": batch.partition,
                 "offsets": None if offsets is None else list(offsets),
                 "retries": w.retries,
-                **({"topic": batch.topic} if batch.topic != TOPIC else {}),
+                **({"topic": batch.topic} if batch.topic != self.cfg.topic else {}),
                 **kw,
             },
         )
@@ -621,8 +626,9 @@ class Run:
 
     # -- observation ---------------------------------------------------------------------------
 
-    async def stats(self, process: str, client: BrokerClient, topic: str = TOPIC) -> Any:
-        """Read a topic's stats into the history (the wall clock too, to place dead letters)."""
+    async def stats(self, process: str, client: BrokerClient) -> Any:
+        """Read the topic's stats into the history (the wall clock too, to place dead letters)."""
+        topic = self.cfg.topic
         op = self.history.begin(process, "stats", {"topic": topic})
         ok, st = await self._do(op, client.topic_stats(topic), 0)
         if not ok or st is None:
@@ -667,7 +673,7 @@ class Run:
                         multi=True,
                         max_records=500,
                         max_wait=0.5,
-                        ack_wait=60.0,
+                        ack_wait=15.0,
                         ack=(),
                         cancel_after=None,
                     )
@@ -688,15 +694,16 @@ class Run:
     async def read_dead_letters(self, client: BrokerClient) -> None:
         """Read the whole dead-letter topic (its envelopes verbatim) with a group of its own."""
         topics = {t["name"] for t in await client.topics()}
-        if DLQ not in topics:
+        dlq = self.cfg.dlq
+        if dlq not in topics:
             return
         w = _Worker("dlq", random.Random(0), client, 0)
         while True:
             op = self.history.begin(
-                "dlq", "dlq", {"topic": DLQ, "group": DLQ_GROUP, "max_records": 1000}
+                "dlq", "dlq", {"topic": dlq, "group": DLQ_GROUP, "max_records": 1000}
             )
             ok, batches = await self._do(
-                op, client.fetch_many(DLQ, DLQ_GROUP, max_records=1000, max_wait=0.2), 0
+                op, client.fetch_many(dlq, DLQ_GROUP, max_records=1000, max_wait=0.2), 0
             )
             if not ok or not batches:
                 if ok:
