@@ -468,12 +468,14 @@ def test_the_service_recovers_and_stops_cleanly(tmp_path: Path) -> None:
     s = Story(tmp_path)
     happy(s)
     s.op("nemesis", "term", {"pid": 1}, res={"exit": 1})
+    s.op("nemesis", "kill", {"pid": 1}, res={"exit": 3, "exited_before": 3})
     s.op("nemesis", "start", {"n": 2}, "fail", {"pid": 2}, "CorruptLogError: bad frame")
     s.op("consumer-g0", "ack", {"group": "g0", "lease": "x", "partition": 0, "offsets": None},
          "info", None, "ProtocolError: unexpected answer 500: boom")  # fmt: skip
     s.op("nemesis", "end", {}, "ok", {"broken": "the broker did not come back"})
     messages = [v.message for v in s.check() if v.prop == "service"]
     assert any("SIGTERM ended the broker with 1" in m for m in messages)
+    assert any("already exited by itself (code 3)" in m for m in messages)
     assert any("did not recover: CorruptLogError" in m for m in messages)
     assert any("5xx or malformed" in m for m in messages)
     assert any("did not come back" in m for m in messages)

@@ -386,6 +386,12 @@ class Checker:
         for op in self.ops:
             if op.kind == "start" and op.type == FAIL and op.error != "killed while starting":
                 self.fail("service", f"{op}: the broker did not recover: {op.error}")
+            elif op.kind in ("kill", "term") and op.result.get("exited_before") is not None:
+                self.fail(
+                    "service",
+                    f"{op}: the broker had already exited by itself "
+                    f"(code {op.result['exited_before']})",
+                )
             elif op.kind == "term" and op.result.get("exit") != 0:
                 self.fail("service", f"{op}: SIGTERM ended the broker with {op.result.get('exit')}")
             elif op.error and ("unexpected answer 5" in op.error or "malformed" in op.error):

@@ -320,15 +320,17 @@ class Run:
     async def _kill(self, during: str = "run") -> None:
         assert self.proc is not None
         op = self.history.begin("nemesis", "kill", {"pid": self.proc.pid, "during": during})
+        before = self.proc.returncode  # not None: it had exited by itself
         self.proc.kill()
         code = await self.proc.wait()
-        self.history.end(op, OK, {"exit": code})
+        self.history.end(op, OK, {"exit": code, "exited_before": before})
 
     async def _term(self) -> None:
         assert self.proc is not None
         op = self.history.begin("nemesis", "term", {"pid": self.proc.pid})
+        before = self.proc.returncode
         code = await self.proc.stop(timeout=30)
-        self.history.end(op, OK, {"exit": code})
+        self.history.end(op, OK, {"exit": code, "exited_before": before})
 
     def schedule(self, rng: random.Random) -> list[tuple[float, str]]:
         """When to kill (SIGKILL) or stop (SIGTERM) the broker: one event per equal slot."""
