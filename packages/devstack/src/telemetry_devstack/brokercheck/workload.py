@@ -5,9 +5,9 @@ consumer, stats poller, the nemesis) gets a generator of its own seeded from it 
 order, so a worker's sequence of decisions (batch sizes, keys, values, fetch parameters, what
 to do with each lease, when to cancel a long-poll) and the nemesis's schedule of kills are the
 same for the same seed. Process timing still varies from run to run (which requests a kill
-cuts off, what a fetch finds, when a lease expires), so a seed replays the workload and the
-fault schedule, not the exact interleaving: a failure found once may need a few runs of its
-seed to show again.
+cuts off, what a fetch finds, when a lease expires, and the client's own retry jitter), so a
+seed replays the workload and the fault schedule, not the exact interleaving: a failure found
+once may need a few runs of its seed to show again.
 """
 
 from __future__ import annotations
