@@ -15,15 +15,12 @@ from telemetry_mq import Batch, BrokerClient
 
 pytestmark = pytest.mark.system
 
-# Passes on main as of this commit; the allowed property is an open defect (a multi fetch
-# can lease one partition twice), to be removed from here once it is fixed.
 SEED = 20261130
-KNOWN_DEFECTS = ("multi-fetch",)
 
 
 @pytest.mark.timeout(300)
 async def test_a_seeded_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
-    config = CheckConfig(seed=SEED, seconds=30, kills=4, terms=1, allow=KNOWN_DEFECTS)
+    config = CheckConfig(seed=SEED, seconds=30, kills=4, terms=1)
     outcome = await run_check(config, directory=tmp_path / "run")
     assert outcome.ok, outcome.report()
     s = outcome.summary
