@@ -44,6 +44,7 @@ MANIFESTS: Final = [
     ".python-version",
     "packages/*/pyproject.toml",
     "services/*/pyproject.toml",
+    "ci/pyproject.toml",
 ]
 
 # Test database: throwaway credentials for a throwaway service container.
