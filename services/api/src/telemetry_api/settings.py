@@ -29,6 +29,11 @@ class Settings(ServiceSettings):
     max_limit: int = Field(
         MAX_LIMIT, ge=1, le=MAX_LIMIT, description="Largest page size a request may ask for."
     )
+    token: SecretStr | None = Field(
+        None,
+        min_length=1,
+        description="Bearer token required on /api routes when set (control routes stay open).",
+    )
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Self:
