@@ -58,3 +58,31 @@ async def test_unreachable_broker_is_not_ready(db, fresh_database_url):
 
         reason = await wait_for(not_ready_reason, timeout=10, what="a not-ready answer")
         assert reason == "broker unreachable"
+
+
+async def test_unreachable_database_is_not_ready_without_driver_text():
+    from telemetry_devstack import free_port
+
+    db_port = free_port()
+    settings = Settings(
+        database_url=f"postgresql://telemetry:hunter2@127.0.0.1:{db_port}/nodb",
+        broker_url=f"http://127.0.0.1:{free_port()}",
+        topic="t",
+        workers=1,
+        migrate=False,
+    )
+    app = create_app(settings)
+    async with app.test_app():
+        client = app.test_client()
+
+        async def not_ready_body() -> str | None:
+            r = await client.get("/readyz")
+            body = await r.get_data(as_text=True)
+            return body if r.status_code == 503 and "database" in body else None
+
+        body = await wait_for(not_ready_body, timeout=10, what="a not-ready answer")
+    # /readyz is reachable by anyone who reaches the port: the driver's message (host, port,
+    # user, server text) stays in the logs.
+    assert '"detail":"database unreachable"' in body
+    for leak in (str(db_port), "127.0.0.1", "hunter2", "nodb", "telemetry", "connect"):
+        assert leak not in body
