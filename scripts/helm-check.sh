@@ -66,7 +66,7 @@ step "custom resources against their CRD schemas (scripts/schemas)"
 uv run --frozen python scripts/validate_crs.py --require ScaledObject --require ServiceMonitor \
   "$out"/*.yaml
 
-step "values the chart refuses"
+step "values the chart must refuse"
 # refuse MESSAGE ARGS...: `helm template ARGS` must fail and say MESSAGE.
 refuse() {
   local want=$1 said
@@ -81,7 +81,11 @@ refuse() {
   fi
   printf 'refused: %s\n' "$*"
 }
-lag=(--set collector.autoscaling.enabled=true)
+refuse "connection budget exceeded" --set api.autoscaling.enabled=true
+refuse "connection budget exceeded" --set collector.env.COLLECTOR_WORKERS=64
+refuse "connection budget exceeded" --set connectionBudget.reserved=95
+# Ten collectors need a bigger connection budget than the default: keep it out of these cases.
+lag=(--set collector.autoscaling.enabled=true --set connectionBudget.maxConnections=300)
 keda=("${lag[@]}" --set collector.autoscaling.scaler=keda)
 refuse "scaler must be cpu, keda or external" "${lag[@]}" --set collector.autoscaling.scaler=memory
 refuse "serverAddress is required" "${keda[@]}"
@@ -91,6 +95,7 @@ refuse "minReplicas <= maxReplicas <= 10" "${lag[@]}" --set collector.autoscalin
   --set collector.autoscaling.minReplicas=0
 refuse "recordsPerReplica must be positive" "${lag[@]}" --set collector.autoscaling.scaler=external \
   --set collector.autoscaling.lag.recordsPerReplica=0
-refuse "collector.replicaCount is at most 10" --set collector.replicaCount=11
+refuse "collector.replicaCount is at most 10" --set collector.replicaCount=11 \
+  --set connectionBudget.maxConnections=300
 refuse "externalDatabase.existingSecret is required" --set postgresql.enabled=false
 refuse "postgresql.auth.passwordKey is required" --set postgresql.auth.passwordKey=

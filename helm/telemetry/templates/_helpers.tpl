@@ -498,3 +498,44 @@ spec:
       {{- include "telemetry.componentSelectorLabels" . | nindent 6 }}
 {{- end }}
 {{- end }}
+
+{{/*
+The connection budget: the most PostgreSQL connections the release may open at once, which must
+fit in connectionBudget.maxConnections minus connectionBudget.reserved, or rendering fails.
+Per pod: the API its pool (API_POOL_MAX_SIZE, default 10) plus one for /readyz; a collector one
+per worker (COLLECTOR_WORKERS, default 4) plus one spare in its pool plus one for /readyz; a
+streamer its pool of 2. Pods: the HPA's maxReplicas when autoscaling, else replicaCount, plus the
+rolling update's surge (25 %, rounded up).
+*/}}
+{{- define "telemetry.connections" -}}
+{{- $root := .root }}
+{{- $v := index $root.Values .component }}
+{{- if $v.enabled }}
+{{- $replicas := int (ternary $v.autoscaling.maxReplicas $v.replicaCount $v.autoscaling.enabled) }}
+{{- $pods := add $replicas (div (add $replicas 3) 4) }}
+{{- $perPod := 0 }}
+{{- if eq .component "api" }}
+{{- $perPod = add (int (get $v.env "API_POOL_MAX_SIZE" | default 10)) 1 }}
+{{- else if eq .component "collector" }}
+{{- $perPod = add (int (get $v.env "COLLECTOR_WORKERS" | default 4)) 2 }}
+{{- else if eq .component "streamer" }}
+{{- $perPod = 2 }}
+{{- end }}
+{{- mul $pods $perPod }}
+{{- else }}0{{- end }}
+{{- end }}
+
+{{- define "telemetry.checkConnectionBudget" -}}
+{{- $b := .Values.connectionBudget }}
+{{- $parts := list }}
+{{- $total := 0 }}
+{{- range $component := list "api" "collector" "streamer" }}
+{{- $n := int (include "telemetry.connections" (dict "root" $ "component" $component)) }}
+{{- $total = add $total $n }}
+{{- $parts = append $parts (printf "%s %d" $component $n) }}
+{{- end }}
+{{- $allowed := sub (int $b.maxConnections) (int $b.reserved) }}
+{{- if gt $total $allowed }}
+{{- fail (printf "connection budget exceeded: the services may open %d PostgreSQL connections (%s) but connectionBudget allows %d (maxConnections %v - reserved %v); lower replicas, API_POOL_MAX_SIZE or COLLECTOR_WORKERS, or raise connectionBudget.maxConnections" $total (join ", " $parts) $allowed $b.maxConnections $b.reserved) }}
+{{- end }}
+{{- end }}

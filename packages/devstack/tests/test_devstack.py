@@ -109,3 +109,35 @@ async def test_a_service_ends_when_its_parent_is_killed():
     async with asyncio.timeout(10):  # SIGTERM from PR_SET_PDEATHSIG, then its own exit
         while process_alive(child):
             await asyncio.sleep(0.02)
+
+
+def test_the_embedded_server_stops_and_starts_again_on_the_same_dsn():
+    import tempfile
+    from pathlib import Path
+
+    from telemetry_devstack import embedded_server, start_server, stop_server
+
+    # Not under tmp_path: pytest keeps that tree 0700, and the server may run as another user.
+    tmp = tempfile.TemporaryDirectory(prefix="telemetry-pg-")
+    data = Path(tmp.name) / "pgdata"
+    with tmp, embedded_server(data, keep=False) as admin:
+        dsn = create_database(admin, "outage")
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)")
+        stop_server(data)
+        with pytest.raises(psycopg2.OperationalError), conn.cursor() as cur:
+            cur.execute("SELECT 1")  # the session ended with the server
+        with pytest.raises(psycopg2.OperationalError):
+            psycopg2.connect(dsn)  # and nothing listens
+        start_server(data)
+        again = psycopg2.connect(dsn)
+        with again.cursor() as cur:
+            cur.execute("SELECT x FROM kept")
+            assert cur.fetchall() == [(1,)]
+        again.close()
+        postmaster = int((data / "postmaster.pid").read_text().split()[0])
+        assert process_alive(postmaster)
+    # The restarted server is stopped with the context, not left behind.
+    assert not process_alive(postmaster)

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import csv
+
 import pytest
 from telemetry_model import (
     COLUMNS,
     METRICS,
     CsvFormatError,
+    DcgmCsvReader,
+    open_csv,
     parse_labels,
     read_samples,
     reader_from_text,
@@ -82,6 +86,46 @@ BAD_ROWS = [
     ("empty hostname", GOOD.replace('"host-1",""', '"",""', 1), "Hostname", "hostname"),
     ("broken labels", GOOD.replace('job=""dcgm""', "job=dcgm"), "labels_raw", "not quoted"),
     ("broken quoting", GOOD.replace('"42"', '"4"2'), None, "broken quoting"),
+    # Outside the data's domain: PostgreSQL could not store these.
+    (
+        "gpu index past smallint",
+        GOOD.replace('"0","nvidia0"', '"99999","nvidia0"'),
+        "gpu_id",
+        "0..32767",
+    ),
+    (
+        "superscript gpu index",
+        GOOD.replace('"0","nvidia0"', '"\u00b2","nvidia0"'),
+        "gpu_id",
+        "GPU index",
+    ),
+    (
+        "arabic-indic gpu index",
+        GOOD.replace('"0","nvidia0"', '"\u0663","nvidia0"'),
+        "gpu_id",
+        "GPU index",
+    ),
+    ("NUL in uuid", GOOD.replace('"GPU-1"', '"GPU-\x001"'), "uuid", "NUL"),
+    ("3 kB uuid", GOOD.replace('"GPU-1"', '"' + "G" * 3000 + '"'), "uuid", "3000 bytes"),
+    (
+        "long hostname",
+        GOOD.replace('"host-1",""', '"' + "h" * 300 + '",""', 1),
+        "Hostname",
+        "300 bytes",
+    ),
+    (
+        "long pod",
+        GOOD.replace('"host-1","","",""', '"host-1","","' + "p" * 257 + '",""'),
+        "pod",
+        "257 bytes",
+    ),
+    (
+        "long label value",
+        GOOD.replace('job=""dcgm""', 'job=""' + "j" * 1025 + '""'),
+        "labels_raw",
+        "1025 bytes",
+    ),
+    ("NUL in a label", GOOD.replace('job=""dcgm""', 'job=""dc\x00gm""'), "labels_raw", "NUL"),
 ]
 
 
@@ -136,3 +180,66 @@ def test_parse_labels_rejects(text):
 
     with pytest.raises(LabelsError):
         parse_labels(text)
+
+
+def test_columns_are_found_by_name_and_unknown_ones_ignored():
+    [fields] = csv.reader([GOOD])
+    by_name = {**dict(zip(COLUMNS, fields, strict=True)), "extra_column": "ignored"}
+    order = ["uuid", "extra_column", *(c for c in COLUMNS if c != "uuid")]
+    header = ",".join(order)
+    row = ",".join(_quote(by_name[c]) for c in order)
+    reader = reader_from_text(f"{header}\n{row}\n")
+    [expected] = list(reader_from_text(f"{HEADER}\n{GOOD}\n"))
+    assert list(reader) == [expected]
+    assert reader.ignored_columns == ["extra_column"]
+    # A row must still have as many fields as the header.
+    with pytest.raises(CsvFormatError, match="line 2: expected 13 columns, found 12"):
+        list(reader_from_text(f"{header}\n{GOOD}\n"))
+
+
+def _quote(field: str) -> str:
+    return '"' + field.replace('"', '""') + '"'
+
+
+def test_a_header_without_a_needed_column_or_with_one_twice_is_refused():
+    with pytest.raises(CsvFormatError, match="line 1.*lacks the column.*uuid"):
+        list(reader_from_text(HEADER.replace(",uuid", "") + "\n"))
+    with pytest.raises(CsvFormatError, match="line 1.*repeats the column.*uuid"):
+        list(reader_from_text(HEADER + ",uuid\n"))
+
+
+def test_bom_and_crlf_are_accepted(tmp_path):
+    path = tmp_path / "windows.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + f"{HEADER}\r\n{GOOD}\r\n{GOOD}\r\n".encode())
+    samples = read_samples(path)
+    assert [s.line for s in samples] == [2, 3]
+    assert samples[0].labels == {"instance": "host-1:9400", "job": "dcgm"}
+    # A BOM left in text read some other way is dropped from the header too.
+    assert len(list(reader_from_text(f"\ufeff{HEADER}\n{GOOD}\n"))) == 1
+
+
+def test_a_row_that_is_not_utf8_is_skipped_with_its_line(tmp_path):
+    path = tmp_path / "latin1.csv"
+    bad = GOOD.replace("host-1", "h\u00f6st").encode("latin-1")  # 0xf6: not UTF-8
+    path.write_bytes(f"{HEADER}\n{GOOD}\n".encode() + bad + f"\n{GOOD}\n".encode())
+    with open_csv(path) as f:
+        reader = DcgmCsvReader(f, skip_bad_rows=True)
+        samples = list(reader)
+    assert [s.line for s in samples] == [2, 4]
+    [error] = reader.errors
+    assert error.line == 3 and "not valid UTF-8 (byte 0xf6)" in str(error)
+    with pytest.raises(CsvFormatError, match="line 3: not valid UTF-8"):
+        read_samples(path)
+
+
+def test_a_header_only_file_has_no_samples_and_an_empty_one_is_refused(tmp_path):
+    assert list(reader_from_text(f"{HEADER}\r\n")) == []
+    with pytest.raises(CsvFormatError, match="empty file"):
+        read_samples(_write(tmp_path / "empty.csv", b""))
+    with pytest.raises(CsvFormatError, match="empty file"):
+        read_samples(_write(tmp_path / "bom-only.csv", b"\xef\xbb\xbf"))
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path

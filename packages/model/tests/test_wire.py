@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import orjson
 import pytest
 import telemetry_model
 from telemetry_model import (
+    DEFAULT_MAX_FUTURE_SKEW,
+    EPOCH,
+    MAX_TS_US,
     METRICS_BY_ID,
     Datapoint,
     DecodeError,
@@ -101,5 +105,99 @@ def test_public_surface():
         n
         for n in dir(telemetry_model)
         if not n.startswith("_")
-        and n not in {"catalog", "csvreader", "errors", "labels", "records", "wire"}
+        and n not in {"catalog", "csvreader", "domain", "errors", "labels", "records", "wire"}
     )
+
+
+NOW_US = 1_800_000_000_000_000
+
+
+def wire(**changes) -> bytes:
+    """A valid datapoint's wire form with some fields replaced (``None`` drops a field)."""
+    body = orjson.loads(encode(Datapoint("s", 1, NOW_US, "DCGM_FI_DEV_GPU_UTIL", 1.0, GPU)))
+    for key, value in changes.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    return orjson.dumps(body)
+
+
+FOUR_BYTES = "\U0001d11e"  # MUSICAL SYMBOL G CLEF: four bytes of UTF-8
+
+OUTSIDE_THE_DOMAIN = [
+    ("seq past bigint", {"seq": 2**63}, "'seq' must be an integer from 0 to"),
+    ("negative seq", {"seq": -1}, "'seq'"),
+    ("float seq", {"seq": 1.0}, "'seq'"),
+    ("gpu past smallint", {"gpu": 32768}, "'gpu' must be an integer from 0 to 32767"),
+    ("negative gpu", {"gpu": -1}, "'gpu'"),
+    ("ts past year 9999", {"ts": 2**63 - 1}, "'ts' must be an integer from 0 to"),
+    ("ts in year 20983", {"ts": 600_000_000_000_000_000}, "'ts'"),
+    ("ts before the epoch", {"ts": -1}, "'ts'"),
+    ("ts two days ahead", {"ts": NOW_US + 2 * 86_400_000_000}, "172800 s ahead"),
+    ("NUL in uuid", {"uuid": "GPU-\x001"}, "NUL"),
+    ("NUL in a label value", {"labels": {"job": "a\x00"}}, "NUL"),
+    ("NUL in a label name", {"labels": {"j\x00b": "a"}}, "NUL"),
+    ("NUL in an unknown field", {"extra": ["x", {"y": "\x00"}]}, "NUL"),
+    ("NUL in an unknown key", {"extra": {"\x00": 1}}, "NUL"),
+    ("3 kB uuid", {"uuid": "G" * 3000}, "'uuid' is 3000 bytes long (at most 256)"),
+    ("long hostname", {"host": "h" * 257}, "'host' is 257 bytes"),
+    ("long device", {"device": "d" * 257}, "'device'"),
+    ("long model", {"model": "m" * 257}, "'model'"),
+    ("long driver", {"driver": "1" * 257}, "'driver'"),
+    ("long stream", {"stream": "s" * 201}, "'stream' is 201 bytes long (at most 200)"),
+    ("long container", {"container": "c" * 257}, "'container'"),
+    ("long pod", {"pod": FOUR_BYTES * 65}, "'pod' is 260 bytes"),
+    ("long namespace", {"namespace": "n" * 257}, "'namespace'"),
+    ("long label name", {"labels": {"l" * 257: "v"}}, "label name"),
+    ("long label value", {"labels": {"job": "v" * 1025}}, "value of label 'job'"),
+    ("too many labels", {"labels": {f"l{i}": "v" for i in range(65)}}, "65 labels"),
+    ("empty container", {"container": ""}, "'container' must be a non-empty string"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "changes", "message"), OUTSIDE_THE_DOMAIN, ids=[c[0] for c in OUTSIDE_THE_DOMAIN]
+)
+def test_decode_refuses_what_the_database_cannot_store(case, changes, message):
+    with pytest.raises(DecodeError, match=re.escape(message)):
+        decode(wire(**changes), now_us=NOW_US)
+
+
+def test_decode_accepts_the_edges_of_the_domain():
+    dp = decode(
+        wire(
+            seq=2**63 - 1,
+            gpu=32767,
+            ts=NOW_US + 86_400_000_000,
+            uuid=FOUR_BYTES * 64,
+            stream="s" * 200,
+            container="c" * 256,
+            labels={f"l{i}": "v" * 1024 for i in range(64)},
+        ),
+        now_us=NOW_US,
+    )
+    assert (dp.seq, dp.gpu.index, dp.ts_us) == (2**63 - 1, 32767, NOW_US + 86_400_000_000)
+    assert decode(wire(ts=0), now_us=NOW_US).timestamp == EPOCH
+
+
+def test_the_future_skew_is_configurable_and_defaults_to_one_day_of_this_clock():
+    ahead = wire(ts=NOW_US + 3_600_000_000)  # an hour ahead of NOW_US
+    assert decode(ahead, now_us=NOW_US).ts_us == NOW_US + 3_600_000_000
+    with pytest.raises(DecodeError, match="3600 s ahead"):
+        decode(ahead, now_us=NOW_US, max_future_skew=60)
+    assert DEFAULT_MAX_FUTURE_SKEW == 86_400
+    # Without now_us the decoder reads the clock: NOW_US (2027) + two days is the future still.
+    with pytest.raises(DecodeError, match="ahead"):
+        decode(wire(ts=to_micros(datetime.now(UTC)) + 2 * 86_400_000_000))
+    # None keeps only the hard ceiling, the end of year 9999 in every time zone.
+    far = wire(ts=MAX_TS_US)
+    assert decode(far, max_future_skew=None).timestamp.year == 9999
+    with pytest.raises(DecodeError, match="'ts'"):
+        decode(wire(ts=MAX_TS_US + 1), max_future_skew=None)
+
+
+def test_a_literal_backslash_u0000_is_text_not_a_nul():
+    dp = decode(wire(model="model \\u0000"), now_us=NOW_US)  # the six characters \u0000
+    assert dp.gpu.model == "model \\u0000"
+    assert decode(wire(model="model \\u0000").decode(), now_us=NOW_US) == dp

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from telemetry_model import METRICS_BY_ID
+from telemetry_model import METRICS_BY_ID, to_micros
 from telemetry_store import (
     BucketKey,
     GpuKey,
@@ -20,7 +20,7 @@ from telemetry_store import (
     latest_values,
     list_gpus,
     migrate,
-    read_buckets,
+    read_buckets_json,
     read_window,
     window_query,
 )
@@ -109,34 +109,71 @@ async def test_window_pages_with_the_keyset_have_no_gap_and_no_duplicate(cur, se
 
 async def test_buckets_aggregate_and_page(cur, seeded):
     window = Window(seeded["GPU-a"], T0, None, metric_ids=(1,))
-    buckets = await read_buckets(
-        cur, window, step=timedelta(seconds=30), origin=T0, aggregate="max", limit=10
+    step = timedelta(seconds=30)
+    page = await read_buckets_json(
+        cur, window, step=step, origin=T0, aggregate="max", limit=10, max_rows=1000
     )
     # metric 1 is i = 0, 3, ..., 15 at t = 0..50 s, from both streams.
-    assert [(b.start - T0).seconds for b in buckets] == [0, 30]
-    assert [b.count for b in buckets] == [6, 6]
-    assert [b.value for b in buckets] == [6 * 1.5, 15 * 1.5]
-    page = await read_buckets(
+    assert orjson.loads(f"[{page.items}]") == [
+        {
+            "time": "2025-07-18T20:00:00Z",
+            "metric": "DCGM_FI_DEV_GPU_UTIL",
+            "unit": "%",
+            "value": 6 * 1.5,
+            "count": 6,
+        },
+        {
+            "time": "2025-07-18T20:00:30Z",
+            "metric": "DCGM_FI_DEV_GPU_UTIL",
+            "unit": "%",
+            "value": 15 * 1.5,
+            "count": 6,
+        },
+    ]
+    assert (page.count, page.last, page.scanned) == (2, None, 12)
+    first = await read_buckets_json(
+        cur, window, step=step, origin=T0, aggregate="avg", limit=1, max_rows=1000
+    )
+    assert first.count == 1 and first.last == BucketKey(to_micros(T0), 1)
+    rest = await read_buckets_json(
         cur,
         window,
-        step=timedelta(seconds=30),
+        step=step,
         origin=T0,
         aggregate="avg",
         limit=10,
-        after=BucketKey(T0, 1),
+        max_rows=1000,
+        after=first.last,
     )
-    assert [b.start for b in page] == [T0 + timedelta(seconds=30)]
+    assert [b["time"] for b in orjson.loads(f"[{rest.items}]")] == ["2025-07-18T20:00:30Z"]
+    assert rest.last is None
     with pytest.raises(ValueError):
-        await read_buckets(cur, window, step=timedelta(0), origin=T0, aggregate="avg", limit=1)
+        await read_buckets_json(
+            cur, window, step=timedelta(0), origin=T0, aggregate="avg", limit=1, max_rows=1
+        )
     with pytest.raises(ValueError):
-        await read_buckets(
+        await read_buckets_json(
             cur,
             window,
             step=timedelta(1),
             origin=T0,
             aggregate="sum",  # type: ignore[arg-type]
             limit=1,
+            max_rows=1,
         )
+
+
+async def test_buckets_read_at_most_one_row_past_the_limit(cur, seeded):
+    window = Window(seeded["GPU-a"], T0, None)
+    step = timedelta(days=1)
+    whole = await read_buckets_json(
+        cur, window, step=step, origin=T0, aggregate="avg", limit=10, max_rows=36
+    )
+    assert whole.scanned == 36 and whole.count == 3  # 36 datapoints, 3 metrics, one day
+    over = await read_buckets_json(
+        cur, window, step=step, origin=T0, aggregate="avg", limit=10, max_rows=20
+    )
+    assert over.scanned == 21  # one past the limit tells the caller the window is too large
 
 
 def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -175,7 +212,7 @@ async def test_window_query_uses_the_time_index(fresh_database_url):
             (gpu,) = await cur.fetchone()
             # One hour of one GPU (the benchmark's query): 3,600 rows, over a page of 1,000.
             window = Window(gpu, T0 + timedelta(hours=2), T0 + timedelta(hours=3))
-            second_page = PointKey(T0 + timedelta(hours=2, minutes=10), stream, 0)
+            second_page = PointKey(to_micros(T0 + timedelta(hours=2, minutes=10)), stream, 0)
             plans = {}
             for name, after in (("first", None), ("next", second_page)):
                 sql, params = window_query(window, limit=1001, after=after)
@@ -325,7 +362,7 @@ async def test_window_json_renders_times_values_and_labels_exactly(cur, seeded):
 
 
 async def test_window_json_prepares_each_query_shape_once_per_connection(cur, seeded):
-    after = PointKey(T0, 0, 0)
+    after = PointKey(to_micros(T0), 0, 0)
     for _ in range(2):
         for kwargs in ({}, {"metric_ids": (1, 2)}, {"after": after}, {"start": T0, "end": T0}):
             assert await read_window_json(cur, "GPU-a", limit=3, **kwargs) is not None

@@ -18,16 +18,20 @@ def write_csv_with_bad_rows(path) -> int:
         good[1].rsplit(',"DCGM', 1)[0],  # wrong column count
         good[2].replace('","0","DCGM', '","zero","DCGM'),  # non-numeric value
         '"2025-07-18T20:42:34Z","DCGM_FI_DEV_GPU_UTIL","0"broken',  # broken quoting
+        # Outside the data's domain: the collector could never store these.
+        good[3].replace('"3","nvidia3"', '"99999","nvidia3"'),  # gpu index past smallint
+        good[4].replace('"GPU-', '"GPU-\x00'),  # a NUL in the uuid
+        good[5].replace('"GPU-', '"GPU-' + "f" * 3000),  # a 3 kB uuid
     ]
     path.write_text("\n".join([",".join(COLUMNS), *good[:10], *bad, *good[10:]]) + "\n")
-    return len(good)
+    return len(good), len(bad)
 
 
 async def test_bad_rows_are_skipped_and_counted_and_good_rows_replayed(
     broker, db, fresh_database_url, tmp_path
 ):
     csv = tmp_path / "with-bad-rows.csv"
-    good = write_csv_with_bad_rows(csv)
+    good, bad = write_csv_with_bad_rows(csv)
     settings = Settings(
         database_url=fresh_database_url,
         broker_url=broker.url,
@@ -64,7 +68,7 @@ async def test_bad_rows_are_skipped_and_counted_and_good_rows_replayed(
                 return len(seqs) >= good
 
             await wait_for(drained, timeout=30, what="the good rows on the broker")
-    assert registry_value == 4
+    assert registry_value == bad == 7
     assert sorted(seqs) == list(range(good))
 
 

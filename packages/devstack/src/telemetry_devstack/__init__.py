@@ -1,6 +1,13 @@
 """telemetry-devstack: run the whole pipeline on one machine (embedded PostgreSQL + services)."""
 
-from .postgres import create_database, drop_database, embedded_server, with_database
+from .postgres import (
+    create_database,
+    drop_database,
+    embedded_server,
+    start_server,
+    stop_server,
+    with_database,
+)
 from .procs import ServiceProcess, die_with_parent, free_port, print_sink, process_alive
 from .stack import Stack, StackConfig
 
@@ -15,5 +22,7 @@ __all__ = [
     "free_port",
     "print_sink",
     "process_alive",
+    "start_server",
+    "stop_server",
     "with_database",
 ]

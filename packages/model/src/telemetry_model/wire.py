@@ -8,11 +8,24 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Final
 
 import orjson
 
 from .catalog import METRICS_BY_NAME
+from .domain import (
+    DEFAULT_MAX_FUTURE_SKEW,
+    MAX_GPU_INDEX,
+    MAX_LABEL_VALUE_BYTES,
+    MAX_LABELS,
+    MAX_SEQ,
+    MAX_STREAM_BYTES,
+    MAX_TEXT_BYTES,
+    MAX_TS_US,
+    labels_problem,
+    text_problem,
+)
 from .errors import DecodeError
 from .records import Datapoint, Gpu, Sample
 
@@ -81,30 +94,61 @@ class WireTemplate:
         return b'{"stream":%b,"seq":%d,"ts":%d%b' % (stream_json, seq, ts_us, self._suffix)
 
 
-def _str(body: dict[str, Any], key: str, *, optional: bool = False) -> str | None:
+def _str(
+    body: dict[str, Any], key: str, *, optional: bool = False, limit: int = MAX_TEXT_BYTES
+) -> str | None:
     v = body.get(key)
     if v is None and optional:
         return None
     if not isinstance(v, str) or not v:
         raise DecodeError(f"field {key!r} must be a non-empty string")
+    # decode() has ruled out NUL for the whole record; only a string that may be too long
+    # (4 bytes of UTF-8 a code point at most) needs its bytes counted.
+    if len(v) * 4 > limit and (reason := text_problem(v, limit)) is not None:
+        raise DecodeError(f"field {key!r} {reason}")
     return v
 
 
-def _int(body: dict[str, Any], key: str) -> int:
+def _int(body: dict[str, Any], key: str, maximum: int) -> int:
     v = body.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise DecodeError(f"field {key!r} must be a non-negative integer")
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= maximum:
+        raise DecodeError(f"field {key!r} must be an integer from 0 to {maximum}")
     return v
 
 
-def decode(data: bytes | str) -> Datapoint:
-    """Decode and validate one wire-encoded datapoint; raise ``DecodeError`` if invalid."""
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
+def decode(
+    data: bytes | str,
+    *,
+    max_future_skew: float | None = DEFAULT_MAX_FUTURE_SKEW,
+    now_us: int | None = None,
+) -> Datapoint:
+    """Decode and validate one wire-encoded datapoint; raise ``DecodeError`` if invalid.
+
+    Valid means inside the domain PostgreSQL and the API accept (``telemetry_model.domain``):
+    integer ranges, string lengths, no NUL anywhere, a finite value, and a ``ts`` no more than
+    ``max_future_skew`` seconds ahead of ``now_us`` (this clock by default; ``None`` allows
+    any time up to year 9999).
+    """
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError as e:
         raise DecodeError(f"not JSON: {e}") from e
     if not isinstance(body, dict):
         raise DecodeError("a datapoint must be a JSON object")
+    # JSON writes a NUL only as the escape \u0000; a cheap search first, the walk only then.
+    escaped = b"\\u0000" in data if isinstance(data, bytes) else "\\u0000" in data
+    if escaped and _holds_nul(body):
+        raise DecodeError("a string holds a NUL character (U+0000), which PostgreSQL refuses")
     metric = _str(body, "metric")
     if metric not in METRICS_BY_NAME:
         raise DecodeError(f"unknown metric {metric!r}")
@@ -114,18 +158,34 @@ def decode(data: bytes | str) -> Datapoint:
     labels = body.get("labels", {})
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise DecodeError("field 'labels' must map names to strings")
+    if (
+        len(labels) > MAX_LABELS
+        or any(
+            len(k) * 4 > MAX_TEXT_BYTES or len(v) * 4 > MAX_LABEL_VALUE_BYTES
+            for k, v in labels.items()
+        )
+    ) and (reason := labels_problem(labels)) is not None:
+        raise DecodeError(f"field 'labels' {reason}")
     gpu = Gpu(
         uuid=_str(body, "uuid") or "",
         hostname=_str(body, "host") or "",
-        index=_int(body, "gpu"),
+        index=_int(body, "gpu", MAX_GPU_INDEX),
         device=_str(body, "device") or "",
         model=_str(body, "model") or "",
         driver_version=_str(body, "driver", optional=True),
     )
+    ts_us = _int(body, "ts", MAX_TS_US)
+    if max_future_skew is not None:
+        now = time.time_ns() // 1000 if now_us is None else now_us
+        ahead = (ts_us - now) / 1e6
+        if ahead > max_future_skew:
+            raise DecodeError(
+                f"field 'ts' is {ahead:.0f} s ahead of the clock (at most {max_future_skew:g} s)"
+            )
     return Datapoint(
-        stream=_str(body, "stream") or "",
-        seq=_int(body, "seq"),
-        ts_us=_int(body, "ts"),
+        stream=_str(body, "stream", limit=MAX_STREAM_BYTES) or "",
+        seq=_int(body, "seq", MAX_SEQ),
+        ts_us=ts_us,
         metric=metric or "",
         value=float(value),
         gpu=gpu,

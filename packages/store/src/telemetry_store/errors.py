@@ -1,8 +1,10 @@
 """Errors raised by telemetry-store.
 
 StoreError
- ├── MigrationError     a migration file is invalid or failed to apply
- └── UnknownStreamError a datapoint names a stream the work index does not know
+ ├── MigrationError       a migration file is invalid or failed to apply
+ ├── UnknownStreamError   a datapoint names a stream the work index does not know
+ ├── QueryCancelledError  the server cancelled a statement (statement_timeout, pg_cancel_backend)
+ └── QueryTimeoutError    a statement ran past the client's deadline and was cancelled
 """
 
 from __future__ import annotations
@@ -22,3 +24,11 @@ class MigrationError(StoreError):
 
 class UnknownStreamError(StoreError):
     """A stream is not registered in the work index."""
+
+
+class QueryCancelledError(StoreError):
+    """The server cancelled a statement: its ``statement_timeout``, or an administrator."""
+
+
+class QueryTimeoutError(StoreError):
+    """A statement ran past the caller's deadline; it was cancelled on the server."""

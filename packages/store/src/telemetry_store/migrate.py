@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ class Migration:
 
 
 def load_migrations() -> list[Migration]:
-    """The packaged migrations, ordered by version; raise on a gap or a bad file name."""
+    """The packaged migrations, ordered by version; raise on a duplicate version or a bad name."""
     found: list[Migration] = []
     for entry in resources.files(__package__).joinpath("migrations").iterdir():
         if not entry.name.endswith(".sql"):
@@ -42,17 +43,23 @@ def load_migrations() -> list[Migration]:
             raise MigrationError(f"bad migration file name {entry.name!r}")
         found.append(Migration(int(m.group(1)), m.group(2), entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
-    for expected, migration in enumerate(found, start=1):
-        if migration.version != expected:
-            raise MigrationError(f"migration {expected} is missing", version=expected)
+    # Versions are unique but may leave gaps; each pending version is applied in order.
+    for before, after in itertools.pairwise(found):
+        if before.version == after.version:
+            raise MigrationError(
+                f"two migrations have version {after.version:04d}", version=after.version
+            )
+    if found and found[0].version != 1:
+        raise MigrationError("migration 1 is missing", version=1)
     return found
 
 
-async def migrate(pool: aiopg.Pool) -> list[int]:
+async def migrate(pool: aiopg.Pool, *, target: int | None = None) -> list[int]:
     """Apply the pending migrations and sync the metric catalog; return the versions applied.
 
     Safe to call from every replica at once: the advisory lock lets one apply,
-    the others wait and then find nothing to do.
+    the others wait and then find nothing to do. ``target`` stops after that version
+    (to test a migration on the data of an older schema).
     """
     migrations = load_migrations()
     applied: list[int] = []
@@ -66,7 +73,7 @@ async def migrate(pool: aiopg.Pool) -> list[int]:
         await cur.execute("SELECT version FROM schema_migrations")
         done = {row[0] for row in await cur.fetchall()}
         for migration in migrations:
-            if migration.version in done:
+            if migration.version in done or (target is not None and migration.version > target):
                 continue
             log.info("applying migration %04d_%s", migration.version, migration.name)
             try:

@@ -5,6 +5,11 @@ and returns plain frozen dataclasses. Windows are inclusive on both ends and ord
 ``(ts, stream_id, seq)``, the key of the ``telemetry_gpu_time`` index, so a page resumes
 exactly after the last row of the previous one: no gap and no duplicate, even when many
 datapoints share a timestamp.
+
+What the API serves is rendered by PostgreSQL (the ``*_json`` functions), times included, so
+any time the database holds renders, even one outside Python's years 1-9999 (a row stored
+before ingestion checked its domain). Page keys carry times as integer microseconds since the
+Unix epoch for the same reason.
 """
 
 from __future__ import annotations
@@ -19,10 +24,9 @@ from typing import Any, Final, Literal
 
 import orjson
 import psycopg2.errors
-from psycopg2.extensions import TRANSACTION_STATUS_IDLE
-from telemetry_model import METRICS
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE, ISQLQuote
+from telemetry_model import METRICS, to_micros
 
-from .errors import StoreError
 from .pool import Cursor
 
 Aggregate = Literal["avg", "min", "max"]
@@ -82,9 +86,12 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class PointKey:
-    """A position in a window: the ``telemetry_gpu_time`` index order."""
+    """A position in a window: the ``telemetry_gpu_time`` index order.
 
-    ts: datetime
+    ``ts_us`` is microseconds since the Unix epoch (any time PostgreSQL holds; see ``at``).
+    """
+
+    ts_us: int
     stream_id: int
     seq: int
 
@@ -105,30 +112,69 @@ class Point:
     @property
     def key(self) -> PointKey:
         """This datapoint's position in the window order."""
-        return PointKey(self.ts, self.stream_id, self.seq)
+        return PointKey(to_micros(self.ts), self.stream_id, self.seq)
 
 
 @dataclass(frozen=True, slots=True)
 class BucketKey:
-    """A position in a bucketed series: bucket start, then metric."""
+    """A position in a bucketed series: bucket start (microseconds since the epoch), metric."""
 
-    start: datetime
+    start_us: int
     metric_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    """The aggregate of one metric over ``[start, start + step)`` (clipped to the window)."""
+# PostgreSQL's timestamps run from 4714-11-24 BC to 294276-12-31 AD: in microseconds since
+# the Unix epoch, BEGIN_US <= t < END_US. Keys of ±infinity (a value only a hand-written
+# INSERT can store) are END_US and BEGIN_US - 1, just outside.
+BEGIN_US: Final = -210_866_803_200_000_000
+END_US: Final = 9_224_318_016_000_000_000
+_DAY_US: Final = 86_400_000_000
 
-    start: datetime
-    metric_id: int
-    value: float
-    count: int
 
-    @property
-    def key(self) -> BucketKey:
-        """This bucket's position in the series order."""
-        return BucketKey(self.start, self.metric_id)
+class at:  # noqa: N801 - reads as SQL: at(key.ts_us)
+    """A time given in microseconds since the Unix epoch, as an SQL ``timestamptz`` parameter.
+
+    Any time PostgreSQL holds, and ±infinity for keys outside its range (see ``BEGIN_US``):
+    the SQL adds whole days and microseconds to the epoch as a plain timestamp, exact and
+    free of time zones, so no Python datetime (years 1-9999 only) is involved.
+    """
+
+    __slots__ = ("micros",)
+
+    def __init__(self, micros: int) -> None:
+        self.micros = micros
+
+    def __conform__(self, protocol: object) -> at | None:
+        return self if protocol is ISQLQuote else None
+
+    def getquoted(self) -> bytes:
+        """The SQL of this time (psycopg2's adaptation protocol)."""
+        if self.micros >= END_US:
+            return b"'infinity'::timestamptz"
+        if self.micros < BEGIN_US:
+            return b"'-infinity'::timestamptz"
+        days, micros = divmod(self.micros, _DAY_US)
+        return (
+            f"((timestamp '1970-01-01' + {days} * interval '1 day'"
+            f" + {micros} * interval '1 microsecond') AT TIME ZONE 'UTC')"
+        ).encode()
+
+    def __repr__(self) -> str:
+        return f"at({self.micros})"
+
+
+def _micros(column: str) -> str:
+    """SQL of the timestamptz ``column`` as microseconds since the Unix epoch (numeric:
+    exact for every time PostgreSQL holds; ±infinity as the keys ``at`` reads back).
+
+    Through an interval from 2000-01-01, PostgreSQL's own epoch: ``extract(epoch FROM ts)``
+    loses microseconds in the last decades of the range, where they overflow an int64."""
+    return (
+        f"CASE WHEN {column} = 'infinity' THEN {END_US}"
+        f" WHEN {column} = '-infinity' THEN {BEGIN_US - 1}"
+        f" ELSE extract(epoch FROM {column} - timestamptz '2000-01-01 00:00:00+00') * 1000000"
+        " + 946684800000000 END"
+    )
 
 
 _GPU_COLUMNS: Final = (
@@ -191,6 +237,7 @@ async def latest_values(cur: Cursor, gpu_id: int) -> list[LatestValue]:
 
 
 def _window_filter(window: Window, params: dict[str, Any], gpu: str = "%(gpu_id)s") -> list[str]:
+    """The conditions of ``window`` but its metrics (see ``_per_metric``)."""
     where = [f"gpu_id = {gpu}"]
     params["gpu_id"] = window.gpu_id
     if window.start is not None:
@@ -199,27 +246,51 @@ def _window_filter(window: Window, params: dict[str, Any], gpu: str = "%(gpu_id)
     if window.end is not None:
         where.append("ts <= %(end)s")
         params["end"] = window.end
-    if window.metric_ids:
-        where.append("metric_id = ANY(%(metric_ids)s::smallint[])")
-        params["metric_ids"] = list(window.metric_ids)
     return where
+
+
+def _per_metric(
+    columns: str, where: list[str], tail: str, params: dict[str, Any], ids: tuple[int, ...]
+) -> str:
+    """``SELECT columns FROM telemetry WHERE where tail`` once per metric of ``ids``, merged.
+
+    Each metric is one range of ``telemetry_gpu_metric_time`` (gpu, metric, time): a metric
+    the GPU never reported costs one index probe, however much else the GPU reported. (A
+    single scan of the time index with ``metric_id = ANY(...)`` as a filter would walk every
+    datapoint of the GPU in the window to find none.)
+    """
+    params["metric_ids"] = list(ids)
+    conditions = " AND ".join([*where, "metric_id = m.id"])
+    return (
+        f"SELECT t.* FROM unnest(%(metric_ids)s::smallint[]) AS m(id)"
+        f" CROSS JOIN LATERAL (SELECT {columns} FROM telemetry WHERE {conditions} {tail}) t"
+    )
+
+
+_POINT_COLUMNS: Final = "ts, metric_id, value, stream_id, seq, container, pod, namespace"
+_POINT_ORDER: Final = "ORDER BY ts, stream_id, seq LIMIT %(limit)s"
 
 
 def window_query(
     window: Window, *, limit: int, after: PointKey | None = None, gpu: str = "%(gpu_id)s"
 ) -> tuple[str, dict[str, Any]]:
     """The SQL and parameters of ``read_window`` (exposed for ``EXPLAIN``); ``gpu`` is the
-    SQL of the GPU id, ``window.gpu_id`` by default."""
+    SQL of the GPU id, ``window.gpu_id`` by default.
+
+    Without a metric filter: one walk of ``telemetry_gpu_time`` that stops after ``limit``
+    rows. With one: ``limit`` rows from each metric's range of ``telemetry_gpu_metric_time``,
+    sorted together, so the work is bounded by ``limit`` x metrics whatever the data.
+    """
     params: dict[str, Any] = {"limit": limit}
     where = _window_filter(window, params, gpu)
     if after is not None:
         where.append("(ts, stream_id, seq) > (%(a_ts)s, %(a_stream)s, %(a_seq)s)")
-        params.update(a_ts=after.ts, a_stream=after.stream_id, a_seq=after.seq)
-    sql = (
-        "SELECT ts, metric_id, value, stream_id, seq, container, pod, namespace"
-        f" FROM telemetry WHERE {' AND '.join(where)}"
-        " ORDER BY ts, stream_id, seq LIMIT %(limit)s"
-    )
+        params.update(a_ts=at(after.ts_us), a_stream=after.stream_id, a_seq=after.seq)
+    if not window.metric_ids:
+        sql = f"SELECT {_POINT_COLUMNS} FROM telemetry WHERE {' AND '.join(where)} {_POINT_ORDER}"
+    else:
+        merged = _per_metric(_POINT_COLUMNS, where, _POINT_ORDER, params, window.metric_ids)
+        sql = f"SELECT {_POINT_COLUMNS} FROM ({merged}) w {_POINT_ORDER}"
     return sql, params
 
 
@@ -250,32 +321,53 @@ def _json(text: str) -> str:
     return orjson.dumps(text).decode()
 
 
-# Each datapoint's JSON object up to its value, by metric id: '{"time":"\x01","metric":"NAME",
-# "unit":"UNIT","value":' (chr(1) stands for the time, see _ITEM), from the catalog the store
-# migrates into the metrics table; an id missing from it (a metric this code does not know)
-# falls back to the table in the query.
-_HEAD: Final = '{{"time":"\x01","metric":{},"unit":{},"value":'
-_HEADS: Final = "ARRAY[{}]::text[]".format(
-    ", ".join(
-        _sql_text(_HEAD.format(_json(m.name), _json(m.unit)))
-        if (m := {x.id: x for x in METRICS}.get(i)) is not None
+def _metric_head(prefix: str, between: str = ',"unit":', suffix: str = ',"value":') -> str:
+    """SQL of ``prefix + name + between + unit + suffix`` for the row's ``metric_id``, with
+    name and unit as JSON strings.
+
+    From a constant array built from the catalog (no join), else from the metrics table (a
+    metric this code does not know), else, for an id neither knows (only a hand-written
+    INSERT stores one), under the name "metric_<id>" with an empty unit, so it still renders.
+    """
+    by_id = {m.id: m for m in METRICS}
+    heads = ", ".join(
+        _sql_text(prefix + _json(m.name) + between + _json(m.unit) + suffix)
+        if (m := by_id.get(i)) is not None
         else "NULL"
-        for i in range(1, max(x.id for x in METRICS) + 1)
+        for i in range(1, max(by_id) + 1)
     )
-)
+    pre, mid, post = _sql_text(prefix), _sql_text(between), _sql_text(suffix)
+    return (
+        f"coalesce((ARRAY[{heads}]::text[])[metric_id],"
+        f" (SELECT {pre} || to_json(m.name) || {mid} || to_json(m.unit) || {post}"
+        " FROM metrics m WHERE m.id = metric_id),"
+        f" {pre} || '\"metric_' || metric_id || '\"' || {mid} || '\"\"' || {post})"
+    )
+
+
 _STRING_OR_NULL: Final = "coalesce(to_json({})::text, 'null')"
+# '{"time":"\x01","metric":"NAME","unit":"UNIT","value":' (chr(1) stands for the time).
+_POINT_HEAD: Final = _metric_head('{"time":"\x01","metric":')
+
+
+def _value(column: str) -> str:
+    """SQL of the double ``column`` as orjson writes a float. A value PostgreSQL prints as an
+    integer gets a ".0"; NaN and infinities (ingestion refuses them) become null, as with
+    orjson. (A value under 1e-4 or from 1e15 on may differ in notation only: 1.5e-05 for
+    0.000015.)"""
+    return (
+        f"CASE WHEN {column} <> trunc({column}) THEN {column}::text"
+        f" WHEN abs({column}) < 1e15 THEN {column}::text || '.0'"
+        f" WHEN {column} > '-Infinity' AND {column} < 'Infinity' THEN {column}::text"
+        " ELSE 'null' END"
+    )
+
+
 # One datapoint as a JSON object, byte for byte what orjson makes of the API's dict, except
 # the time: chr(1), which no JSON text holds unescaped, stands for it until the datapoints
-# of that time get it together. A value PostgreSQL prints as an integer gets a ".0";
-# NaN and infinities (ingestion refuses them) become null, as with orjson. (A value under
-# 1e-4 or from 1e15 on may differ in notation only: 1.5e-05 for 0.000015.)
+# of that time get it together.
 _ITEM: Final = (
-    f'coalesce(({_HEADS})[metric_id], (SELECT \'{{"time":"\' || chr(1) || \'","metric":\''
-    " || to_json(m.name) || ',\"unit\":' || to_json(m.unit) || ',\"value\":'"
-    " FROM metrics m WHERE m.id = metric_id))"
-    " || CASE WHEN value <> trunc(value) THEN value::text"
-    " WHEN abs(value) < 1e15 THEN value::text || '.0'"
-    " WHEN value > '-Infinity' AND value < 'Infinity' THEN value::text ELSE 'null' END"
+    f"{_POINT_HEAD} || {_value('value')}"
     " || CASE WHEN container IS NULL AND pod IS NULL AND namespace IS NULL"
     ' THEN \',"container":null,"pod":null,"namespace":null}\''
     f" ELSE ',\"container\":' || {_STRING_OR_NULL.format('container')}"
@@ -286,11 +378,30 @@ _ITEM: Final = (
 
 def _rfc3339(column: str) -> str:
     """SQL of the timestamptz ``column`` as orjson writes a UTC datetime: RFC 3339 with "Z",
-    and six fractional digits unless all are zero. (The UTC time as text is
-    'YYYY-MM-DD HH:MM:SS[.f...]' without trailing zeros.)"""
-    return (
+    and six fractional digits unless all are zero.
+
+    Years 0001-9999 take the fast path (the UTC time as text is 'YYYY-MM-DD HH:MM:SS[.f...]'
+    without trailing zeros; the pool sets DateStyle ISO). Any other time PostgreSQL holds
+    renders too, never as an error: other years in ISO 8601's expanded form with a sign
+    (astronomical numbering: 44 BC is -0043), and ±infinity as 'infinity'/'-infinity'.
+    """
+    fast = (
         "(SELECT overlay(CASE WHEN length(t) = 19 THEN t ELSE rpad(t, 26, '0') END"
         f" PLACING 'T' FROM 11) || 'Z' FROM (SELECT ({column} AT TIME ZONE 'UTC')::text AS t) u)"
+    )
+    year = "lpad(abs(y)::text, greatest(4, length(abs(y)::text)), '0')"
+    general = (
+        f"(SELECT CASE WHEN y > 9999 THEN '+' WHEN y < 0 THEN '-' ELSE '' END || {year}"
+        " || to_char(u, '-MM-DD\"T\"HH24:MI:SS')"
+        " || CASE WHEN to_char(u, 'US') = '000000' THEN '' ELSE to_char(u, '.US') END || 'Z'"
+        " FROM (SELECT u, CASE WHEN y0 < 0 THEN y0 + 1 ELSE y0 END AS y"
+        f" FROM (SELECT u, extract(year FROM u)::int AS y0"
+        f" FROM (SELECT {column} AT TIME ZONE 'UTC' AS u) a) b) w)"
+    )
+    return (
+        f"CASE WHEN {column} >= timestamptz '0001-01-01 00:00:00+00'"
+        f" AND {column} < timestamptz '10000-01-01 00:00:00+00' THEN {fast}"
+        f" WHEN NOT isfinite({column}) THEN {column}::text ELSE {general} END"
     )
 
 
@@ -319,12 +430,12 @@ def window_json_query(
     last = "FILTER (WHERE n = %(page)s)"
     sql = (
         f"SELECT EXISTS {_GPU_BY_UUID}, coalesce(string_agg(items, ',' ORDER BY ts), ''),"
-        " coalesce(sum(count), 0)::int, coalesce(sum(rendered), 0)::int,"
-        " max(last_ts), max(last_stream_id), max(last_seq), max(n) > %(page)s"
+        " coalesce(sum(count), 0)::int,"
+        f" {_micros('max(last_ts)')}, max(last_stream_id), max(last_seq), max(n) > %(page)s"
         " FROM (SELECT ts,"
         f"   replace(string_agg(j, ',' ORDER BY stream_id, seq) {on_page}, chr(1),"
         f"     {_rfc3339('ts')}) AS items,"
-        f"   count(*) {on_page} AS count, count(j) {on_page} AS rendered,"
+        f"   count(*) {on_page} AS count,"
         f"   max(ts) {last} AS last_ts, max(stream_id) {last} AS last_stream_id,"
         f"   max(seq) {last} AS last_seq, max(n) AS n"
         f"   FROM (SELECT ts, stream_id, seq, {_ITEM} AS j,"
@@ -406,15 +517,83 @@ async def read_window_json(
         uuid, start=start, end=end, metric_ids=metric_ids, limit=limit, after=after
     )
     await _execute_prepared(cur, sql, params)
-    found, items, count, rendered, ts, stream_id, seq, more = await cur.fetchone()
+    found, items, count, ts, stream_id, seq, more = await cur.fetchone()
     if not found:
         return None
-    if rendered != count:
-        raise StoreError(f"{count - rendered} datapoints have a metric id the catalog lacks")
-    return JsonPage(items, count, PointKey(ts, stream_id, seq) if more else None)
+    return JsonPage(items, count, PointKey(int(ts), stream_id, seq) if more else None)
 
 
-async def read_buckets(
+@dataclass(frozen=True, slots=True)
+class BucketJsonPage:
+    """A page of a bucketed series rendered as JSON by PostgreSQL (see ``read_buckets_json``).
+
+    ``scanned`` is how many datapoints the page aggregated; more than the ``max_rows`` asked
+    for means the window holds more than that, and the page is incomplete.
+    """
+
+    items: str
+    count: int
+    last: BucketKey | None
+    scanned: int
+
+
+def buckets_json_query(
+    window: Window,
+    *,
+    step: timedelta,
+    origin: datetime,
+    aggregate: Aggregate,
+    limit: int,
+    max_rows: int,
+    after: BucketKey | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The SQL and parameters of ``read_buckets_json`` (exposed for ``EXPLAIN``)."""
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"unknown aggregate {aggregate!r}")
+    if step <= timedelta(0):
+        raise ValueError("step must be positive")
+    params: dict[str, Any] = {
+        "page": limit,
+        "step": step,
+        "origin": origin,
+        "scan": max_rows + 1,
+    }
+    where = _window_filter(window, params)
+    resume = ""
+    if after is not None:
+        # The bound lets the index skip earlier rows; the row comparison is exact.
+        where.append("ts >= %(a_start)s")
+        resume = "WHERE (bucket, metric_id) > (%(a_start)s, %(a_metric)s)"
+        params.update(a_start=at(after.start_us), a_metric=after.metric_id)
+    columns = "ts, metric_id, value"
+    if window.metric_ids:
+        scan = _per_metric(columns, where, "", params, window.metric_ids)
+    else:
+        scan = f"SELECT {columns} FROM telemetry WHERE {' AND '.join(where)}"
+    # At most max_rows + 1 datapoints are read, whatever the window holds: one more than
+    # allowed tells the caller the window is too large. Only then are they aggregated.
+    item = (
+        f"replace({_POINT_HEAD}, chr(1), {_rfc3339('bucket')}) || {_value('value')}"
+        " || ',\"count\":' || n || '}'"
+    )
+    last = "FILTER (WHERE k = %(page)s)"
+    sql = (
+        "WITH b AS MATERIALIZED ("
+        f" SELECT date_bin(%(step)s, ts, %(origin)s) AS bucket, metric_id,"
+        f" {aggregate}(value) AS value, count(*) AS n"
+        f" FROM ({scan} LIMIT %(scan)s) s GROUP BY 1, 2),"
+        " r AS (SELECT bucket, metric_id, value, n,"
+        f" row_number() OVER (ORDER BY bucket, metric_id) AS k FROM b {resume})"
+        f" SELECT coalesce(string_agg({item}, ',' ORDER BY k) FILTER (WHERE k <= %(page)s), ''),"
+        " count(*) FILTER (WHERE k <= %(page)s),"
+        f" {_micros(f'max(bucket) {last}')}, max(metric_id) {last}, max(k) > %(page)s,"
+        " (SELECT coalesce(sum(n), 0) FROM b)"
+        " FROM r"
+    )
+    return sql, params
+
+
+async def read_buckets_json(
     cur: Cursor,
     window: Window,
     *,
@@ -422,33 +601,48 @@ async def read_buckets(
     origin: datetime,
     aggregate: Aggregate,
     limit: int,
+    max_rows: int,
     after: BucketKey | None = None,
-) -> list[Bucket]:
-    """Per-metric aggregates over ``step``-wide buckets aligned on ``origin``.
+) -> BucketJsonPage:
+    """Per-metric aggregates over ``step``-wide buckets aligned on ``origin``, rendered by
+    PostgreSQL as the API serves them: ``{"time", "metric", "unit", "value", "count"}``.
 
-    Buckets are ordered by start time, then metric; only non-empty buckets are returned.
+    Buckets are ordered by start time, then metric; only non-empty buckets are returned,
+    up to ``limit``. At most ``max_rows`` + 1 datapoints are read (see ``BucketJsonPage``).
     """
-    if aggregate not in AGGREGATES:
-        raise ValueError(f"unknown aggregate {aggregate!r}")
-    if step <= timedelta(0):
-        raise ValueError("step must be positive")
-    params: dict[str, Any] = {"limit": limit, "step": step, "origin": origin}
-    where = _window_filter(window, params)
-    having = ""
-    if after is not None:
-        # The first bound lets the index skip earlier rows; the HAVING clause is exact.
-        where.append("ts >= %(a_start)s")
-        having = (
-            "HAVING (date_bin(%(step)s, ts, %(origin)s), metric_id) > (%(a_start)s, %(a_metric)s)"
-        )
-        params.update(a_start=after.start, a_metric=after.metric_id)
-    await cur.execute(
-        f"SELECT date_bin(%(step)s, ts, %(origin)s) AS bucket, metric_id, {aggregate}(value),"
-        f" count(*) FROM telemetry WHERE {' AND '.join(where)}"
-        f" GROUP BY 1, 2 {having} ORDER BY 1, 2 LIMIT %(limit)s",
-        params,
+    sql, params = buckets_json_query(
+        window,
+        step=step,
+        origin=origin,
+        aggregate=aggregate,
+        limit=limit,
+        max_rows=max_rows,
+        after=after,
     )
-    return [Bucket(*row) for row in await cur.fetchall()]
+    await cur.execute(sql, params)
+    items, count, start_us, metric_id, more, scanned = await cur.fetchone()
+    last = BucketKey(int(start_us), metric_id) if more else None
+    return BucketJsonPage(items, count, last, int(scanned))
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSpan:
+    """A stored GPU's database id and the times of its first and last datapoint (in
+    microseconds since the epoch, any time PostgreSQL holds)."""
+
+    id: int
+    first_us: int
+    last_us: int
+
+
+async def find_gpu_span(cur: Cursor, uuid: str) -> GpuSpan | None:
+    """The database id and seen range of the GPU with this uuid, or ``None``."""
+    await cur.execute(
+        f"SELECT id, {_micros('first_seen')}, {_micros('last_seen')} FROM gpus WHERE uuid = %s",
+        (uuid,),
+    )
+    row = await cur.fetchone()
+    return None if row is None else GpuSpan(row[0], int(row[1]), int(row[2]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,14 +653,41 @@ class GpuJsonPage:
     last: GpuKey | None
 
 
-_GPU_ITEM: Final = (
+_GPU_FIELDS: Final = (
     "'{\"id\":' || to_json(uuid) || ',\"hostname\":' || to_json(hostname)"
     " || ',\"index\":' || gpu_index || ',\"device\":' || to_json(device)"
     " || ',\"model\":' || to_json(model)"
     f" || ',\"driver_version\":' || {_STRING_OR_NULL.format('driver_version')}"
     f' || \',"first_seen":"\' || {_rfc3339("first_seen")}'
-    f' || \'","last_seen":"\' || {_rfc3339("last_seen")} || \'"}}\''
+    f' || \'","last_seen":"\' || {_rfc3339("last_seen")} || \'"\''
 )
+_GPU_ITEM: Final = f"{_GPU_FIELDS} || '}}'"
+# The latest datapoint of each metric, as the GPU state lists them.
+_LATEST_ITEM: Final = (
+    f"{_metric_head('{"metric":')} || {_value('value')}"
+    f" || ',\"time\":\"' || {_rfc3339('ts')} || '\"}}'"
+)
+_GPU_STATE: Final = (
+    f"SELECT {_GPU_FIELDS} || ',\"metrics\":[' || coalesce(("
+    f" SELECT string_agg({_LATEST_ITEM}, ',' ORDER BY metric_id)"
+    " FROM (SELECT m.id AS metric_id, l.ts, l.value FROM metrics m CROSS JOIN LATERAL ("
+    "  SELECT t.ts, t.value FROM telemetry t WHERE t.gpu_id = g.id AND t.metric_id = m.id"
+    "  ORDER BY t.ts DESC, t.stream_id DESC, t.seq DESC LIMIT 1) l) v), '') || ']}'"
+    " FROM gpus g WHERE g.uuid = %s"
+)
+
+
+async def find_gpu_json(cur: Cursor, uuid: str) -> str | None:
+    """The GPU with this uuid and the latest datapoint of each of its metrics, rendered by
+    PostgreSQL as the API serves it, or ``None``.
+
+    ``{"id", "hostname", "index", "device", "model", "driver_version", "first_seen",
+    "last_seen", "metrics": [{"metric", "unit", "value", "time"}, ...]}`` (catalog order),
+    byte for byte what orjson makes of it; every time renders (see ``_rfc3339``).
+    """
+    await cur.execute(_GPU_STATE, (uuid,))
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])
 
 
 async def list_gpus_json(

@@ -28,10 +28,20 @@ class GpuSighting:
     last_us: int
 
 
+# One pass in uuid order, as one INSERT ... ON CONFLICT DO UPDATE, so concurrent upserts lock
+# rows in the same order and cannot deadlock. The id is given explicitly: a known GPU's own
+# id, and a value drawn from the sequence only for a uuid without a row (COALESCE evaluates
+# nextval only when the lookup finds nothing). Left to the column default, the id was drawn
+# for every row, even for the known GPUs the statement then updates: each refresh spent a
+# value, and the sequence would run out. A GPU inserted concurrently after this statement's
+# snapshot meets the ON CONFLICT clause instead (one value spent, once per race).
 _UPSERT_GPUS = """
 INSERT INTO gpus AS g
-    (uuid, hostname, gpu_index, device, model, driver_version, first_seen, last_seen)
-SELECT uuid, hostname, gpu_index, device, model, driver_version,
+    (id, uuid, hostname, gpu_index, device, model, driver_version, first_seen, last_seen)
+OVERRIDING SYSTEM VALUE
+SELECT coalesce((SELECT k.id FROM gpus k WHERE k.uuid = r.uuid),
+                nextval(pg_get_serial_sequence('gpus', 'id'))),
+       uuid, hostname, gpu_index, device, model, driver_version,
        'epoch'::timestamptz + first_us * interval '1 microsecond',
        'epoch'::timestamptz + last_us * interval '1 microsecond'
 FROM json_to_recordset(%s::json) AS r(uuid text, hostname text, gpu_index smallint,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import AsyncGenerator
@@ -15,7 +16,7 @@ from quart import Quart, Response, request
 from quart.json.provider import DefaultJSONProvider
 from quart_schema import Tag
 from telemetry_kit import APIError, base_app
-from telemetry_store import create_pool, ping
+from telemetry_store import Probe, create_pool, ping
 
 from .blueprints import assets, catalog, gpus, telemetry
 from .db import STATE_KEY, ApiState
@@ -87,21 +88,27 @@ def create_app(settings: Settings) -> Quart:
     async def database() -> AsyncGenerator[None]:
         # minsize 0: the app starts (and /readyz says why it is not ready) while the
         # database is down; the warm-up below opens the first connections when it is up.
+        # aiopg's own timeout (connect, acquire, statement) only backs up the bounds db()
+        # sets, which cancel on the server: it would close the connection without that.
+        dsn = settings.database_url.get_secret_value()
         api.pool = await create_pool(
-            settings.database_url.get_secret_value(),
+            dsn,
             minsize=0,
             maxsize=settings.pool_max_size,
-            timeout=settings.query_timeout,
+            timeout=settings.query_timeout + settings.statement_timeout + 5.0,
+            statement_timeout=settings.statement_timeout,
         )
+        api.probe = Probe(dsn, timeout=settings.ready_timeout)
         try:
-            for _ in range(settings.pool_min_size):
-                await ping(api.pool)
+            # Concurrent pings hold pool_min_size connections at once, so that many stay open.
+            await asyncio.gather(*(ping(api.pool) for _ in range(settings.pool_min_size)))
         except (psycopg2.Error, OSError, TimeoutError) as e:
             log.warning("database not reachable at start: %s", e)
         try:
             yield
         finally:
             pool, api.pool = api.pool, None
+            api.probe.close()
             pool.close()
             await pool.wait_closed()
 

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime, timedelta
 from typing import Final
 
 import orjson
 from telemetry_kit import APIError
-from telemetry_model import EPOCH, to_micros
-from telemetry_store import BucketKey, GpuKey, PointKey
+from telemetry_store import BEGIN_US, END_US, BucketKey, GpuKey, PointKey
 
 MAX_CURSOR_LENGTH: Final = 512
 _SMALLINT: Final = (-(2**15), 2**15 - 1)
 _BIGINT: Final = (-(2**63), 2**63 - 1)
+# Microseconds since the epoch of any time PostgreSQL holds, and of ±infinity (one past).
+_TIME: Final = (BEGIN_US - 1, END_US)
 
 
 def _encode(kind: str, *values: int | str) -> str:
@@ -54,17 +54,15 @@ def _int(value: int | str, bounds: tuple[int, int]) -> int:
     return value
 
 
-def _time(value: int | str) -> datetime:
-    micros = _int(value, _BIGINT)
-    try:
-        return EPOCH + timedelta(microseconds=micros)
-    except OverflowError as e:
-        raise _bad("cursor time out of range") from e
+def _time(value: int | str) -> int:
+    if not isinstance(value, int) or not _TIME[0] <= value <= _TIME[1]:
+        raise _bad("cursor time out of range")
+    return value
 
 
 def encode_point(key: PointKey) -> str:
     """The cursor that resumes a window after ``key``."""
-    return _encode("p", to_micros(key.ts), key.stream_id, key.seq)
+    return _encode("p", key.ts_us, key.stream_id, key.seq)
 
 
 def decode_point(token: str) -> PointKey:
@@ -75,7 +73,7 @@ def decode_point(token: str) -> PointKey:
 
 def encode_bucket(key: BucketKey) -> str:
     """The cursor that resumes a bucketed series after ``key``."""
-    return _encode("b", to_micros(key.start), key.metric_id)
+    return _encode("b", key.start_us, key.metric_id)
 
 
 def decode_bucket(token: str) -> BucketKey:

@@ -14,10 +14,14 @@ Every error is ``application/problem+json`` (RFC 9457) with a stable ``code``:
 | 400 | INVALID_AGGREGATE | ``agg`` is not avg/min/max, or is given without ``step`` |
 | 400 | INVALID_REQUEST | any other malformed parameter |
 | 400 | INVALID_PARAMETER | a value PostgreSQL refuses (a backstop: none is known) |
+| 400 | TOO_MANY_BUCKETS | a ``step`` query's window spans more buckets than ``API_MAX_BUCKETS`` |
+| 400 | TOO_MANY_ROWS | a ``step`` query would aggregate over ``API_MAX_SCAN_ROWS`` datapoints |
 | 404 | GPU_NOT_FOUND | no GPU has this id |
 | 404 | NOT_FOUND | no such route |
 | 405 | METHOD_NOT_ALLOWED | the route does not take this method |
-| 503 | DATABASE_UNAVAILABLE | the database did not answer |
+| 503 | DATABASE_UNAVAILABLE | the database did not answer (``Retry-After``) |
+| 503 | DATABASE_BUSY | no database connection came free in time (``Retry-After``) |
+| 503 | QUERY_TIMEOUT | the query ran too long and was cancelled (``Retry-After``) |
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 from quart import Quart
 from telemetry_kit import base_app
 from telemetry_mq import BrokerClient
-from telemetry_store import create_pool, ping
+from telemetry_store import Probe, create_pool
 
 from .consume import Consumer
 from .metrics import CollectorMetrics
@@ -20,15 +20,18 @@ def create_app(settings: Settings) -> Quart:
     registry = CollectorRegistry()
     metrics = CollectorMetrics.create(registry)
     state: dict[str, object] = {}
+    dsn = settings.database_url.get_secret_value()
 
     async def readiness() -> str | None:
         consumer = state.get("consumer")
-        if not isinstance(consumer, Consumer):
+        probe = state.get("probe")
+        if not isinstance(consumer, Consumer) or not isinstance(probe, Probe):
             return "starting"
-        try:
-            await ping(app.config["TELEMETRY_POOL"])
-        except Exception:
-            return "database unreachable"  # no driver text: it names the host, port and user
+        # No driver text: it names the host, port and user. The consumer logs why it pauses.
+        if consumer.unavailable is not None:
+            return "database unavailable"
+        if await probe.check() is not None:
+            return "database unreachable"
         return None if consumer.healthy else "broker unreachable"
 
     app = base_app(
@@ -41,11 +44,19 @@ def create_app(settings: Settings) -> Quart:
 
     @app.while_serving
     async def lifespan() -> AsyncGenerator[None]:
-        # minsize=0: start (and report not-ready) even while PostgreSQL is away.
+        # Connections: one per worker plus one (recovery probe) in the pool, and one for
+        # /readyz. minsize=0: start (and report not-ready) even while PostgreSQL is away. The client
+        # timeout backs up the server's statement_timeout (a store past either is transient).
         pool = await create_pool(
-            settings.database_url.get_secret_value(), minsize=0, maxsize=settings.workers + 1
+            dsn,
+            minsize=0,
+            maxsize=settings.workers + 1,
+            timeout=settings.statement_timeout + 5.0,
+            statement_timeout=settings.statement_timeout,
         )
+        probe = Probe(dsn)
         app.config["TELEMETRY_POOL"] = pool
+        state["probe"] = probe
         token = settings.broker_token.get_secret_value() if settings.broker_token else None
         try:
             async with BrokerClient(settings.broker_url, token=token) as broker:
@@ -58,6 +69,8 @@ def create_app(settings: Settings) -> Quart:
                     batch_size=settings.batch_size,
                     max_wait=settings.max_wait,
                     ack_wait=settings.ack_wait,
+                    max_backoff=settings.max_backoff,
+                    max_future_skew=settings.max_future_skew or None,
                 )
                 state["consumer"] = consumer
                 app.add_background_task(
@@ -65,6 +78,7 @@ def create_app(settings: Settings) -> Quart:
                 )
                 yield
         finally:
+            probe.close()
             pool.close()
             await pool.wait_closed()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +14,9 @@ class CollectorMetrics:
     stored: Counter
     duplicates: Counter
     rejected: Counter
+    released: Counter
+    pauses: Counter
+    database_up: Gauge
     batches: Counter
     batch_seconds: Histogram
 
@@ -40,7 +43,31 @@ class CollectorMetrics:
             ),
             rejected=Counter(
                 "datapoints_rejected",
-                "Invalid records sent to the dead-letter topic.",
+                "Records sent to the dead-letter topic: undecodable, or refused by the database.",
+                ["topic"],
+                namespace=ns,
+                subsystem=sub,
+                registry=registry,
+            ),
+            released=Counter(
+                "datapoints_released",
+                "Records handed back to the broker without spending a delivery (database away).",
+                ["topic"],
+                namespace=ns,
+                subsystem=sub,
+                registry=registry,
+            ),
+            pauses=Counter(
+                "database_pauses",
+                "Times the workers stopped fetching because the database failed.",
+                ["topic"],
+                namespace=ns,
+                subsystem=sub,
+                registry=registry,
+            ),
+            database_up=Gauge(
+                "database_up",
+                "1 while the workers fetch, 0 while they wait for the database.",
                 ["topic"],
                 namespace=ns,
                 subsystem=sub,
@@ -48,7 +75,7 @@ class CollectorMetrics:
             ),
             batches=Counter(
                 "batches",
-                "Fetched batches by outcome (stored, failed).",
+                "Fetched batches by outcome (stored, released).",
                 ["topic", "consumer_group", "outcome"],
                 namespace=ns,
                 subsystem=sub,

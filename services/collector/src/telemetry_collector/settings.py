@@ -23,3 +23,18 @@ class Settings(ServiceSettings):
     max_wait: float = Field(1.0, gt=0, le=30, description="Long-poll wait per fetch (s).")
     ack_wait: float = Field(30.0, gt=0, description="Lease length per fetched batch (s).")
     migrate: bool = Field(True, description="Apply database migrations at start.")
+    statement_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Server-side limit per statement (s); a store past it is a transient fault"
+        " (leases released, workers paused). Keep it well under ack_wait.",
+    )
+    max_backoff: float = Field(
+        5.0, gt=0, description="Longest wait between probes of an unavailable database (s)."
+    )
+    max_future_skew: float = Field(
+        86_400.0,
+        ge=0,
+        description="A datapoint stamped further than this into the future (s) is refused and"
+        " dead-lettered (0: only the year-9999 ceiling).",
+    )

@@ -2,5 +2,6 @@
 
 from .app import create_app
 from .settings import Settings
+from .source import SourceError
 
-__all__ = ["Settings", "create_app"]
+__all__ = ["Settings", "SourceError", "create_app"]

@@ -8,19 +8,22 @@ from collections.abc import AsyncGenerator
 from prometheus_client import CollectorRegistry
 from quart import Quart
 from telemetry_kit import base_app
-from telemetry_model import DcgmCsvReader
 from telemetry_mq import BrokerClient
 from telemetry_store import create_pool
 
 from .metrics import StreamerMetrics
-from .replay import Replayer, prepare
+from .replay import Replayer
 from .settings import Settings
+from .source import load
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings) -> Quart:
-    """Build the streamer app; replay starts when serving starts and stops on shutdown."""
+    """Build the streamer app; replay starts when serving starts and stops on shutdown.
+
+    Raises ``SourceError`` when the CSV cannot be replayed at all.
+    """
     registry = CollectorRegistry()
     metrics = StreamerMetrics.create(registry)
     state: dict[str, Replayer] = {}
@@ -39,14 +42,7 @@ def create_app(settings: Settings) -> Quart:
         readiness=readiness,
     )
 
-    with open(settings.csv_path, newline="", encoding="utf-8") as f:
-        reader = DcgmCsvReader(f, skip_bad_rows=True)
-        samples = list(reader)
-    for error in reader.errors:
-        log.warning("skipping malformed CSV row: %s", error)
-    metrics.rows_skipped.inc(reader.skipped)
-    rows = prepare(samples)
-    log.info("loaded %d rows from %s (%d skipped)", len(rows), settings.csv_path, reader.skipped)
+    rows = load(settings.csv_path, metrics)  # SourceError: __main__ exits with one line
 
     @app.while_serving
     async def lifespan() -> AsyncGenerator[None]:
@@ -67,6 +63,7 @@ def create_app(settings: Settings) -> Quart:
                     batch_size=settings.batch_size,
                     rate=settings.rate,
                     loops=settings.loops,
+                    lease=settings.chunk_lease,
                 )
                 state["replayer"] = replayer
                 app.add_background_task(replayer.run, app.shutdown_event, settings.migrate)

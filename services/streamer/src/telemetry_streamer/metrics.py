@@ -15,6 +15,8 @@ class StreamerMetrics:
     publish_failures: Counter
     publish_seconds: Histogram
     claims: Counter
+    takeovers: Counter
+    leases_lost: Counter
     rows_skipped: Counter
     loop: Gauge
 
@@ -50,6 +52,20 @@ class StreamerMetrics:
             claims=Counter(
                 "claims",
                 "Chunks of sequence numbers claimed from the work index.",
+                namespace=ns,
+                subsystem=sub,
+                registry=registry,
+            ),
+            takeovers=Counter(
+                "chunk_takeovers",
+                "Chunks taken over from a streamer whose lease ran out (or that released them).",
+                namespace=ns,
+                subsystem=sub,
+                registry=registry,
+            ),
+            leases_lost=Counter(
+                "chunk_leases_lost",
+                "Chunks this streamer stopped publishing because another one had taken them over.",
                 namespace=ns,
                 subsystem=sub,
                 registry=registry,

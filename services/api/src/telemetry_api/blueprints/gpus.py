@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import orjson
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 from quart import Blueprint, Response
-from quart_schema import tag_blueprint, validate_querystring, validate_response
+from quart_schema import tag_blueprint, validate_querystring
 from telemetry_kit import APIError
-from telemetry_model import METRICS_BY_ID
-from telemetry_store import Cursor, GpuJsonPage, GpuRow, find_gpu, latest_values, list_gpus_json
+from telemetry_store import GpuJsonPage, find_gpu_json, list_gpus_json
 
 from ..cursors import decode_gpu, encode_gpu
-from ..db import db, state
+from ..db import db
 from ..params import CURSOR_DOC, LIMIT_DOC, Limit, next_link, page_limit
 from ..problems import Problem
 from ..responses import documents, json_response
@@ -48,20 +47,6 @@ class Gpu(BaseModel):
     driver_version: str | None
     first_seen: datetime = Field(description="Time of its first stored datapoint.")
     last_seen: datetime = Field(description="Time of its latest stored datapoint.")
-
-    @classmethod
-    def of(cls, row: GpuRow) -> Gpu:
-        """The API view of a stored GPU."""
-        return cls(
-            id=row.uuid,
-            hostname=row.hostname,
-            index=row.index,
-            device=row.device,
-            model=row.model,
-            driver_version=row.driver_version,
-            first_seen=row.first_seen.astimezone(UTC),
-            last_seen=row.last_seen.astimezone(UTC),
-        )
 
 
 class GpuPage(BaseModel):
@@ -105,10 +90,9 @@ async def list_all(query_args: GpuQuery) -> Response:
     if query_args.hostname is not None and "\x00" in query_args.hostname:
         page = GpuJsonPage("", None)  # no stored hostname has a NUL, and PostgreSQL refuses one
     else:
-        async with db() as cur:
-            page = await state().timed(
-                "list_gpus",
-                list_gpus_json(cur, limit=limit, hostname=query_args.hostname, after=after),
+        async with db() as q:
+            page = await q.run(
+                "list_gpus", list_gpus_json, limit=limit, hostname=query_args.hostname, after=after
             )
     # PostgreSQL rendered the items (list_gpus_json): no row parsing or encoding here.
     cursor = encode_gpu(page.last) if page.last is not None else None
@@ -121,43 +105,26 @@ async def list_all(query_args: GpuQuery) -> Response:
     )
 
 
-async def lookup(cur: Cursor, gpu_id: str) -> GpuRow:
-    """The stored GPU with this id; a 404 ``GPU_NOT_FOUND`` when there is none."""
-    row = None
-    if "\x00" not in gpu_id:
-        row = await state().timed("find_gpu", find_gpu(cur, gpu_id))
-    if row is None:
-        raise not_found(gpu_id)
-    return row
-
-
 def not_found(gpu_id: str) -> APIError:
     """The 404 ``GPU_NOT_FOUND`` of a GPU id no GPU has."""
     return APIError(404, "GPU_NOT_FOUND", f"no GPU has id {gpu_id[:100]!r}")
 
 
 @bp.get("/<gpu_id>")
-@validate_response(GpuState)
-@validate_response(Problem, 404)
-@validate_response(Problem, 503)
-async def show(gpu_id: str) -> GpuState:
+@documents(GpuState)
+@documents(Problem, 404)
+@documents(Problem, 503)
+async def show(gpu_id: str) -> Response:
     """Show one GPU with the latest value, unit and time of each metric.
 
     Errors: 404 GPU_NOT_FOUND.
     """
-    async with db() as cur:
-        row = await lookup(cur, gpu_id)
-        latest = await state().timed("latest_values", latest_values(cur, row.id))
-    gpu = Gpu.of(row)
-    return GpuState(
-        **gpu.model_dump(),
-        metrics=[
-            LatestValue(
-                metric=METRICS_BY_ID[v.metric_id].name,
-                unit=METRICS_BY_ID[v.metric_id].unit,
-                value=v.value,
-                time=v.ts.astimezone(UTC),
-            )
-            for v in latest
-        ],
-    )
+    # PostgreSQL renders the whole object (find_gpu_json), times included: whatever time a
+    # row holds renders, none is parsed into a Python datetime here.
+    body = None
+    if "\x00" not in gpu_id:  # no stored uuid has a NUL, and PostgreSQL refuses one
+        async with db() as q:
+            body = await q.run("find_gpu", find_gpu_json, gpu_id)
+    if body is None:
+        raise not_found(gpu_id)
+    return Response(body, content_type="application/json")

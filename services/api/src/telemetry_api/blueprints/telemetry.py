@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 import orjson
@@ -11,15 +11,15 @@ from pydantic.json_schema import SkipJsonSchema
 from quart import Blueprint, Response
 from quart_schema import tag_blueprint, validate_querystring
 from telemetry_kit import APIError
-from telemetry_model import EPOCH, METRICS, METRICS_BY_NAME
-from telemetry_store import Window, read_buckets, read_window_json
+from telemetry_model import EPOCH, METRICS, METRICS_BY_NAME, to_micros
+from telemetry_store import BucketKey, Window, find_gpu_span, read_buckets_json, read_window_json
 
 from ..cursors import decode_bucket, decode_point, encode_bucket, encode_point
 from ..db import db, state
 from ..params import CURSOR_DOC, LIMIT_DOC, Limit, next_link, page_limit, parse_step, parse_time
 from ..problems import Problem
 from ..responses import documents, json_response
-from .gpus import lookup, not_found
+from .gpus import not_found
 
 bp = Blueprint("telemetry", __name__, url_prefix="/api/v1/gpus")
 tag_blueprint(bp, ["Telemetry"])
@@ -29,8 +29,11 @@ _TIME_DOC: Final = (
     " the bound is inclusive."
 )
 _METRIC_NAMES: Final[list[JsonValue]] = [m.name for m in METRICS]
-_NAMES: Final = {m.id: m.name for m in METRICS}
-_UNITS: Final = {m.id: m.unit for m in METRICS}
+# Bucketed series cover the years the time parameters take (0001-9999 UTC): a time
+# PostgreSQL holds outside them (only a row stored before ingestion checked its domain) is
+# in the raw datapoints, not in buckets, whose arithmetic it would overflow.
+_FIRST: Final = datetime(1, 1, 1, tzinfo=UTC)
+_LAST: Final = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 
 class TelemetryQuery(BaseModel):
@@ -56,7 +59,10 @@ class TelemetryQuery(BaseModel):
     step: str | SkipJsonSchema[None] = Field(
         None,
         description="Bucket width (30s, 5m, 1h, 1d; at most 366d): aggregate per metric and"
-        " bucket instead of listing datapoints. Buckets start at start_time (else the epoch).",
+        " bucket instead of listing datapoints. Buckets start at start_time (else the epoch)."
+        " The window may span at most API_MAX_BUCKETS buckets (default 10000) and hold at most"
+        " API_MAX_SCAN_ROWS datapoints (default 1000000): 400 TOO_MANY_BUCKETS or"
+        " TOO_MANY_ROWS past either.",
         json_schema_extra={"pattern": "^[1-9][0-9]{0,7}[smhd]$", "examples": ["5m"]},
     )
     agg: Literal["avg", "min", "max"] | SkipJsonSchema[None] = Field(
@@ -140,7 +146,7 @@ async def series(gpu_id: str, query_args: TelemetryQuery) -> Response:
     every datapoint is on exactly one page. A known GPU with nothing in the window gives
     an empty list; an unknown GPU a 404. Errors: 400 INVALID_TIME, NAIVE_TIME,
     INVALID_TIME_RANGE, INVALID_LIMIT, INVALID_CURSOR, UNKNOWN_METRIC, INVALID_STEP,
-    INVALID_AGGREGATE; 404 GPU_NOT_FOUND.
+    INVALID_AGGREGATE, TOO_MANY_BUCKETS, TOO_MANY_ROWS; 404 GPU_NOT_FOUND.
     """
     limit = page_limit(query_args.limit)
     start, end, metric_ids = _bounds(query_args)
@@ -150,43 +156,75 @@ async def series(gpu_id: str, query_args: TelemetryQuery) -> Response:
         return await _datapoints(gpu_id, query_args, limit, start, end, metric_ids)
     step = parse_step(query_args.step)
     agg = query_args.agg or "avg"
-    b_after = decode_bucket(query_args.cursor) if query_args.cursor is not None else None
-    async with db() as cur:
-        gpu = await lookup(cur, gpu_id)
-        window = Window(gpu.id, start, end, metric_ids)
-        buckets = await state().timed(
+    after = decode_bucket(query_args.cursor) if query_args.cursor is not None else None
+    settings = state().settings
+    async with db() as q:
+        gpu = await q.run("find_gpu", find_gpu_span, gpu_id) if "\x00" not in gpu_id else None
+        if gpu is None:
+            raise not_found(gpu_id)
+        origin = start or EPOCH
+        window = Window(gpu.id, start or _FIRST, end or _LAST, metric_ids)
+        _check_buckets(window, origin, step, gpu.first_us, gpu.last_us, after, settings.max_buckets)
+        page = await q.run(
             "read_buckets",
-            read_buckets(
-                cur,
-                window,
-                step=step,
-                origin=start or EPOCH,
-                aggregate=agg,
-                limit=limit + 1,
-                after=b_after,
-            ),
+            read_buckets_json,
+            window,
+            step=step,
+            origin=origin,
+            aggregate=agg,
+            limit=limit,
+            max_rows=settings.max_scan_rows,
+            after=after,
         )
-    cursor = encode_bucket(buckets[limit - 1].key) if len(buckets) > limit else None
-    items = [
-        {
-            "time": b.start.astimezone(UTC),
-            "metric": _NAMES[b.metric_id],
-            "unit": _UNITS[b.metric_id],
-            "value": b.value,
-            "count": b.count,
-        }
-        for b in buckets[:limit]
-    ]
+    if page.scanned > settings.max_scan_rows:
+        raise APIError(
+            400,
+            "TOO_MANY_ROWS",
+            f"the window holds more than {settings.max_scan_rows} datapoints to aggregate;"
+            " narrow it with start_time and end_time, or filter metrics",
+            max_rows=settings.max_scan_rows,
+        )
+    cursor = encode_bucket(page.last) if page.last is not None else None
     return json_response(
         {
-            "gpu_id": gpu.uuid,
+            "gpu_id": gpu_id,
             "step": query_args.step,
             "agg": agg,
-            "items": items,
+            "items": orjson.Fragment(f"[{page.items}]"),
             "next_cursor": cursor,
             "next": next_link(cursor),
         }
     )
+
+
+def _check_buckets(
+    window: Window,
+    origin: datetime,
+    step: timedelta,
+    first_us: int,
+    last_us: int,
+    after: BucketKey | None,
+    max_buckets: int,
+) -> None:
+    """A 400 ``TOO_MANY_BUCKETS`` when the window, narrowed to the GPU's data, spans more
+    buckets than allowed (whatever the page size: each page aggregates the rest of it)."""
+    assert window.start is not None and window.end is not None
+    low = max(to_micros(window.start), first_us)
+    high = min(to_micros(window.end), last_us)
+    if after is not None:
+        low = max(low, after.start_us)
+    if high < low:
+        return
+    base, width = to_micros(origin), step // timedelta(microseconds=1)
+    buckets = (high - base) // width - (low - base) // width + 1
+    if buckets > max_buckets:
+        raise APIError(
+            400,
+            "TOO_MANY_BUCKETS",
+            f"the window spans {buckets} buckets of {step}; at most {max_buckets}:"
+            " widen step or narrow start_time and end_time",
+            max_buckets=max_buckets,
+        )
 
 
 async def _datapoints(
@@ -203,18 +241,16 @@ async def _datapoints(
     after = decode_point(query_args.cursor) if query_args.cursor is not None else None
     page = None
     if "\x00" not in gpu_id:  # no stored uuid has a NUL, and PostgreSQL refuses one
-        async with db() as cur:
-            page = await state().timed(
+        async with db() as q:
+            page = await q.run(
                 "read_window",
-                read_window_json(
-                    cur,
-                    gpu_id,
-                    start=start,
-                    end=end,
-                    metric_ids=metric_ids,
-                    limit=limit,
-                    after=after,
-                ),
+                read_window_json,
+                gpu_id,
+                start=start,
+                end=end,
+                metric_ids=metric_ids,
+                limit=limit,
+                after=after,
             )
     if page is None:
         raise not_found(gpu_id)
