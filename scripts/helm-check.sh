@@ -64,6 +64,7 @@ echo "all rendered manifests are valid for Kubernetes $kube_version"
 
 step "custom resources against their CRD schemas (scripts/schemas)"
 uv run --frozen python scripts/validate_crs.py --require ScaledObject --require ServiceMonitor \
+  --require PrometheusRule \
   "$out"/*.yaml
 
 step "values the chart must refuse"

@@ -3,16 +3,21 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import psycopg2
 import pytest
 from psycopg2.extensions import parse_dsn
 from telemetry_devstack import (
+    Prometheus,
     ServiceProcess,
+    Stack,
+    StackConfig,
     create_database,
     drop_database,
     free_port,
     process_alive,
+    scrape_config,
     with_database,
 )
 from telemetry_devstack.__main__ import parse_args
@@ -141,3 +146,61 @@ def test_the_embedded_server_stops_and_starts_again_on_the_same_dsn():
         assert process_alive(postmaster)
     # The restarted server is stopped with the context, not left behind.
     assert not process_alive(postmaster)
+
+
+async def test_a_command_process_uses_its_own_ready_route(tmp_path):
+    # Any program, not only ``python -m``: here a static file server whose "ready route" is a file.
+    (tmp_path / "ok").write_text("yes")
+    port = free_port()
+    proc = ServiceProcess(
+        "files",
+        "files",
+        port=port,
+        env={},
+        command=[sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        args=["--directory", str(tmp_path)],
+        ready_path="/ok",
+        sink=None,
+    )
+    await proc.start()
+    try:
+        await proc.wait_ready(timeout=20)
+    finally:
+        await proc.stop(timeout=5)
+
+
+def test_scrape_config_names_the_jobs_as_the_alert_rules_do(tmp_path):
+    def proc(name: str, port: int) -> ServiceProcess:
+        return ServiceProcess(name, name, port=port, env={}, sink=None)
+
+    stack = Stack(StackConfig(database_url="", data_dir=tmp_path, csv_path=tmp_path / "x.csv"))
+    stack.broker = proc("broker", 1)
+    stack.collectors = [proc("c0", 2), proc("c1", 3)]
+    stack.api = proc("api", 4)  # no streamer: its job is left out
+    config = scrape_config(stack, interval=0.5, rules=[Path("helm/telemetry/files/alerts.yaml")])
+    assert config["global"] == {
+        "scrape_interval": "500ms",
+        "scrape_timeout": "500ms",
+        "evaluation_interval": "500ms",
+    }
+    assert config["rule_files"] == [str(Path("helm/telemetry/files/alerts.yaml").resolve())]
+    assert {j["job_name"]: j["static_configs"][0]["targets"] for j in config["scrape_configs"]} == {
+        "telemetry-broker": ["127.0.0.1:1"],
+        "telemetry-collector": ["127.0.0.1:2", "127.0.0.1:3"],
+        "telemetry-api": ["127.0.0.1:4"],
+    }
+
+
+def test_prometheus_flag_needs_prometheus_installed(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no prometheus on it
+    with pytest.raises(SystemExit):
+        parse_args(["--prometheus"])
+    assert "apt-get install prometheus" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="apt-get install prometheus"):
+        Prometheus(tmp_path)
+    fake = tmp_path / "prometheus"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    args = parse_args(["--prometheus", "--prometheus-port", "19999"])
+    assert (args.prometheus, args.prometheus_port) == (True, 19999)
+    assert args.rules == Path("helm/telemetry/files/alerts.yaml")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -61,6 +62,41 @@ async def test_control_routes():
         r = await client.get("/metrics")
         assert r.status_code == 200
         assert b"telemetry_demo_http_requests_total" in await r.get_data()
+
+
+async def test_each_scrape_exports_readiness_and_process_metrics():
+    state: dict[str, str | None] = {"reason": None}
+    registry = CollectorRegistry()
+
+    async def readiness() -> str | None:
+        return state["reason"]
+
+    app = base_app("demo", title="Demo", version="1", registry=registry, readiness=readiness)
+    client = app.test_client()
+    assert (await client.get("/metrics")).status_code == 200
+    assert registry.get_sample_value("telemetry_demo_ready") == 1
+    # The gauge follows the check at the next scrape, without any /readyz call in between.
+    state["reason"] = "database unreachable"
+    await client.get("/metrics")
+    assert registry.get_sample_value("telemetry_demo_ready") == 0
+    text = (await (await client.get("/metrics")).get_data()).decode()
+    assert "telemetry_demo_ready 0.0" in text
+    assert "process_cpu_seconds_total" in text and "process_resident_memory_bytes" in text
+
+
+async def test_a_readiness_check_that_hangs_counts_as_not_ready(monkeypatch):
+    monkeypatch.setattr("telemetry_kit.control.READY_CHECK_TIMEOUT", 0.05)
+    registry = CollectorRegistry()
+    never = asyncio.Event()
+
+    async def readiness() -> str | None:
+        await never.wait()
+        return None
+
+    app = base_app("demo", title="Demo", version="1", registry=registry, readiness=readiness)
+    r = await app.test_client().get("/metrics")
+    assert r.status_code == 200
+    assert registry.get_sample_value("telemetry_demo_ready") == 0
 
 
 async def test_not_ready_is_a_503_problem():

@@ -28,7 +28,7 @@ from telemetry_store import (
     insert_datapoints,
     latest_values,
     list_gpus_json,
-    read_buckets,
+    read_buckets_json,
     read_window,
     read_window_json,
     upsert_gpus,
@@ -102,10 +102,17 @@ async def test_records_at_the_edges_of_the_domain_are_stored_and_read_back(cur):
         assert page is not None and page.count == 1
         [item] = orjson.loads(f"[{page.items}]")
         assert item["pod"] == p.pod and item["time"].startswith(p.timestamp.strftime("%Y-"))
-        [bucket] = await read_buckets(
-            cur, Window(gpu.id), step=timedelta(days=1), origin=EPOCH, aggregate="max", limit=10
+        buckets = await read_buckets_json(
+            cur,
+            Window(gpu.id),
+            step=timedelta(days=1),
+            origin=EPOCH,
+            aggregate="max",
+            limit=10,
+            max_rows=10,
         )
-        assert bucket.count == 1
+        [bucket] = orjson.loads(f"[{buckets.items}]")
+        assert buckets.count == 1 and bucket["count"] == 1
     listing = await list_gpus_json(cur, limit=10)
     assert len(orjson.loads(f"[{listing.items}]")) == 2
 

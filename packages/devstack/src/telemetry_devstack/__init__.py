@@ -9,9 +9,11 @@ from .postgres import (
     with_database,
 )
 from .procs import ServiceProcess, die_with_parent, free_port, print_sink, process_alive
+from .prometheus import Prometheus, find_prometheus, scrape_config
 from .stack import Stack, StackConfig
 
 __all__ = [
+    "Prometheus",
     "ServiceProcess",
     "Stack",
     "StackConfig",
@@ -19,10 +21,12 @@ __all__ = [
     "die_with_parent",
     "drop_database",
     "embedded_server",
+    "find_prometheus",
     "free_port",
     "print_sink",
     "process_alive",
     "start_server",
     "stop_server",
+    "scrape_config",
     "with_database",
 ]

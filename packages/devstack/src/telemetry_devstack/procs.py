@@ -56,7 +56,11 @@ def print_sink(name: str, line: str) -> None:
 
 
 class ServiceProcess:
-    """One service (``python -m <module>``) as a child process on 127.0.0.1:<port>."""
+    """One service (``python -m <module>``) as a child process on 127.0.0.1:<port>.
+
+    With ``command`` the child runs that program instead (``module`` is then only a label), and
+    ``ready_path`` names its readiness route.
+    """
 
     def __init__(
         self,
@@ -67,12 +71,16 @@ class ServiceProcess:
         env: Mapping[str, str],
         args: Sequence[str] = (),
         sink: LogSink | None = print_sink,
+        command: Sequence[str] | None = None,
+        ready_path: str = "/readyz",
     ) -> None:
         self.name = name
         self.module = module
         self.port = port
         self.env = dict(env)
         self.args = list(args)
+        self.command = list(command) if command is not None else [sys.executable, "-m", module]
+        self.ready_path = ready_path
         self._sink = sink
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -98,9 +106,7 @@ class ServiceProcess:
         """Spawn the process with the current environment plus ``env``."""
         env = {**os.environ, **self.env}
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            self.module,
+            *self.command,
             *self.args,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -125,7 +131,7 @@ class ServiceProcess:
                 self._sink(self.name, text)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
-        """Poll ``/readyz`` until it answers 200; raise if the process dies or time runs out."""
+        """Poll the ready route until it answers 200; raise if the process dies or time runs out."""
         deadline = asyncio.get_running_loop().time() + timeout
         async with aiohttp.ClientSession() as session:
             while True:
@@ -134,7 +140,7 @@ class ServiceProcess:
                     raise RuntimeError(f"{self.name} exited with {self.returncode}:\n{tail}")
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with session.get(
-                        f"{self.url}/readyz", timeout=aiohttp.ClientTimeout(total=2)
+                        f"{self.url}{self.ready_path}", timeout=aiohttp.ClientTimeout(total=2)
                     ) as r:
                         if r.status == 200:
                             return
