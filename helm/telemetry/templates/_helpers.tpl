@@ -113,18 +113,48 @@ read back with fromYaml).
 {{- end }}
 
 {{/*
-Secret and key holding the PostgreSQL DSN (in-chart or externalDatabase.existingSecret).
+Secret and key holding the in-chart PostgreSQL's password (postgresql.auth.existingSecret or the
+chart-made one).
 */}}
-{{- define "telemetry.databaseSecretName" -}}
-{{- if .Values.postgresql.enabled }}
-{{- include "telemetry.componentName" (dict "root" . "component" "postgresql") }}
-{{- else }}
-{{- required "externalDatabase.existingSecret is required when postgresql.enabled=false" .Values.externalDatabase.existingSecret }}
-{{- end }}
+{{- define "telemetry.postgresql.secretName" -}}
+{{- .Values.postgresql.auth.existingSecret | default (include "telemetry.componentName" (dict "root" . "component" "postgresql")) }}
 {{- end }}
 
-{{- define "telemetry.databaseSecretKey" -}}
-{{- if .Values.postgresql.enabled }}database-url{{ else }}{{ required "externalDatabase.key is required" .Values.externalDatabase.key }}{{ end }}
+{{- define "telemetry.postgresql.passwordKey" -}}
+{{- required "postgresql.auth.passwordKey is required" .Values.postgresql.auth.passwordKey }}
+{{- end }}
+
+{{/*
+DSN of the in-chart PostgreSQL, without the password: libpq takes that from PGPASSWORD, so the
+password never has to be URL-encoded into a DSN.
+*/}}
+{{- define "telemetry.postgresql.dsn" -}}
+{{- $auth := .Values.postgresql.auth }}
+{{- printf "postgresql://%s@%s:%v/%s" (urlquery $auth.username) (include "telemetry.componentName" (dict "root" . "component" "postgresql")) .Values.postgresql.service.port (urlquery $auth.database) }}
+{{- end }}
+
+{{/*
+Environment entries that give a container its database: with the in-chart PostgreSQL, the DSN in
+.name and the password in PGPASSWORD; with an external database, the DSN from its Secret.
+Usage: include "telemetry.databaseEnv" (dict "root" $ "name" "API_DATABASE_URL")
+*/}}
+{{- define "telemetry.databaseEnv" -}}
+{{- $root := .root }}
+{{- if $root.Values.postgresql.enabled }}
+- name: {{ .name }}
+  value: {{ include "telemetry.postgresql.dsn" $root | quote }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "telemetry.postgresql.secretName" $root }}
+      key: {{ include "telemetry.postgresql.passwordKey" $root }}
+{{- else }}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "externalDatabase.existingSecret is required when postgresql.enabled=false" $root.Values.externalDatabase.existingSecret }}
+      key: {{ required "externalDatabase.key is required" $root.Values.externalDatabase.key }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -132,6 +162,13 @@ Secret holding the broker token.
 */}}
 {{- define "telemetry.brokerTokenSecretName" -}}
 {{- .Values.brokerAuth.existingSecret | default (include "telemetry.componentName" (dict "root" . "component" "broker-token")) }}
+{{- end }}
+
+{{/*
+Secret holding the API token.
+*/}}
+{{- define "telemetry.apiTokenSecretName" -}}
+{{- .Values.apiAuth.existingSecret | default (include "telemetry.componentName" (dict "root" . "component" "api-token")) }}
 {{- end }}
 
 {{/*
@@ -192,11 +229,14 @@ Usage: include "telemetry.env" (dict "root" $ "component" "collector" "prefix" "
   value: {{ index $env $name | quote }}
 {{- end }}
 {{- if .database }}
-- name: {{ printf "%s_DATABASE_URL" $p }}
+{{- include "telemetry.databaseEnv" (dict "root" $root "name" (printf "%s_DATABASE_URL" $p)) }}
+{{- end }}
+{{- if and (eq .component "api") $root.Values.apiAuth.enabled }}
+- name: API_TOKEN
   valueFrom:
     secretKeyRef:
-      name: {{ include "telemetry.databaseSecretName" $root }}
-      key: {{ include "telemetry.databaseSecretKey" $root }}
+      name: {{ include "telemetry.apiTokenSecretName" $root }}
+      key: {{ $root.Values.apiAuth.key }}
 {{- end }}
 {{- if $root.Values.brokerAuth.enabled }}
 {{- if or .broker (eq .component "broker") }}
@@ -278,11 +318,7 @@ spec:
                   print("waiting for the database:", str(e).strip(), flush=True)
                   time.sleep(2)
       env:
-        - name: DATABASE_URL
-          valueFrom:
-            secretKeyRef:
-              name: {{ include "telemetry.databaseSecretName" $root }}
-              key: {{ include "telemetry.databaseSecretKey" $root }}
+        {{- include "telemetry.databaseEnv" (dict "root" $root "name" "DATABASE_URL") | trim | nindent 8 }}
       securityContext:
         {{- toYaml $cfg.securityContext | nindent 8 }}
       resources:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any, Final
@@ -11,10 +12,10 @@ import orjson
 import psycopg2
 from prometheus_client import CollectorRegistry
 from pydantic_core import to_jsonable_python
-from quart import Quart, Response
+from quart import Quart, Response, request
 from quart.json.provider import DefaultJSONProvider
 from quart_schema import Tag
-from telemetry_kit import base_app
+from telemetry_kit import APIError, base_app
 from telemetry_store import Probe, create_pool, ping
 
 from .blueprints import assets, catalog, gpus, telemetry
@@ -80,6 +81,8 @@ def create_app(settings: Settings) -> Quart:
     register_error_handlers(app)
     for blueprint in (gpus.bp, telemetry.bp, catalog.bp, assets.bp):
         app.register_blueprint(blueprint)
+    if settings.token is not None:
+        require_token(app, settings.token.get_secret_value())
 
     @app.while_serving
     async def database() -> AsyncGenerator[None]:
@@ -110,3 +113,25 @@ def create_app(settings: Settings) -> Quart:
             await pool.wait_closed()
 
     return app
+
+
+def require_token(app: Quart, token: str) -> None:
+    """Answer 401 on /api routes unless the request carries ``Authorization: Bearer <token>``.
+
+    Only the data routes: /healthz, /readyz and /metrics stay open for probes and Prometheus,
+    /openapi.json and /docs for readers of the spec.
+    """
+    expected = f"Bearer {token}".encode()
+
+    @app.before_request
+    async def _check_token() -> None:
+        if not request.path.startswith("/api/"):
+            return
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise APIError(
+                401,
+                "UNAUTHORIZED",
+                "a valid bearer token is required",
+                headers={"WWW-Authenticate": 'Bearer realm="api"'},
+            )

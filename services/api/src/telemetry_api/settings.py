@@ -49,6 +49,11 @@ class Settings(ServiceSettings):
     max_scan_rows: int = Field(
         1_000_000, ge=1, description="Most datapoints one step query may aggregate."
     )
+    token: SecretStr | None = Field(
+        None,
+        min_length=1,
+        description="Bearer token required on /api routes when set (control routes stay open).",
+    )
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Self:
