@@ -108,10 +108,30 @@ async def test_gpu_upsert_widens_the_seen_range(cur):
 def test_public_surface():
     import telemetry_store
 
-    modules = {"errors", "pool", "reads", "streams", "writes"}  # "migrate" is the function
+    # "migrate" is the function
+    modules = {
+        "errors",
+        "pool",
+        "reads",
+        "streams",
+        "writes",
+        "timesql",
+        "partitions",
+        "rollups",
+        "maintenance",
+    }
     assert sorted(telemetry_store.__all__) == sorted(
         n for n in dir(telemetry_store) if not n.startswith("_") and n not in modules
     )
+
+
+async def insert_old_schema(cur, encoded) -> int:
+    """The write path of the schema before telemetry was partitioned (migration 0020)."""
+    from telemetry_store.writes import _INSERT_TELEMETRY
+
+    sql = _INSERT_TELEMETRY.replace("ON CONFLICT (stream_id, seq, ts) DO NOTHING", "")
+    await cur.execute(sql, ((b"[" + b",".join(encoded) + b"]").decode(),))
+    return int(cur.rowcount)
 
 
 SMALLINT_MAX = 2**15 - 1
@@ -179,7 +199,7 @@ async def test_migration_restarts_the_sequences_past_the_ids_in_use(fresh_databa
                 " setval(pg_get_serial_sequence('gpus', 'id'), 2000000000)"
             )
             encoded = [WireTemplate(s).encode(b'"a"', i, 1_000) for i, s in enumerate(samples)]
-            assert await insert_datapoints(cur, encoded) == 10
+            assert await insert_old_schema(cur, encoded) == 10
         applied = await migrate(pool)
         assert applied[0] == 3
         async with transaction(pool) as cur:
