@@ -145,3 +145,12 @@ def is_raw_partition(relation: str | None) -> bool:
     return relation is not None and (
         relation.startswith("telemetry_p") or relation in ("telemetry_early", "telemetry_far")
     )
+
+
+async def insert_old_schema(cur, encoded) -> int:
+    """The write path of the schema before telemetry was partitioned (migration 0020)."""
+    from telemetry_store.writes import _INSERT_TELEMETRY
+
+    sql = _INSERT_TELEMETRY.replace("ON CONFLICT (stream_id, seq, ts) DO NOTHING", "")
+    await cur.execute(sql, ((b"[" + b",".join(encoded) + b"]").decode(),))
+    return int(cur.rowcount)

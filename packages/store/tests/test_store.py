@@ -19,7 +19,7 @@ from telemetry_store import (
     upsert_gpus,
 )
 
-from conftest import CSV_PATH
+from conftest import CSV_PATH, insert_old_schema
 
 
 def sightings(samples, ts_us):
@@ -123,15 +123,6 @@ def test_public_surface():
     assert sorted(telemetry_store.__all__) == sorted(
         n for n in dir(telemetry_store) if not n.startswith("_") and n not in modules
     )
-
-
-async def insert_old_schema(cur, encoded) -> int:
-    """The write path of the schema before telemetry was partitioned (migration 0020)."""
-    from telemetry_store.writes import _INSERT_TELEMETRY
-
-    sql = _INSERT_TELEMETRY.replace("ON CONFLICT (stream_id, seq, ts) DO NOTHING", "")
-    await cur.execute(sql, ((b"[" + b",".join(encoded) + b"]").decode(),))
-    return int(cur.rowcount)
 
 
 SMALLINT_MAX = 2**15 - 1

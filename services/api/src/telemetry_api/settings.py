@@ -50,6 +50,13 @@ class Settings(ServiceSettings):
         1_000_000, ge=1, description="Most datapoints one step query may aggregate."
     )
 
+    maintenance_interval: float = Field(
+        0,
+        ge=0,
+        description="Run the maintenance job (partitions, rollups, retention; MAINTENANCE_*"
+        " settings) in this process every this many seconds; 0 never (a CronJob runs it).",
+    )
+
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Self:
         if self.default_limit > self.max_limit:
