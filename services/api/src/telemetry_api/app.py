@@ -34,6 +34,10 @@ time windows of datapoints (raw or bucketed), and the metric catalog.
 
 Times are RFC 3339 with a UTC offset. Lists are paged: pass `next_cursor` back as
 `cursor`, or follow `next`. Errors are `application/problem+json` with a stable `code`.
+
+Retention (defaults; a deployment sets its own): raw datapoints are kept 7 days, 1-minute
+aggregates 90 days and 1-hour aggregates 2 years. Bucketed queries (`step`) of whole minutes
+or hours read the aggregates where they can, with the same answer as the raw datapoints.
 """
 TAGS: Final = [
     Tag(name="GPUs", description="The GPUs that have telemetry, and their latest state."),
