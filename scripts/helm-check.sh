@@ -60,6 +60,8 @@ refusals=(
   "--set api.autoscaling.enabled=true|connection budget exceeded"
   "--set collector.env.COLLECTOR_WORKERS=64|connection budget exceeded"
   "--set connectionBudget.reserved=95|connection budget exceeded"
+  "--set postgresql.persistence.size=8Gi|postgresql volume too small for the retention"
+  "--set maintenance.rawRetentionDays=100|retention must not shrink"
 )
 for case in "${refusals[@]}"; do
   args=${case%%|*}
