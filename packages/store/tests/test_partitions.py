@@ -377,11 +377,16 @@ async def test_latest_state_reads_only_the_newest_partition_with_data(db):
         await store(db, replay(to_micros(NOW - timedelta(days=d)), 60, seq0=d * 10_000))
     await run_maintenance(db, Policy(), now_us=NOW_US)
     async with cursor(db) as cur:
-        from telemetry_store.reads import _GPU_STATE
+        from telemetry_store.reads import _GPU_STATE, _statement
 
-        await cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + _GPU_STATE, (GPUS[0],))
+        # The generic plan, as the API runs it prepared.
+        await cur.execute("SET plan_cache_mode = force_generic_plan")
+        _, prepare, execute = _statement(_GPU_STATE)
+        await cur.execute(prepare)
+        await cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + execute, {"uuid": GPUS[0]})
         (plan,) = await cur.fetchone()
         plan = plan if isinstance(plan, list) else json.loads(plan)
+        await cur.execute("DEALLOCATE ALL")
 
         def nodes(n):
             yield n

@@ -682,7 +682,7 @@ _GPU_STATE: Final = (
     " FROM (SELECT m.id AS metric_id, l.ts, l.value FROM metrics m CROSS JOIN LATERAL ("
     "  SELECT t.ts, t.value FROM telemetry t WHERE t.gpu_id = g.id AND t.metric_id = m.id"
     "  ORDER BY t.ts DESC, t.stream_id DESC, t.seq DESC LIMIT 1) l) v), '') || ']}'"
-    " FROM gpus g WHERE g.uuid = %s"
+    " FROM gpus g WHERE g.uuid = %(uuid)s"
 )
 
 
@@ -694,7 +694,8 @@ async def find_gpu_json(cur: Cursor, uuid: str) -> str | None:
     "last_seen", "metrics": [{"metric", "unit", "value", "time"}, ...]}`` (catalog order),
     byte for byte what orjson makes of it; every time renders (see ``_rfc3339``).
     """
-    await cur.execute(_GPU_STATE, (uuid,))
+    # Prepared: planning ten lateral reads over every partition costs more than running them.
+    await _execute_prepared(cur, _GPU_STATE, {"uuid": uuid})
     row = await cur.fetchone()
     return None if row is None else str(row[0])
 
