@@ -64,9 +64,12 @@ from .streams import (
 )
 from .timesql import BEGIN_US, END_US, at
 from .writes import (
+    BEGIN_INGEST,
     INGEST_LOCK,
     GpuSighting,
+    IngestBounds,
     Stored,
+    ingest_bounds,
     insert_datapoints,
     store_datapoints,
     upsert_gpus,
@@ -74,7 +77,10 @@ from .writes import (
 
 __all__ = [
     "ADVISORY_LOCK_ID",
+    "BEGIN_INGEST",
     "INGEST_LOCK",
+    "IngestBounds",
+    "ingest_bounds",
     "JOB_LOCK",
     "PARTITION_LOCK",
     "Partition",

@@ -110,10 +110,30 @@ async def upsert_gpus(cur: Cursor, sightings: Iterable[GpuSighting]) -> None:
 
 
 _BOUNDS: Final = (
-    "SELECT pg_advisory_xact_lock_shared(%s);"
+    f"SELECT pg_advisory_xact_lock_shared({INGEST_LOCK});"
     f" SELECT {_micros('accept_from')}, {_micros('sealed_to')},"
     " extract(epoch FROM partition_width)::bigint * 1000000 FROM telemetry_bounds"
 )
+# A transaction's BEGIN with the bounds in the same round trip (``pool.transaction(begin=)``).
+BEGIN_INGEST: Final = f"BEGIN; {_BOUNDS}"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestBounds:
+    """``telemetry_bounds`` as an insert transaction sees it (microseconds since the epoch)."""
+
+    accept_us: int
+    sealed_us: int
+    width_us: int
+
+
+async def ingest_bounds(cur: Cursor, *, fetched: bool = False) -> IngestBounds:
+    """Take ``INGEST_LOCK`` shared and read the bounds; with ``fetched``, only read the rows of
+    a transaction begun with ``BEGIN_INGEST``."""
+    if not fetched:
+        await cur.execute(_BOUNDS)
+    accept_us, sealed_us, width_us = (int(x) for x in await cur.fetchone())
+    return IngestBounds(accept_us, sealed_us, width_us)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +148,15 @@ class Stored:
     partitions: tuple[str, ...] = ()
 
 
-async def store_datapoints(cur: Cursor, encoded: Sequence[bytes], ts_us: Sequence[int]) -> Stored:
+async def store_datapoints(
+    cur: Cursor,
+    encoded: Sequence[bytes],
+    ts_us: Sequence[int],
+    bounds: IngestBounds | None = None,
+) -> Stored:
     """Insert wire-encoded datapoints whose times are ``ts_us`` (same order), in the caller's
     transaction; duplicates are skipped, expired ones refused (see the module docstring).
+    ``bounds`` are the transaction's own (``ingest_bounds``), read here when not given.
 
     Every datapoint's GPU and stream must already be registered (``upsert_gpus``,
     ``streams.ensure_streams``), and its metric must be in the catalog.
@@ -139,8 +165,9 @@ async def store_datapoints(cur: Cursor, encoded: Sequence[bytes], ts_us: Sequenc
         raise ValueError("encoded and ts_us differ in length")
     if not encoded:
         return Stored(0)
-    await cur.execute(_BOUNDS, (INGEST_LOCK,))
-    accept_us, sealed_us, width_us = (int(x) for x in await cur.fetchone())
+    if bounds is None:
+        bounds = await ingest_bounds(cur)
+    accept_us, sealed_us, width_us = bounds.accept_us, bounds.sealed_us, bounds.width_us
     if min(ts_us) >= accept_us:
         kept, times = encoded, ts_us
     else:

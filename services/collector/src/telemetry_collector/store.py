@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 import aiopg
 from telemetry_model import Datapoint, Gpu
 from telemetry_store import (
+    BEGIN_INGEST,
     GpuSighting,
     Stored,
     ensure_streams,
+    ingest_bounds,
     store_datapoints,
     transaction,
     upsert_gpus,
@@ -71,10 +73,12 @@ async def store_batch(
     """Store a batch; return what was new, expired and late. Commits before returning."""
     sightings = registry.stale_gpus(points)
     streams = {p.stream for p in points} - registry.streams
-    async with transaction(pool) as cur:
+    # The bounds of the insert (retention horizon, sealed minutes) come with the BEGIN.
+    async with transaction(pool, begin=BEGIN_INGEST) as cur:
+        bounds = await ingest_bounds(cur, fetched=True)
         if streams:
             await ensure_streams(cur, sorted(streams))
         await upsert_gpus(cur, sightings)
-        stored = await store_datapoints(cur, encoded, [p.ts_us for p in points])
+        stored = await store_datapoints(cur, encoded, [p.ts_us for p in points], bounds)
     registry.remember(sightings, streams)
     return stored
