@@ -191,7 +191,10 @@ class Maintenance:
         oldest_1m = floor_to(now - _us(self.policy.rollup_1m_retention), MINUTE_US)
         start = bounds["rollup_1m_to"]
         if start is None:
-            start = floor_to(raw[0].lo_us if raw else sealed, MINUTE_US)
+            # From the first partition of the data's domain (telemetry_early holds only what a
+            # hand-written INSERT stores before 1970).
+            first = next((p.lo_us for p in raw if p.lo_us >= 0), sealed)
+            start = floor_to(first, MINUTE_US)
         start = max(start, oldest_1m)
         if start < sealed:
             if bounds["rollup_1m_to"] is None:
