@@ -656,8 +656,8 @@ def render(
             " 10 M datapoints (load average before: "
             + " ".join(f"{x:.2f}" for x in load)
             + "). The table is attached whole as one partition: no row is copied; the time is"
-            " one scan for its bounds, the new primary key (stream_id, seq, ts) and the BRIN"
-            " index built on it. The migration holds ACCESS EXCLUSIVE on `telemetry` for all of"
+            " one scan for its bounds and the new primary key (stream_id, seq, ts) built on"
+            " it. The migration holds ACCESS EXCLUSIVE on `telemetry` for all of"
             " it (docs/deployment.md).",
             "",
         ]

@@ -98,6 +98,7 @@ class Report:
     created: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     drop_seconds: list[float] = field(default_factory=list)
+    detach_seconds: list[float] = field(default_factory=list)
     rows_1m: int = 0
     rows_1h: int = 0
     late_minutes: int = 0
@@ -303,11 +304,12 @@ class Maintenance:
 
     async def _drop(self, parent: str, partition: Partition) -> None:
         began = time.perf_counter()
-        await detach_and_drop(self.cur, parent, partition)
+        detach = await detach_and_drop(self.cur, parent, partition)
         seconds = time.perf_counter() - began
-        log.info("dropped partition %s in %.3fs", partition.name, seconds)
+        log.info("dropped partition %s in %.3fs (detach %.3fs)", partition.name, seconds, detach)
         self.report.dropped.append(partition.name)
         self.report.drop_seconds.append(seconds)
+        self.report.detach_seconds.append(detach)
 
 
 async def run_maintenance(pool: aiopg.Pool, policy: Policy, *, now_us: int | None = None) -> Report:

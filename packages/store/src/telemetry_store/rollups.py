@@ -27,15 +27,17 @@ from .timesql import _micros, at
 
 Source = Literal["telemetry", "telemetry_1m", "telemetry_1h"]
 
-# The values of a minute: recomputed from raw rows in [a, b). "last" is the value of the
-# datapoint last in (ts, stream_id, seq) order, the order the latest state uses.
+# The values of a minute: recomputed from raw rows in [a, b), read GPU by GPU from the covering
+# (gpu_id, ts, ...) index (index-only once vacuumed). "last" is the value of the datapoint last
+# in (ts, stream_id, seq) order, the order the latest state uses.
 _MINUTES: Final = """
 INSERT INTO telemetry_1m AS r (gpu_id, bucket, metric_id, count, min, max, sum, last)
 SELECT gpu_id, date_bin('1 minute', ts, timestamptz '1970-01-01 00:00:00+00'), metric_id,
        count(*), min(value), max(value), sum(value),
        (array_agg(value ORDER BY ts DESC, stream_id DESC, seq DESC))[1]
-FROM telemetry
-WHERE ts >= %(a)s AND ts < %(b)s
+FROM gpus g CROSS JOIN LATERAL (
+    SELECT gpu_id, ts, metric_id, value, stream_id, seq FROM telemetry
+    WHERE gpu_id = g.id AND ts >= %(a)s AND ts < %(b)s) t
 GROUP BY 1, 2, 3
 ON CONFLICT (gpu_id, bucket, metric_id) DO UPDATE SET
     count = EXCLUDED.count, min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum,
@@ -48,8 +50,9 @@ _HOURS: Final = """
 INSERT INTO telemetry_1h AS r (gpu_id, bucket, metric_id, count, min, max, sum, last)
 SELECT gpu_id, date_bin('1 hour', bucket, timestamptz '1970-01-01 00:00:00+00'), metric_id,
        sum(count), min(min), max(max), sum(sum), (array_agg(last ORDER BY bucket DESC))[1]
-FROM telemetry_1m
-WHERE bucket >= %(a)s AND bucket < %(b)s
+FROM gpus g CROSS JOIN LATERAL (
+    SELECT gpu_id, bucket, metric_id, count, min, max, sum, last FROM telemetry_1m
+    WHERE gpu_id = g.id AND bucket >= %(a)s AND bucket < %(b)s) t
 GROUP BY 1, 2, 3
 ON CONFLICT (gpu_id, bucket, metric_id) DO UPDATE SET
     count = EXCLUDED.count, min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum,
