@@ -247,6 +247,8 @@ async def measure_drop(args: argparse.Namespace, dsn: str, data_dir: Path) -> di
         await stack.stop()
     quiet = [d for t, d in samples if t < began - 1]
     during = [d for t, d in samples if began <= t <= ended]
+    # Batches that started during a drop or ended while one ran.
+    at_drops = [d for t, d in samples for lo, hi in report.drop_windows if lo - d <= t <= hi]
     return {
         "dropped": report.dropped,
         "drop_seconds": report.drop_seconds,
@@ -256,6 +258,8 @@ async def measure_drop(args: argparse.Namespace, dsn: str, data_dir: Path) -> di
         "quiet_max_ms": max(quiet, default=0) * 1000,
         "quiet_p50_ms": statistics.median(quiet) * 1000 if quiet else 0,
         "during_max_ms": max(during, default=0) * 1000,
+        "drops_max_ms": max(at_drops, default=0) * 1000,
+        "at_drops": len(at_drops),
         "probes": len(samples),
     }
 
@@ -370,8 +374,10 @@ rows) and dropped it (`DETACH ... CONCURRENTLY`, then `DROP TABLE`): dropped
 the insert transactions in flight (it makes none of them wait), {slowest - detach:.3f} s the
 `DROP TABLE`; the whole run {drop["run_seconds"]:.1f} s. A probe
 stored 100-datapoint batches back to back ({drop["probes"]:,} batches): median
-{drop["quiet_p50_ms"]:.1f} ms and longest {drop["quiet_max_ms"]:.1f} ms before the run, longest
-{drop["during_max_ms"]:.1f} ms during it. Load average after:
+{drop["quiet_p50_ms"]:.1f} ms and longest {drop["quiet_max_ms"]:.1f} ms before the run; longest
+{drop["drops_max_ms"]:.1f} ms of the {drop["at_drops"]} that overlapped a drop, and
+{drop["during_max_ms"]:.1f} ms of all during the run (which also rolled up the old day and moved
+the bounds under the ingest lock). Load average after:
 {" ".join(f"{x:.2f}" for x in drop["load"])}.
 """
     text = f"""{SECTION}

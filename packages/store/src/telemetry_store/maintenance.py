@@ -99,6 +99,8 @@ class Report:
     dropped: list[str] = field(default_factory=list)
     drop_seconds: list[float] = field(default_factory=list)
     detach_seconds: list[float] = field(default_factory=list)
+    # (start, end) of each drop on time.perf_counter()'s clock, to line up with other timings.
+    drop_windows: list[tuple[float, float]] = field(default_factory=list)
     rows_1m: int = 0
     rows_1h: int = 0
     late_minutes: int = 0
@@ -310,6 +312,7 @@ class Maintenance:
         self.report.dropped.append(partition.name)
         self.report.drop_seconds.append(seconds)
         self.report.detach_seconds.append(detach)
+        self.report.drop_windows.append((began, began + seconds))
 
 
 async def run_maintenance(pool: aiopg.Pool, policy: Policy, *, now_us: int | None = None) -> Report:
