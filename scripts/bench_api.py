@@ -619,6 +619,14 @@ def render(
             f"| {r.name} | {len(r.latencies):,} | {r.pct(0.50):.1f} | {r.pct(0.99):.1f}"
             f" | {verdict} | {r.rps:.0f} | {r.mean_items:.0f} | {r.errors} | {cpu_cell(r)} |"
         )
+    if loads[0][0] > (os.cpu_count() or 1):
+        lines += [
+            "",
+            f"The load average was {loads[0][0]:.2f} on {os.cpu_count()} cores when the load"
+            " began: the latencies include waiting for the CPU behind other work, so the p99"
+            " targets cannot be judged from this run. The CPU each request costs (last column)"
+            " does not depend on that wait.",
+        ]
     lines += [
         "",
         "With 8 clients back to back, a request mostly waits for the ones ahead of it: p50 is"
