@@ -161,6 +161,8 @@ async def test_http_errors_are_problem_bodies(method, path, body, status, code):
     assert r.status_code == status
     assert r.content_type == PROBLEM_JSON
     assert (await r.get_json())["code"] == code
+    if status == 405:  # RFC 9110: the answer lists the methods the route takes
+        assert r.headers["Allow"] == "GET, HEAD, OPTIONS"
 
 
 async def test_unmatched_routes_share_one_metric_label():
@@ -224,7 +226,7 @@ def test_settings_and_hypercorn_config(monkeypatch):
 
 
 def test_public_surface():
-    modules = {"app", "control", "errors", "httpmetrics", "logs", "serve", "settings"}
+    modules = {"app", "contract", "control", "errors", "httpmetrics", "logs", "serve", "settings"}
     assert sorted(telemetry_kit.__all__) == sorted(
         n for n in dir(telemetry_kit) if not n.startswith("_") and n not in modules
     )

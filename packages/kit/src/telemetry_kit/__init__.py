@@ -1,6 +1,7 @@
 """telemetry-kit: what every service shares (serving, logging, control routes, problem errors)."""
 
 from .app import base_app
+from .contract import ContractProvider, Problem, empty_response, problems
 from .control import ReadinessCheck, control_blueprint
 from .errors import PROBLEM_JSON, APIError, problem, register_error_handlers
 from .httpmetrics import HttpMetrics, http_metrics, instrument
@@ -19,20 +20,24 @@ from .settings import ServiceSettings
 __all__ = [
     "PROBLEM_JSON",
     "APIError",
+    "ContractProvider",
     "HttpMetrics",
     "JsonFormatter",
+    "Problem",
     "ReadinessCheck",
     "ServiceSettings",
     "TextFormatter",
     "base_app",
     "control_blueprint",
     "draining",
+    "empty_response",
     "exit_code",
     "http_metrics",
     "hypercorn_config",
     "instrument",
     "logging_config",
     "problem",
+    "problems",
     "register_error_handlers",
     "run",
     "serve_until_stopped",

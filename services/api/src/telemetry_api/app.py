@@ -14,7 +14,6 @@ from prometheus_client import CollectorRegistry
 from pydantic_core import to_jsonable_python
 from quart import Quart, Response, request
 from quart.json.provider import DefaultJSONProvider
-from quart_schema import Tag
 from telemetry_kit import APIError, base_app
 from telemetry_store import Probe, create_pool, ping
 
@@ -23,7 +22,7 @@ from .db import STATE_KEY, ApiState
 from .metrics import ApiMetrics
 from .problems import register_error_handlers
 from .settings import Settings
-from .spec import ApiOpenAPIProvider
+from .spec import SECURITY, SECURITY_SCHEMES, TAGS, ApiOpenAPIProvider
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +33,8 @@ time windows of datapoints (raw or bucketed), and the metric catalog.
 
 Times are RFC 3339 with a UTC offset. Lists are paged: pass `next_cursor` back as
 `cursor`, or follow `next`. Errors are `application/problem+json` with a stable `code`.
+When the deployment sets `API_TOKEN`, the `/api` routes need `Authorization: Bearer <token>`.
 """
-TAGS: Final = [
-    Tag(name="GPUs", description="The GPUs that have telemetry, and their latest state."),
-    Tag(name="Telemetry", description="One GPU's datapoints over time."),
-    Tag(name="Metrics", description="The metric catalog: names, units, meanings."),
-]
 
 
 _OPTIONS: Final = orjson.OPT_NON_STR_KEYS
@@ -68,6 +63,8 @@ def create_app(settings: Settings) -> Quart:
         registry=registry,
         readiness=api.readiness,
         tags=TAGS,
+        security_schemes=SECURITY_SCHEMES,
+        security=SECURITY,
         openapi_provider_class=ApiOpenAPIProvider,
     )
     app.extensions[STATE_KEY] = api
