@@ -11,19 +11,28 @@ to a tester (schemathesis):
 - every error response is ``application/problem+json`` and refers to the one ``Problem``
   component, with an example per error code (``@problems``) and its documented headers
   (``WWW-Authenticate`` on 401, ``Retry-After`` on 429 and 503);
-- bodiless answers (``204``) are declared with ``@empty_response``;
+- bodiless answers (``204``) are declared with ``@empty_response``, and OpenAPI links from a
+  response to the operations that take its values with ``@links`` (schemathesis follows them
+  in its stateful phase);
 - path parameters take their schema, description and example from the provider's
-  ``path_parameters``, and query parameters carry their first schema example as ``example``.
+  ``path_parameters`` (a route may override them with ``@path_parameter``), and query
+  parameters carry their first schema example as ``example``;
+- a request body is required unless an empty one (``{}``) is valid.
 """
 
 from __future__ import annotations
 
+import argparse
 import inspect
+import json
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
+from quart import Quart
 from quart_schema import OpenAPIProvider
 from quart_schema.openapi import QUART_SCHEMA_OPERATION_ID_ATTRIBUTE
 from quart_schema.validation import QUART_SCHEMA_RESPONSE_ATTRIBUTE
@@ -34,6 +43,8 @@ from .errors import PROBLEM_JSON
 
 PROBLEMS_ATTRIBUTE: Final = "_telemetry_problem_codes"
 EMPTY_ATTRIBUTE: Final = "_telemetry_empty_responses"
+LINKS_ATTRIBUTE: Final = "_telemetry_links"
+PARAMETERS_ATTRIBUTE: Final = "_telemetry_path_parameters"
 JSON: Final = "application/json"
 PROBLEM_REF: Final = {"$ref": "#/components/schemas/Problem"}
 
@@ -111,6 +122,36 @@ def empty_response[F: Callable[..., Any]](status: int, description: str) -> Call
     return decorator
 
 
+def links[F: Callable[..., Any]](
+    status: int, targets: Mapping[str, Mapping[str, str]]
+) -> Callable[[F], F]:
+    """Link the route's ``status`` response to other operations: operationId -> its
+    parameters as runtime expressions (``$response.body#/name``, ``$request.path.topic``)."""
+
+    def decorator(func: F) -> F:
+        declared = dict(getattr(func, LINKS_ATTRIBUTE, {}))
+        declared[status] = {
+            target: {"operationId": target, "parameters": dict(parameters)}
+            for target, parameters in targets.items()
+        }
+        setattr(func, LINKS_ATTRIBUTE, declared)
+        return func
+
+    return decorator
+
+
+def path_parameter[F: Callable[..., Any]](name: str, **fields: Any) -> Callable[[F], F]:
+    """Override the documented ``name`` path parameter of this route (its schema, say)."""
+
+    def decorator(func: F) -> F:
+        declared = dict(getattr(func, PARAMETERS_ATTRIBUTE, {}))
+        declared[name] = fields
+        setattr(func, PARAMETERS_ATTRIBUTE, declared)
+        return func
+
+    return decorator
+
+
 def _problem_example(status: int, code: str) -> dict[str, Any]:
     return {
         "summary": code,
@@ -165,7 +206,11 @@ class ContractProvider(OpenAPIProvider):
         body, components = super().build_request_body(model, source)
         for media in body["content"].values():
             media["schema"] = _lift(media, components)
-        body["required"] = True
+        # Required unless an empty body is a valid one (``{}``: every field has a default).
+        try:
+            model.model_validate({})
+        except ValueError:
+            body["required"] = True
         return body, components
 
     def build_response_object(
@@ -186,8 +231,14 @@ class ContractProvider(OpenAPIProvider):
         func = self._app.view_functions[rule.endpoint]
         codes: Mapping[int, Sequence[str]] = getattr(func, PROBLEMS_ATTRIBUTE, {})
         empty: Mapping[int, str] = getattr(func, EMPTY_ATTRIBUTE, {})
+        linked: Mapping[int, Mapping[str, Any]] = getattr(func, LINKS_ATTRIBUTE, {})
+        overrides: Mapping[str, Mapping[str, Any]] = getattr(func, PARAMETERS_ATTRIBUTE, {})
         for item in paths.values():
             for operation in item.values():
+                operation["parameters"] = [
+                    {**p, **overrides.get(p["name"], {})} if p["in"] == "path" else p
+                    for p in operation["parameters"]
+                ]
                 responses = dict(operation["responses"])
                 for status, description in empty.items():
                     responses[status] = {"description": description}
@@ -196,6 +247,8 @@ class ContractProvider(OpenAPIProvider):
                         responses[status] = _problem_response(int(status), codes.get(int(status)))
                     elif not response.get("description"):
                         response["description"] = HTTPStatus(int(status)).phrase
+                for status, targets in linked.items():
+                    responses[status] = {**responses[status], "links": dict(targets)}
                 operation["responses"] = {str(k): v for k, v in sorted(responses.items())}
                 if not operation.get("description"):
                     operation.pop("description", None)
@@ -237,3 +290,32 @@ def _problem_response(status: int, codes: Sequence[str] | None) -> dict[str, Any
     if status in _PROBLEM_HEADERS:
         response["headers"] = {k: dict(v) for k, v in _PROBLEM_HEADERS[status].items()}
     return response
+
+
+def render_document(app: Quart) -> str:
+    """The OpenAPI document of ``app`` as stable JSON text (what is committed in docs/)."""
+    document = app.extensions["QUART_SCHEMA"].openapi_provider.schema()
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def document_main(render: Callable[[], str], argv: Sequence[str] | None, prog: str) -> int:
+    """``prog --output FILE`` writes the document ``render`` gives, ``--check FILE`` exits 1
+    when the file differs from it (run ``task openapi``); with neither, print it."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--output", "-o", type=Path, help="write the document here")
+    parser.add_argument("--check", type=Path, help="exit 1 if this file is not up to date")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check is not None:
+        current = args.check.read_text("utf-8") if args.check.exists() else ""
+        if current != text:
+            print(f"{args.check} is out of date: run `task openapi`", file=sys.stderr)
+            return 1
+        print(f"{args.check} is up to date")
+        return 0
+    if args.output is not None:
+        args.output.write_text(text, "utf-8")
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -19,6 +19,7 @@ PROBLEM_JSON: Final = "application/problem+json"
 _HTTP_CODES: Final = {
     400: "BAD_REQUEST",
     401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     408: "REQUEST_TIMEOUT",
