@@ -17,7 +17,7 @@ from quart.json.provider import DefaultJSONProvider
 from telemetry_kit import APIError, base_app
 from telemetry_store import Probe, create_pool, ping
 
-from .blueprints import assets, catalog, gpus, telemetry
+from .blueprints import assets, catalog, fleet, gpus, telemetry
 from .db import STATE_KEY, ApiState
 from .metrics import ApiMetrics
 from .problems import register_error_handlers
@@ -76,7 +76,7 @@ def create_app(settings: Settings) -> Quart:
         QUART_SCHEMA_SWAGGER_CSS_URL=assets.CSS_URL,
     )
     register_error_handlers(app)
-    for blueprint in (gpus.bp, telemetry.bp, catalog.bp, assets.bp):
+    for blueprint in (gpus.bp, telemetry.bp, catalog.bp, assets.bp, fleet.bp):
         app.register_blueprint(blueprint)
     if settings.token is not None:
         require_token(app, settings.token.get_secret_value())
