@@ -94,6 +94,33 @@ async def test_nothing_is_claimed_at_or_past_the_limit(cur):
     assert c is not None and (c.start, c.count, c.takeover) == (30, 20, True)
 
 
+async def test_the_limit_stops_next_seq_so_a_later_run_goes_on_without_a_gap(cur):
+    await claim(cur, "s", 30, owner="a", limit=50)
+    b = await claim(cur, "s", 30, owner="b", limit=50)
+    assert b is not None and (b.start, b.count) == (30, 20)
+    # next_seq counts what was claimed: nothing past the limit (it said 60, as though 50..59
+    # had been claimed by someone).
+    assert await next_seq(cur, "s") == 50
+    # A later run with a higher limit, or none, goes on at the limit: 50..59 are not skipped.
+    c = await claim(cur, "s", 30, owner="c", limit=70)
+    d = await claim(cur, "s", 30, owner="d")
+    assert c is not None and d is not None
+    assert [(c.start, c.count), (d.start, d.count)] == [(50, 20), (70, 30)]
+    assert await next_seq(cur, "s") == 100
+
+
+async def test_concurrent_claims_up_to_a_limit_split_it_exactly(db):
+    async def one(i: int) -> tuple[int, int] | None:
+        async with transaction(db) as cur:
+            c = await claim(cur, "upto", 7, owner=f"o{i}", limit=100)
+            return None if c is None else (c.start, c.count)
+
+    got = [c for c in await asyncio.gather(*(one(i) for i in range(20))) if c is not None]
+    assert sorted(got) == [(s, min(7, 100 - s)) for s in range(0, 100, 7)]
+    async with transaction(db) as cur:
+        assert await next_seq(cur, "upto") == 100
+
+
 async def test_concurrent_claims_take_over_each_expired_chunk_once(db):
     async with transaction(db) as cur:
         dead = [await claim(cur, "race", 10, owner=f"dead{i}") for i in range(6)]

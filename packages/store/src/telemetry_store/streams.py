@@ -49,7 +49,9 @@ class Claim:
 # UPDATE streams, not an upsert: an INSERT ... ON CONFLICT DO UPDATE draws an identity value
 # on every call (streams.id is a smallint; claim 32,768 failed). SKIP LOCKED lets two
 # claimers pass each other on the expired chunks; the row lock on streams serialises the
-# advances, so no two claims ever overlap.
+# advances, so no two claims ever overlap. next_seq stops at the limit (the last chunk is
+# short), so a later run with a higher limit or none goes on there without a gap; the
+# locking sub-select gives the value the advance starts from (RETURNING sees only the new one).
 _CLAIM: Final = """
 WITH finished AS (
     DELETE FROM stream_chunks
@@ -74,10 +76,16 @@ taken AS (
     RETURNING c.stream_id, c.start, c.count, c.base_ts, c.tick_ns, true AS takeover
 ),
 advanced AS (
-    UPDATE streams s SET next_seq = s.next_seq + %(count)s, updated_at = now()
-    WHERE s.id = (SELECT id FROM stream) AND s.next_seq < %(limit)s
-      AND NOT EXISTS (SELECT FROM taken)
-    RETURNING s.id, s.next_seq - %(count)s AS start
+    UPDATE streams s
+    SET next_seq = s.next_seq + LEAST(%(count)s, %(limit)s - s.next_seq), updated_at = now()
+    FROM (
+        SELECT id, next_seq FROM streams
+        WHERE id = (SELECT id FROM stream) AND next_seq < %(limit)s
+          AND NOT EXISTS (SELECT FROM taken)
+        FOR UPDATE
+    ) o
+    WHERE s.id = o.id
+    RETURNING s.id, o.next_seq AS start
 ),
 fresh AS (
     INSERT INTO stream_chunks AS c
