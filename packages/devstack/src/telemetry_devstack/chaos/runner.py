@@ -66,6 +66,13 @@ _OUT_OF_IDS: Final = "reached maximum value of sequence"
 # SIGTERM before that (while it still imports, which takes up to a minute on a busy machine)
 # ends it with the signal's default action, before it has claimed or fetched anything.
 _SERVING: Final = "Running on http"
+# The last line of the traceback of a claim on a connection the database dropped.
+_DROPPED_CONNECTION: Final = (
+    "psycopg2.OperationalError",
+    "psycopg2.InterfaceError",
+    "psycopg2.errors.AdminShutdown",
+    "psycopg2.errors.CrashShutdown",
+)
 
 
 @dataclass
@@ -83,6 +90,7 @@ class Outcome:
     takeovers: int = 0
     claim_failures: int = 0
     claim_failures_outside_db_faults: int = 0
+    claim_errors_unexplained: list[str] = field(default_factory=list)
     processes_started: int = 0
     processes_killed: int = 0
     exits: dict[str, int] = field(default_factory=dict)
@@ -117,8 +125,11 @@ class Outcome:
             f"faults done: {faults}",
             f"peak replicas: {self.max_streamers} streamers, {self.max_collectors} collectors",
             f"claims: {self.claims:,} ({self.claims_new:,} new chunks, {self.takeovers:,}"
-            f" taken over); failed claims {self.claim_failures}"
-            f" ({self.claim_failures_outside_db_faults} outside a database fault)",
+            f" taken over); failed claims {self.claim_failures}:"
+            f" {self.claim_failures - self.claim_failures_outside_db_faults} during a database"
+            f" fault, {self.claim_failures_outside_db_faults - len(self.claim_errors_unexplained)}"
+            f" later on a connection a fault had dropped, {len(self.claim_errors_unexplained)}"
+            " otherwise",
         ]
         if a is not None:
             lines.append(
@@ -222,7 +233,7 @@ class _Run:
         self.crashed: set[str] = set()
         self.serving: set[str] = set()
         self.db_faults: list[tuple[float, float]] = []  # monotonic windows
-        self.claim_failed_at: list[float] = []
+        self.claim_failed_at: list[tuple[float, str]] = []  # when, the exception's last line
         self.tasks: set[asyncio.Task[Any]] = set()
         self.db_lock = asyncio.Lock()
         self.broker_lock = asyncio.Lock()
@@ -271,7 +282,8 @@ class _Run:
         if _TAKEOVER in message:
             self.outcome.takeovers += 1
         if _CLAIM_FAILED in message:
-            self.claim_failed_at.append(time.monotonic())
+            error = str(record.get("exception", "")).strip().rsplit("\n", 1)[-1]
+            self.claim_failed_at.append((time.monotonic(), error))
         if _OUT_OF_IDS in line:
             self.problem(f"{name}: a counter ran out: {message[:300]}")
 
@@ -322,7 +334,10 @@ class _Run:
             finally:
                 await self._teardown()
                 self.outcome.seconds = time.monotonic() - self.began
-                await asyncio.to_thread(pg.close)
+                try:
+                    await asyncio.to_thread(pg.close)
+                except Exception as e:
+                    self.problem(f"stopping PostgreSQL failed: {e}")
         self._finish_outcome()
         (self.dir / "summary.json").write_text(json.dumps(asdict(self.outcome), indent=2) + "\n")
         self.out.write(self.outcome.report() + "\n")
@@ -771,16 +786,21 @@ class _Run:
         o.error_lines = dict(self.error_lines)
         o.claim_failures = len(self.claim_failed_at)
         # A failed claim is expected while the database is away (and briefly after, while the
-        # streamer's retry comes round); anywhere else it is an error of the work index.
+        # streamer's retry comes round). Later, only a pooled connection the database dropped
+        # in a fault may fail once (its streamer was busy publishing meanwhile). Anything else
+        # is an error of the work index.
         grace = 15.0
-        o.claim_failures_outside_db_faults = sum(
-            1
-            for at in self.claim_failed_at
-            if not any(a <= at <= b + grace for a, b in self.db_faults)
-        )
-        if o.claim_failures_outside_db_faults:
+        first_fault = min((a for a, _ in self.db_faults), default=float("inf"))
+        for at, error in self.claim_failed_at:
+            if any(a <= at <= b + grace for a, b in self.db_faults):
+                continue
+            o.claim_failures_outside_db_faults += 1
+            if not (at >= first_fault and error.startswith(_DROPPED_CONNECTION)):
+                o.claim_errors_unexplained.append(error)
+        if o.claim_errors_unexplained:
+            shown = sorted(set(o.claim_errors_unexplained))[:3]
             o.problems.append(
-                f"{o.claim_failures_outside_db_faults} claims failed outside a database fault"
+                f"{len(o.claim_errors_unexplained)} claims failed outside a database fault: {shown}"
             )
 
 
