@@ -66,6 +66,8 @@ _OUT_OF_IDS: Final = "reached maximum value of sequence"
 # SIGTERM before that (while it still imports, which takes up to a minute on a busy machine)
 # ends it with the signal's default action, before it has claimed or fetched anything.
 _SERVING: Final = "Running on http"
+# The streamers' client-side timeout of a statement (``telemetry_store.create_pool``).
+_CLIENT_TIMEOUT: Final = 30.0
 # The last line of the traceback of a claim on a connection the database dropped.
 _DROPPED_CONNECTION: Final = (
     "psycopg2.OperationalError",
@@ -583,6 +585,8 @@ class _Run:
             if time.monotonic() > deadline:
                 raise RuntimeError("PostgreSQL's backends outlived their postmaster by 60 s")
             await asyncio.sleep(0.2)  # polling a condition with a deadline
+        # The killed postmaster keeps its pid until it is reaped, and a start that finds it
+        # refuses to run ("lock file already exists"): hence the retries.
         for attempt in range(5):
             try:
                 await asyncio.to_thread(start_server, self.pg_data)
@@ -785,14 +789,16 @@ class _Run:
         o.api_answers = dict(self.api_answers)
         o.error_lines = dict(self.error_lines)
         o.claim_failures = len(self.claim_failed_at)
-        # A failed claim is expected while the database is away (and briefly after, while the
-        # streamer's retry comes round). Later, only a pooled connection the database dropped
-        # in a fault may fail once (its streamer was busy publishing meanwhile). Anything else
-        # is an error of the work index.
+        # A failed claim is expected if it was under way while the database was away (it
+        # began at most the store's client timeout before it failed: a statement sent as the
+        # postmaster died has waited that long) or just after (the streamer's retry comes
+        # round). Later, only a pooled connection the database dropped in a fault may fail
+        # once (its streamer was busy publishing meanwhile). Anything else is an error of the
+        # work index.
         grace = 15.0
         first_fault = min((a for a, _ in self.db_faults), default=float("inf"))
         for at, error in self.claim_failed_at:
-            if any(a <= at <= b + grace for a, b in self.db_faults):
+            if any(a <= at and at - _CLIENT_TIMEOUT <= b + grace for a, b in self.db_faults):
                 continue
             o.claim_failures_outside_db_faults += 1
             if not (at >= first_fault and error.startswith(_DROPPED_CONNECTION)):
