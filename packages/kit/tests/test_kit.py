@@ -271,3 +271,40 @@ def test_stop_ends_serving_with_its_exit_code_after_a_short_grace():
 
     assert asyncio.run(scenario(), loop_factory=factory) == 3
     assert exit_code(app) == 3
+
+
+async def test_a_clean_stop_logs_a_line_that_renders():
+    """Every service logs its stop; a clean one used to pass an argument its message has no
+    place for, so each SIGTERM printed a logging error instead of the line."""
+    import asyncio
+    import logging
+    import socket
+
+    from telemetry_kit import serve_until_stopped, stop
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    # On the module's own logger: serving applies the logging config to the root logger
+    # (and so would drop pytest's capture handler there).
+    keep = Keep()
+    logger = logging.getLogger("telemetry_kit.serve")
+    logger.addHandler(keep)
+    app, _ = make_app()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        serving = asyncio.create_task(serve_until_stopped(app, ServiceSettings(port=port)))
+        await asyncio.sleep(0)  # let it start serving before it is told to stop
+        stop(app, exit_code=0)
+        assert await asyncio.wait_for(serving, 30) == 0
+    finally:
+        logger.removeHandler(keep)
+    stops = [r for r in keep.records if str(r.msg).startswith("stopped")]
+    assert [r.getMessage() for r in stops] == ["stopped"]

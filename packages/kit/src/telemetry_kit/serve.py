@@ -114,7 +114,10 @@ async def serve_until_stopped(app: Quart, settings: ServiceSettings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     code = exit_code(app)
-    log.info("stopped" if not code else "stopped; exiting with code %d", code)
+    if code:
+        log.info("stopped; exiting with code %d", code)
+    else:
+        log.info("stopped")
     return code
 
 
