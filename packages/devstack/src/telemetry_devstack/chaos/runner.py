@@ -66,6 +66,8 @@ _OUT_OF_IDS: Final = "reached maximum value of sequence"
 # SIGTERM before that (while it still imports, which takes up to a minute on a busy machine)
 # ends it with the signal's default action, before it has claimed or fetched anything.
 _SERVING: Final = "Running on http"
+# What the logging module prints when a record cannot be formatted.
+_LOGGING_ERROR: Final = "--- Logging error ---"
 # The streamers' client-side timeout of a statement (``telemetry_store.create_pool``).
 _CLIENT_TIMEOUT: Final = 30.0
 # The last line of the traceback of a claim on a connection the database dropped.
@@ -98,6 +100,7 @@ class Outcome:
     exits: dict[str, int] = field(default_factory=dict)
     api_answers: dict[str, int] = field(default_factory=dict)
     error_lines: dict[str, int] = field(default_factory=dict)
+    other_lines: int = 0
     dead_letters: int = -1
     lag: int = -1
     in_flight: int = -1
@@ -148,7 +151,8 @@ class Outcome:
             f" {dict(sorted(exits.items()))})",
             "API answers: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.api_answers.items())),
             "error log lines: "
-            + (", ".join(f"{k} {v}" for k, v in sorted(self.error_lines.items())) or "none"),
+            + (", ".join(f"{k} {v}" for k, v in sorted(self.error_lines.items())) or "none")
+            + f"; lines that are not JSON: {self.other_lines}",
         ]
         if self.ok:
             lines.append("OK: every sequence number stored exactly once, as in the CSV")
@@ -234,6 +238,7 @@ class _Run:
         self.stopping: set[str] = set()
         self.crashed: set[str] = set()
         self.serving: set[str] = set()
+        self.logging_failed: set[str] = set()
         self.db_faults: list[tuple[float, float]] = []  # monotonic windows
         self.claim_failed_at: list[tuple[float, str]] = []  # when, the exception's last line
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -273,8 +278,13 @@ class _Run:
         except ValueError:
             record = None
         if not isinstance(record, dict):
+            # Services log JSON lines; anything else went around the logging config.
+            self.outcome.other_lines += 1
             if _OUT_OF_IDS in line:
                 self.problem(f"{name}: {line.strip()[:300]}")
+            if line.startswith(_LOGGING_ERROR) and name not in self.logging_failed:
+                self.logging_failed.add(name)
+                self.problem(f"{name} failed to log a line (see its log)")
             return
         message = str(record.get("message", ""))
         if record.get("level") in ("ERROR", "CRITICAL"):
