@@ -141,6 +141,38 @@ async def test_concurrent_claims_take_over_each_expired_chunk_once(db):
     assert fresh == [60, 70, 80, 90, 100, 110]
 
 
+async def test_a_claim_never_waits_for_a_takeover_of_the_chunk_it_finished(db):
+    """After an outage every lease has run out, finished chunks' too: streamer b may take
+    over the chunk streamer a has published and is about to delete with its next claim. a
+    must not wait for b's lock there: with each holding the other's finished chunk, the two
+    claims deadlocked (PostgreSQL aborted one: "deadlock detected ... while deleting tuple").
+    """
+    async with transaction(db) as cur:
+        a_done = await claim(cur, "s", 10, owner="a")
+        b_done = await claim(cur, "s", 10, owner="b")
+        assert a_done is not None and b_done is not None
+        for c in (a_done, b_done):
+            await expire(cur, c)
+    async with db.acquire() as conn, conn.cursor() as b_cur:
+        await b_cur.execute("BEGIN")
+        # b's claim takes a's finished chunk over (the oldest expired) and holds it until b
+        # commits.
+        b_next = await claim(b_cur, "s", 10, owner="b", done=b_done)
+        assert b_next is not None and (b_next.start, b_next.takeover) == (a_done.start, True)
+        try:
+            async with transaction(db) as a_cur:
+                a_next = await asyncio.wait_for(
+                    claim(a_cur, "s", 10, owner="a", done=a_done), timeout=10
+                )
+        finally:
+            await b_cur.execute("COMMIT")
+    assert a_next is not None and (a_next.start, a_next.takeover) == (20, False)
+    async with transaction(db) as cur:
+        # a's finished chunk is b's now (to publish again, duplicates only); b's is gone.
+        await cur.execute("SELECT start, owner FROM stream_chunks ORDER BY start")
+        assert await cur.fetchall() == [(0, "b"), (20, "a")]
+
+
 async def test_bad_arguments(cur):
     with pytest.raises(ValueError):
         await claim(cur, "s", 10, owner="a", lease=0)
