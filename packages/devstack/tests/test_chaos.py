@@ -189,3 +189,39 @@ async def test_accounting_names_every_departure(db, fresh_database_url):
 async def test_a_stream_that_never_started_is_all_missing(db, fresh_database_url):
     result = await check(fresh_database_url, read_samples(CSV_PATH)[:ROWS])
     assert result.problems and result.missing == 1
+
+
+CHAINED = """Traceback (most recent call last):
+  File "/x/asyncio/tasks.py", line 507, in wait_for
+    return await fut
+asyncio.exceptions.CancelledError
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "/x/replay.py", line 136, in run
+    chunk = await self._claim()
+TimeoutError"""
+DEADLOCK = """Traceback (most recent call last):
+  File "/x/aiopg/connection.py", line 788, in _ready
+    state = self._conn.poll()
+psycopg2.errors.DeadlockDetected: deadlock detected
+DETAIL:  Process 3124 waits for ShareLock on transaction 35988; blocked by process 3125.
+HINT:  See server log for query details.
+CONTEXT:  while deleting tuple (14,238) in relation "stream_chunks"
+"""
+REFUSED = """Traceback (most recent call last):
+  File "/x/aiopg/connection.py", line 788, in _ready
+    state = self._conn.poll()
+psycopg2.OperationalError: connection to server on socket "/x/.s.PGSQL.5432" failed: No such file
+\tIs the server running locally and accepting connections on that socket?
+"""
+
+
+def test_a_failed_claim_is_known_by_its_exception_type():
+    from telemetry_devstack.chaos.runner import _exception_type
+
+    assert _exception_type(CHAINED) == "TimeoutError"
+    assert _exception_type(DEADLOCK) == "psycopg2.errors.DeadlockDetected"
+    assert _exception_type(REFUSED) == "psycopg2.OperationalError"
+    assert _exception_type("") == ""

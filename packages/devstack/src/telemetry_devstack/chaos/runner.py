@@ -70,13 +70,18 @@ _SERVING: Final = "Running on http"
 _LOGGING_ERROR: Final = "--- Logging error ---"
 # The streamers' client-side timeout of a statement (``telemetry_store.create_pool``).
 _CLIENT_TIMEOUT: Final = 30.0
-# The last line of the traceback of a claim on a connection the database dropped.
-_DROPPED_CONNECTION: Final = (
-    "psycopg2.OperationalError",
-    "psycopg2.InterfaceError",
-    "psycopg2.errors.AdminShutdown",
-    "psycopg2.errors.CrashShutdown",
+# How a claim fails on a connection the database dropped, or could not take.
+_DROPPED_CONNECTION: Final = frozenset(
+    {
+        "psycopg2.OperationalError",  # refused, closed, starting up, shutting down
+        "psycopg2.InterfaceError",  # connection already closed
+        "psycopg2.errors.AdminShutdown",
+        "psycopg2.errors.CrashShutdown",
+        "psycopg2.errors.CannotConnectNow",
+    }
 )
+# ... and how it may fail while the database is away: also the client's timeout.
+_DATABASE_AWAY: Final = _DROPPED_CONNECTION | {"TimeoutError"}
 
 
 @dataclass
@@ -240,7 +245,7 @@ class _Run:
         self.serving: set[str] = set()
         self.logging_failed: set[str] = set()
         self.db_faults: list[tuple[float, float]] = []  # monotonic windows
-        self.claim_failed_at: list[tuple[float, str]] = []  # when, the exception's last line
+        self.claim_failed_at: list[tuple[float, str]] = []  # when, the exception's type
         self.tasks: set[asyncio.Task[Any]] = set()
         self.db_lock = asyncio.Lock()
         self.broker_lock = asyncio.Lock()
@@ -294,7 +299,7 @@ class _Run:
         if _TAKEOVER in message:
             self.outcome.takeovers += 1
         if _CLAIM_FAILED in message:
-            error = str(record.get("exception", "")).strip().rsplit("\n", 1)[-1]
+            error = _exception_type(str(record.get("exception", "")))
             self.claim_failed_at.append((time.monotonic(), error))
         if _OUT_OF_IDS in line:
             self.problem(f"{name}: a counter ran out: {message[:300]}")
@@ -799,25 +804,37 @@ class _Run:
         o.api_answers = dict(self.api_answers)
         o.error_lines = dict(self.error_lines)
         o.claim_failures = len(self.claim_failed_at)
-        # A failed claim is expected if it was under way while the database was away (it
-        # began at most the store's client timeout before it failed: a statement sent as the
-        # postmaster died has waited that long) or just after (the streamer's retry comes
-        # round). Later, only a pooled connection the database dropped in a fault may fail
-        # once (its streamer was busy publishing meanwhile). Anything else is an error of the
-        # work index.
+        # A claim may fail with a connection error or the client's timeout if it was under
+        # way while the database was away (it began at most the store's client timeout before
+        # it failed: a statement sent as the postmaster died has waited that long) or just
+        # after (the streamer's retry comes round). Later, only a pooled connection the
+        # database dropped in a fault may fail once (its streamer was busy publishing
+        # meanwhile). Any other error (a deadlock, a counter run out) is the work index's.
         grace = 15.0
         first_fault = min((a for a, _ in self.db_faults), default=float("inf"))
         for at, error in self.claim_failed_at:
-            if any(a <= at and at - _CLIENT_TIMEOUT <= b + grace for a, b in self.db_faults):
+            if error in _DATABASE_AWAY and any(
+                a <= at and at - _CLIENT_TIMEOUT <= b + grace for a, b in self.db_faults
+            ):
                 continue
             o.claim_failures_outside_db_faults += 1
-            if not (at >= first_fault and error.startswith(_DROPPED_CONNECTION)):
+            if not (at >= first_fault and error in _DROPPED_CONNECTION):
                 o.claim_errors_unexplained.append(error)
         if o.claim_errors_unexplained:
             shown = sorted(set(o.claim_errors_unexplained))[:3]
             o.problems.append(
-                f"{len(o.claim_errors_unexplained)} claims failed outside a database fault: {shown}"
+                f"{len(o.claim_errors_unexplained)} claims failed, not for a database fault:"
+                f" {shown}"
             )
+
+
+def _exception_type(traceback: str) -> str:
+    """The exception's type in a formatted traceback: the first line after the last frame
+    (the message may go on over more lines, a psycopg2 error's DETAIL and CONTEXT too)."""
+    lines = traceback.strip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  ")]
+    rest = lines[frames[-1] + 1 :] if frames else lines
+    return rest[0].split(":", 1)[0].strip() if rest else ""
 
 
 def _children(pid: int) -> list[int]:
