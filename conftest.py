@@ -15,7 +15,6 @@ from telemetry_devstack import (
     create_database,
     drop_database,
     embedded_server,
-    free_port,
 )
 from telemetry_store import create_pool, migrate
 
@@ -71,15 +70,13 @@ async def db(fresh_database_url: str) -> AsyncIterator[aiopg.Pool]:
 
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[ServiceProcess]:
-    """A real broker process on a free loopback port, with its data in ``tmp_path``."""
-    port = free_port()
+    """A real broker process on a loopback port it binds itself, with its data in ``tmp_path``."""
     proc = ServiceProcess(
         "broker",
         "telemetry_broker",
-        port=port,
+        prefix="BROKER",
         env={
             "BROKER_HOST": "127.0.0.1",
-            "BROKER_PORT": str(port),
             "BROKER_DATA_DIR": str(tmp_path / "broker"),
             "BROKER_LOG_FORMAT": "json",
         },
@@ -129,3 +126,28 @@ async def cur(pool: aiopg.Pool) -> AsyncIterator[object]:
             yield c
         finally:
             await c.execute("ROLLBACK")
+
+
+async def raw_partitions(cur, *times) -> None:
+    """Give the days of ``times`` (datetimes) raw partitions, for tests that insert rows by hand
+    (the write path creates the partitions it needs by itself)."""
+    from telemetry_model import to_micros
+    from telemetry_store import create_partitions
+
+    await create_partitions(cur, "telemetry", 86_400_000_000, [to_micros(t) for t in times])
+
+
+def is_raw_partition(relation: str | None) -> bool:
+    """Whether a plan's relation is a partition of telemetry (plans name partitions)."""
+    return relation is not None and (
+        relation.startswith("telemetry_p") or relation in ("telemetry_early", "telemetry_far")
+    )
+
+
+async def insert_old_schema(cur, encoded) -> int:
+    """The write path of the schema before telemetry was partitioned (migration 0020)."""
+    from telemetry_store.writes import _INSERT_TELEMETRY
+
+    sql = _INSERT_TELEMETRY.replace("ON CONFLICT (stream_id, seq, ts) DO NOTHING", "")
+    await cur.execute(sql, ((b"[" + b",".join(encoded) + b"]").decode(),))
+    return int(cur.rowcount)

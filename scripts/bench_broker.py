@@ -8,8 +8,17 @@ paced run at a fixed rate and measures the broker's RSS with a large backlog. Th
 printed and written into the "Broker" section of ``docs/benchmarks.md``.
 
 Servers: ``nats-server -js`` (file storage), ``redis-server`` (AOF, no RDB, appendfsync everysec
-and always) and ``python -m telemetry_broker`` (fsync on every publish, its default). Missing
-Debian packages are installed with apt-get when running as root.
+and always) and ``python -m telemetry_broker`` (fsync on every publish, its default). The binaries
+come from ``--nats-server``/``--redis-server`` (or ``NATS_SERVER``/``REDIS_SERVER``), else from
+``PATH`` and the sbin directories (Debian puts ``nats-server`` in /usr/sbin); missing ones are
+installed from the Debian packages with apt-get when running as root. A system whose server
+cannot be had is skipped and said so: the report still has the broker's rows.
+
+Sizing: a short calibration run (every system at batch 1 and 100) measures this machine, and the
+record counts shrink so that every target row fits the time budget on a slower or busier machine
+(``--scale`` sets the factor instead). Every target row runs once first (batch 1, one round of
+batch 100 and 1,000, the paced runs, the backlog); further rounds of batch 100 and 1,000 run while
+the budget has room for a whole round.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import importlib.metadata
+import json
+import math
 import multiprocessing
 import multiprocessing.synchronize
 import os
@@ -65,6 +76,13 @@ LABELS: Final = {
     REDIS_ALWAYS: ("Redis Streams", "AOF, appendfsync always"),
 }
 APT_PACKAGES: Final = {"nats-server": "nats-server", "redis-server": "redis-server"}
+BINARY_ENV: Final = {"nats-server": "NATS_SERVER", "redis-server": "REDIS_SERVER"}
+NEEDS: Final = {
+    JETSTREAM: "nats-server",
+    REDIS_EVERYSEC: "redis-server",
+    REDIS_ALWAYS: "redis-server",
+}
+SBIN_DIRS: Final = ("/usr/local/sbin", "/usr/sbin", "/sbin")  # not on every user's PATH
 
 
 class BenchError(RuntimeError):
@@ -528,7 +546,9 @@ def _pct(sorted_values: Sequence[int], p: float) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
+def _unused_port() -> int:
+    """A port that was free a moment ago: only for redis-server, which cannot bind port 0 and
+    report it (``start_system`` retries when another process took the port meanwhile)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -607,37 +627,65 @@ def _http_probe(url: str) -> Callable[[], bool]:
     return probe
 
 
-@contextlib.contextmanager
-def start_system(
-    system: str, workdir: Path, broker_env: dict[str, str]
-) -> Iterator[tuple[Server, str]]:
-    """Start a fresh server for ``system`` in ``workdir``; yield it and its client URL."""
-    port = _free_port()
-    server: Server
-    if system == OURS:
-        data = workdir / "broker-data"
-        data.mkdir()
-        env = {
-            "BROKER_HOST": "127.0.0.1",
-            "BROKER_PORT": str(port),
-            "BROKER_DATA_DIR": str(data),
-            **broker_env,
-        }
-        server = Server(
-            "telemetry-broker", [sys.executable, "-m", "telemetry_broker"], workdir, env
-        )
-        url = f"http://127.0.0.1:{port}"
-        probe = _http_probe(f"{url}/readyz")
-    elif system == JETSTREAM:
-        store = workdir / "nats-store"
-        argv = ["nats-server", "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(port)]
-        server = Server("nats-server", argv, workdir)
-        url = f"nats://127.0.0.1:{port}"
-        probe = _tcp_probe(port, b"", b"")
-    else:
-        fsync = "always" if system == REDIS_ALWAYS else "everysec"
+def _wait_for_file(path: Path, server: Server, timeout: float = 30.0) -> str:
+    """The text of ``path`` once the server wrote it (it reports its port there)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            text = path.read_text()
+            if text.strip():
+                return text
+        if server.proc.poll() is not None:
+            raise BenchError(
+                f"{server.name} exited with {server.proc.returncode} while starting:\n"
+                + server.log_tail()
+            )
+        time.sleep(0.02)
+    raise BenchError(f"{server.name} reported no port after {timeout}s:\n{server.log_tail()}")
+
+
+def _start_ours(workdir: Path, broker_env: dict[str, str]) -> tuple[Server, str]:
+    data = workdir / "broker-data"
+    data.mkdir()
+    port_file = workdir / "broker.port"
+    env = {
+        "BROKER_HOST": "127.0.0.1",
+        "BROKER_PORT": "0",  # it binds a free port itself and writes it to the port file
+        "BROKER_PORT_FILE": str(port_file),
+        "BROKER_DATA_DIR": str(data),
+        **broker_env,
+    }
+    server = Server("telemetry-broker", [sys.executable, "-m", "telemetry_broker"], workdir, env)
+    try:
+        url = f"http://127.0.0.1:{int(_wait_for_file(port_file, server))}"
+        server.wait_ready(_http_probe(f"{url}/readyz"))
+    except BaseException:
+        server.stop()
+        raise
+    return server, url
+
+
+def _start_nats(binary: str, workdir: Path) -> tuple[Server, str]:
+    store = workdir / "nats-store"
+    # -p -1: a random free port, written to a ports file (the server binds it: no race).
+    argv = [binary, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", "-1"]
+    server = Server("nats-server", [*argv, "--ports_file_dir", str(workdir)], workdir)
+    try:
+        ports = json.loads(_wait_for_file(workdir / f"nats-server_{server.pid}.ports", server))
+        url = str(ports["nats"][0])
+        port = int(url.rsplit(":", 1)[1])
+        server.wait_ready(_tcp_probe(port, b"", b""))
+    except BaseException:
+        server.stop()
+        raise
+    return server, url
+
+
+def _start_redis(binary: str, workdir: Path, fsync: str) -> tuple[Server, str]:
+    for attempt in range(5):
+        port = _unused_port()
         argv = [
-            "redis-server",
+            binary,
             "--port", str(port),
             "--bind", "127.0.0.1",
             "--dir", str(workdir),
@@ -648,26 +696,56 @@ def start_system(
             "--logfile", "",
         ]  # fmt: skip
         server = Server(f"redis-server-{fsync}", argv, workdir)
-        url = f"redis://127.0.0.1:{port}/0"
-        probe = _tcp_probe(port, b"PING\r\n", b"+PONG")
+        try:
+            server.wait_ready(_tcp_probe(port, b"PING\r\n", b"+PONG"))
+        except BenchError:
+            server.stop()
+            if "Address already in use" in server.log_tail() and attempt < 4:
+                continue  # another process took the port between our probe and its bind
+            raise
+        except BaseException:
+            server.stop()
+            raise
+        return server, f"redis://127.0.0.1:{port}/0"
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def start_system(
+    system: str, workdir: Path, broker_env: dict[str, str], binaries: dict[str, str]
+) -> Iterator[tuple[Server, str]]:
+    """Start a fresh server for ``system`` in ``workdir``; yield it and its client URL."""
+    if system == OURS:
+        server, url = _start_ours(workdir, broker_env)
+    elif system == JETSTREAM:
+        server, url = _start_nats(binaries["nats-server"], workdir)
+    else:
+        fsync = "always" if system == REDIS_ALWAYS else "everysec"
+        server, url = _start_redis(binaries["redis-server"], workdir, fsync)
     try:
-        server.wait_ready(probe)
         yield server, url
     finally:
         server.stop()
 
 
-def ensure_binaries(names: Sequence[str]) -> None:
-    """Install missing Debian packages when running as root; otherwise say what to install."""
-    missing = [n for n in names if shutil.which(n) is None]
-    if not missing:
-        return
-    pkgs = [APT_PACKAGES[n] for n in missing]
+def find_binary(name: str, override: str | None) -> str | None:
+    """The path of server binary ``name``: ``override``, else ``PATH``, else the sbin dirs."""
+    if override:
+        return shutil.which(override) or None
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in SBIN_DIRS:
+        path = Path(directory) / name
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return None
+
+
+def _apt_install(pkgs: list[str]) -> str | None:
+    """Install Debian packages ``pkgs``; None when done, else why not."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise BenchError(
-            f"{', '.join(missing)} not found and cannot be installed here (not root or no apt-get):"
-            f" install the Debian packages {' '.join(pkgs)} or skip with --systems"
-        )
+        return "cannot be installed here (not root or no apt-get)"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
     def has_candidate() -> bool:
@@ -676,22 +754,53 @@ def ensure_binaries(names: Sequence[str]) -> None:
         ).stdout
         return out.count("Candidate:") == len(pkgs) and "Candidate: (none)" not in out
 
-    if not has_candidate():
-        print(f"apt-get update (for {' '.join(pkgs)})", flush=True)
-        subprocess.run(["apt-get", "update", "-qq"], check=False, timeout=600, env=env)
+    try:
         if not has_candidate():
-            raise BenchError(f"apt has no installable candidate for {' '.join(pkgs)}")
-    print(f"apt-get install {' '.join(pkgs)}", flush=True)
-    r = subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *pkgs],
-        capture_output=True, text=True, timeout=900, env=env,
-    )  # fmt: skip
-    still = [n for n in missing if shutil.which(n) is None]
-    if still:
-        raise BenchError(
-            f"apt-get install {' '.join(pkgs)} failed (exit {r.returncode}); still missing "
-            f"{', '.join(still)}:\n{r.stderr[-2000:]}"
-        )
+            print(f"apt-get update (for {' '.join(pkgs)})", flush=True)
+            subprocess.run(["apt-get", "update", "-qq"], check=False, timeout=600, env=env)
+            if not has_candidate():
+                return "apt has no installable candidate"
+        print(f"apt-get install {' '.join(pkgs)}", flush=True)
+        r = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *pkgs],
+            capture_output=True, text=True, timeout=900, env=env,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"apt-get failed: {e}"
+    if r.returncode != 0:
+        return f"apt-get install failed (exit {r.returncode}): {r.stderr.strip()[-300:]}"
+    return None
+
+
+def find_binaries(
+    names: Sequence[str], overrides: dict[str, str | None], install: bool
+) -> tuple[dict[str, str], dict[str, str]]:
+    """``({name: path}, {name: why it is missing})``; installs missing Debian packages when
+    ``install`` and running as root."""
+    found: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    for name in names:
+        override = overrides.get(name) or os.environ.get(BINARY_ENV[name])
+        path = find_binary(name, override)
+        if path is not None:
+            found[name] = path
+        elif override:
+            missing[name] = f"{override!r} (given for {name}) is not an executable"
+        else:
+            missing[name] = f"not found on PATH or in {', '.join(SBIN_DIRS)}"
+    if install and missing:
+        lacking = [n for n in missing if not overrides.get(n)]
+        why = _apt_install([APT_PACKAGES[n] for n in lacking]) if lacking else None
+        for name in lacking:
+            path = find_binary(name, None)
+            if path is not None:
+                found[name] = path
+                del missing[name]
+            else:
+                missing[name] += (
+                    f"; the Debian package {APT_PACKAGES[name]} {why or 'did not provide it'}"
+                )
+    return found, missing
 
 
 def rss_kib(pid: int) -> dict[str, int]:
@@ -727,10 +836,15 @@ class Result:
     publish_rps: float = float("nan")
     error: str | None = None
     runs: list[float] = field(default_factory=list)  # records/s of every run of the case
+    wall: float = float("nan")  # seconds the whole case took (server start, processes, run)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def skipped(self) -> bool:
+        return (self.error or "").startswith("skipped")
 
 
 @dataclass
@@ -741,11 +855,7 @@ class Options:
     timeout: float
     broker_env: dict[str, str] = field(default_factory=dict)
     workroot: Path = Path(tempfile.gettempdir())
-    deadline: float = float("inf")  # time.monotonic() past which no case starts
-
-    def case_timeout(self) -> float:
-        """The per-case timeout, cut to what is left of the time budget."""
-        return min(self.timeout, self.deadline - time.monotonic())
+    binaries: dict[str, str] = field(default_factory=dict)  # server name -> path
 
 
 async def _prepare(system: str, url: str, topic: str, max_unacked: int) -> None:
@@ -837,37 +947,37 @@ def median_runs(results: list[Result]) -> list[Result]:
 
 
 def run_cases(cases: list[Case], opts: Options) -> list[Result]:
+    """Run ``cases`` in order, each on a fresh server (a failed case is reported, not raised)."""
     out: list[Result] = []
     for case in cases:
         system = case.system
         label = f"{system} batch={case.batch} records={case.records}"
         label += f" rate={case.rate:.0f}/s" if case.rate else ""
         print(f"-- {label}", flush=True)
-        timeout = opts.case_timeout()
-        if timeout < 10:
-            out.append(Result(case, error="skipped: the time budget (--budget) is used up"))
-            print(f"   {out[-1].error}", flush=True)
-            continue
         # Flush the previous run's dirty pages first: their write-back would compete with
         # this run for the disk (and a fsyncing system would pay for another's writes).
         os.sync()
         case_t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix=f"bench-{system}-", dir=opts.workroot) as tmp:
             try:
-                with start_system(system, Path(tmp), opts.broker_env) as (server, url):
+                with start_system(system, Path(tmp), opts.broker_env, opts.binaries) as (
+                    server,
+                    url,
+                ):
                     up = time.monotonic() - case_t0
-                    res = run_case(case, url, opts, timeout)
+                    res = run_case(case, url, opts, opts.timeout)
                     if not res.ok:
                         res.error = f"{res.error}\n{server.name} log tail:\n{server.log_tail(8)}"
             except BenchError as e:
                 res = Result(case, error=str(e))
+        res.wall = time.monotonic() - case_t0
         out.append(res)
         if res.ok:
             print(
                 f"   {res.rps:,.0f} records/s in {res.seconds:.2f}s, p50 {res.p50_ms:.1f} ms,"
                 f" p99 {res.p99_ms:.1f} ms, max {res.max_ms:.1f} ms, redelivered {res.dups};"
                 f" publishing alone took {res.publish_rps:,.0f} records/s"
-                f" [case {time.monotonic() - case_t0:.1f}s, server start {up:.1f}s]",
+                f" [case {res.wall:.1f}s, server start {up:.1f}s]",
                 flush=True,
             )
         else:
@@ -906,18 +1016,14 @@ async def _publish_backlog(
 def run_backlog(records: int, opts: Options) -> Backlog:
     print(f"-- ours backlog records={records} (no consumer)", flush=True)
     out = Backlog(records)
-    timeout = opts.case_timeout()
-    if timeout < 10:
-        out.error = "skipped: the time budget (--budget) is used up"
-        print(f"   {out.error}", flush=True)
-        return out
+    os.sync()
     with tempfile.TemporaryDirectory(prefix="bench-backlog-", dir=opts.workroot) as tmp:
         try:
-            with start_system(OURS, Path(tmp), opts.broker_env) as (server, url):
+            with start_system(OURS, Path(tmp), opts.broker_env, opts.binaries) as (server, url):
                 out.rss_before_mib = rss_kib(server.pid)["VmRSS"] / 1024
                 try:
                     out.publish_rps = asyncio.run(
-                        _publish_backlog(url, records, 1000, opts.inflight, timeout)
+                        _publish_backlog(url, records, 1000, opts.inflight, opts.timeout)
                     )
                 except Exception as e:
                     out.error = f"{type(e).__name__}: {e}\n{server.log_tail(8)}"
@@ -956,9 +1062,10 @@ def _pkg(name: str) -> str:
         return "not installed"
 
 
-def versions() -> dict[str, str]:
-    nats_v = re.search(r"v?(\d+\.\d+\.\d+)", _run(["nats-server", "--version"]))
-    redis_v = re.search(r"v=(\S+)", _run(["redis-server", "--version"]))
+def versions(binaries: dict[str, str]) -> dict[str, str]:
+    nats, redis = binaries.get("nats-server"), binaries.get("redis-server")
+    nats_v = re.search(r"v?(\d+\.\d+\.\d+)", _run([nats, "--version"]) if nats else "")
+    redis_v = re.search(r"v=(\S+)", _run([redis, "--version"]) if redis else "")
     return {
         "python": platform.python_version(),
         "nats-server": nats_v.group(1) if nats_v else "n/a",
@@ -1028,7 +1135,7 @@ def table(results: list[Result]) -> str:
         other = ref(system, r.case)
         if r.case.rate or not r.ok or other is None or not other.ok:
             return "-"
-        return f"{r.rps / other.rps:.2f}x"
+        return f"{math.floor(r.rps / other.rps * 100) / 100:.2f}x"  # as the targets show it
 
     lines = [
         "| system | config | batch | records | records/s | runs (records/s) | p50 ms | p99 ms "
@@ -1055,50 +1162,72 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def verdicts(results: list[Result], backlog: Backlog | None, rate: float) -> list[str]:
+def verdicts(
+    results: list[Result], backlog: Backlog | None, args: argparse.Namespace, info: RunInfo
+) -> list[str]:
+    """One line per target: the measured value and whether it is met, or why it is missing."""
     out: list[str] = []
 
     def find(system: str, batch: int, paced: bool = False) -> Result | None:
         for r in results:
             if r.case.system == system and r.case.batch == batch and bool(r.case.rate) == paced:
-                return r if r.ok else None
+                return r
         return None
+
+    def missing(system: str, r: Result | None) -> str:
+        if system in info.skipped:
+            return f"not measured: {LABELS[system][0]} was skipped ({info.skipped[system]})"
+        if r is None:
+            return "not measured (not in --systems or --batches)"
+        return f"not measured: {(r.error or '').splitlines()[0]}"
 
     for batch in (100, 1000):
         ours = find(OURS, batch)
-        if ours is None:
-            continue
         for system, target in ((JETSTREAM, 2.0), (REDIS_EVERYSEC, 1.0)):
-            other = find(system, batch)
-            if other is None:
-                continue
-            x = ours.rps / other.rps
-            mark = "met" if x >= target else "NOT met"
-            out.append(
-                f"batch {batch}: {x:.2f}x {LABELS[system][0]} ({LABELS[system][1]});"
-                f" target >= {target:g}x: {mark}"
+            what = (
+                f"batch {batch} vs {LABELS[system][0]} ({LABELS[system][1]}), target >= {target:g}x"
             )
-    paced = next((r for r in results if r.case.system == OURS and r.case.rate and r.ok), None)
-    if paced is not None:
-        mark = "met" if paced.p99_ms < 50 else "NOT met"
-        held = (
-            ""
-            if paced.rps >= 0.97 * rate
-            else f" (the rate was not held: {paced.rps:,.0f} records/s end to end)"
+            other = find(system, batch)
+            if ours is None or not ours.ok:
+                out.append(f"{what}: {missing(OURS, ours)}")
+            elif other is None or not other.ok:
+                out.append(f"{what}: {missing(system, other)}")
+            else:
+                x = ours.rps / other.rps
+                shown = math.floor(x * 100) / 100  # 0.997x shows as 0.99x: below the target
+                out.append(f"{what}: {shown:.2f}x, {'met' if x >= target else 'NOT met'}")
+    what = f"p99 publish-to-fetch at {args.rate:,.0f} records/s, target < 50 ms"
+    paced = find(OURS, 100, paced=True)
+    if args.paced_seconds <= 0:
+        out.append(f"{what}: not measured (--paced-seconds 0)")
+    elif paced is None or not paced.ok:
+        out.append(f"{what}: {missing(OURS, paced)}")
+    else:
+        rate = paced.case.rate or args.rate
+        held = "" if paced.rps >= 0.97 * rate else f"; the rate was not held: {paced.rps:,.0f}/s"
+        scaled = (
+            f" (measured at {rate:,.0f} records/s instead: see the records line)"
+            if rate != args.rate
+            else ""
         )
-        out.append(
-            f"p99 publish-to-fetch at {rate:,.0f} records/s: {paced.p99_ms:.1f} ms{held};"
-            f" target < 50 ms: {mark}"
+        mark = (
+            "met"
+            if paced.p99_ms < 50 and rate == args.rate
+            else ("NOT met" if paced.p99_ms >= 50 else "not comparable")
         )
-    if backlog is not None and backlog.error is None:
+        out.append(f"{what}: {paced.p99_ms:.1f} ms{scaled}{held}, {mark}")
+    what = f"broker RSS with a {args.backlog:,}-record backlog, target < 200 MiB"
+    if backlog is None:
+        why = missing(OURS, None) if OURS in info.skipped else "not measured (--backlog 0)"
+        out.append(f"{what}: {why}")
+    elif backlog.error is not None:
+        out.append(f"{what}: not measured: {backlog.error.splitlines()[0]}")
+    else:
         mark = "met" if backlog.rss_after_mib < 200 else "NOT met"
         out.append(
-            f"broker RSS with a {backlog.records:,}-record backlog: {backlog.rss_after_mib:.0f} MiB"
-            f" (idle {backlog.rss_before_mib:.0f} MiB, peak {backlog.hwm_mib:.0f} MiB);"
-            f" target < 200 MiB: {mark}"
+            f"{what}: {backlog.rss_after_mib:.0f} MiB (idle {backlog.rss_before_mib:.0f} MiB,"
+            f" peak {backlog.hwm_mib:.0f} MiB), {mark}"
         )
-    elif backlog is not None:
-        out.append(f"backlog RSS run failed: {backlog.error}")
     return out
 
 
@@ -1106,6 +1235,7 @@ def render(
     results: list[Result],
     backlog: Backlog | None,
     args: argparse.Namespace,
+    info: RunInfo,
     env: dict[str, str],
     vers: dict[str, str],
     record_bytes: float,
@@ -1113,15 +1243,39 @@ def render(
     elapsed: float,
 ) -> str:
     cmd = "task bench:broker" + (" -- " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+    sz = info.sizing
     sizes = (
-        f"batch 1 with {args.batch1_records:,} records (one request per record: more would not"
-        f" fit the time budget), batch 100 and 1,000 with {args.records:,} records"
+        f"batch 1 with {sz.batch1_records:,} records, batch 100 and 1,000 with {sz.records:,}"
+        " records"
     )
     if args.paced_seconds > 0:
         sizes += (
-            f", paced runs at {args.rate:,.0f} records/s for {args.paced_seconds:g} s"
-            f" ({int(args.rate * args.paced_seconds):,} records, batch 100)"
+            f", paced runs at {sz.rate:,.0f} records/s for {args.paced_seconds:g} s"
+            f" ({int(sz.rate * args.paced_seconds):,} records, batch 100)"
         )
+    if info.calibration is not None:
+        cal = info.calibration
+        measured = "; ".join(
+            f"{LABELS[s][0]}"
+            + (f" ({LABELS[s][1].split(',')[-1].strip()})" if s.startswith("redis") else "")
+            + f" {cal.rate[(s, 1)]:,.0f} / {cal.rate[(s, 100)]:,.0f}"
+            for s in ALL_SYSTEMS
+            if (s, 100) in cal.rate
+        )
+        sizing = (
+            f" Sizes from a calibration run ({cal.seconds:.0f} s: each system at batch 1 with"
+            f" {CAL_RECORDS[1]:,} and batch 100 with {CAL_RECORDS[100]:,} records; records/s at"
+            f" batch 1 / 100: {measured}): scale {sz.scale:.2f} of the defaults"
+            f" ({args.records:,} and {args.batch1_records:,} records), so that every target row"
+            f" and {min(ROUNDS_SIZED_FOR, args.repeat)} runs of each batch-100/1,000 case fit"
+            f" {BUDGET_SHARE:.0%} of the {args.budget:g} s budget (`--budget`)."
+        )
+    else:
+        sizing = f" Sizes set by hand (scale {sz.scale:.2f} of the defaults; no calibration)."
+    sizing += "".join(f" {note[0].upper()}{note[1:]}." for note in sz.notes)
+    runs = "once" if info.rounds_done == 1 else f"{info.rounds_done} times each"
+    if info.rounds_note:
+        runs += f" ({info.rounds_note})"
     load_before = float(env["load"].split()[0])
     busy = (
         [
@@ -1133,26 +1287,33 @@ def render(
         if load_before > 0.5
         else []
     )
+    skipped = [
+        f"**Not measured:** {LABELS[s][0]} ({LABELS[s][1]}): {why}."
+        for s, why in info.skipped.items()
+    ]
     parts = [
-        SECTION,
+        f"## {args.section}",
         "",
         "Written by `task bench:broker` (`scripts/bench_broker.py`); do not edit by hand.",
         "",
         *busy,
+        *([*skipped, ""] if skipped else []),
         f"- Date: {started:%Y-%m-%d %H:%M %Z} (run took {elapsed / 60:.1f} min)",
         f"- Command: `{cmd}`",
+        *([f"- Conditions: {args.note}"] if args.note else []),
         f"- Machine: {env['nproc']} CPUs ({env['cpu']}), {env['ram']} RAM, kernel"
         f" {env['kernel']}; disk: {env['disk']}; load average before the run: {env['load']}"
         f" (after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])})",
         "- Software: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
         f"- Records: real DCGM rows from `data/` in the wire form (mean {record_bytes:.0f} bytes"
-        " of JSON value, key = GPU uuid); " + sizes + f". The default sizes keep the whole run"
-        f" under 10 minutes on 2 cores; no case starts after {args.budget:g} s (`--budget`).",
-        f"- Method: the batch-100 and batch-1,000 cases run {args.repeat} times each,"
-        " interleaved across the systems; the table shows the median run (its records/s and"
-        " latencies, and the ratios between medians) and every run's records/s."
-        f" Each run gets a fresh server process in a fresh temporary directory, after a"
-        " `sync` (no write-back of an earlier run's files competes with it); one"
+        " of JSON value, key = GPU uuid); " + sizes + "." + sizing,
+        f"- Method: every target row runs first (batch 1, one round of batch 100 and 1,000 across"
+        " the systems, the paced runs, the backlog); then further rounds of batch 100 and 1,000,"
+        " each only while the budget has room for a whole round: the batch-100 and batch-1,000"
+        f" cases ran {runs}, interleaved across the systems; the table shows the median run"
+        " (its records/s and latencies, and the ratios between medians) and every run's"
+        " records/s. Each run gets a fresh server process in a fresh temporary directory, after"
+        " a `sync` (no write-back of an earlier run's files competes with it); one"
         f" producer process ({args.inflight} batches in flight) and one consumer process"
         f" ({args.consumers} concurrent fetch loops, fetch size = batch; telemetry-broker's"
         " loops use `fetch_many`, leasing several partitions per request) run concurrently."
@@ -1186,9 +1347,8 @@ def render(
         table(results),
         "",
     ]
-    checks = verdicts(results, backlog, args.rate)
-    if checks:
-        parts += ["Targets (issue 4):", ""] + [f"- {c}" for c in checks] + [""]
+    parts += ["Targets (issue 4):", ""] + [f"- {c}" for c in verdicts(results, backlog, args, info)]
+    parts.append("")
     if backlog is not None and backlog.error is None:
         parts += [
             f"Backlog: {backlog.records:,} records published at batch 1,000 with no consumer"
@@ -1196,7 +1356,7 @@ def render(
             " `/proc/<pid>/status`.",
             "",
         ]
-    failed = [r for r in results if not r.ok]
+    failed = [r for r in results if not r.ok and r.case.system not in info.skipped]
     if failed:
         parts += ["Failures:", ""]
         for r in failed:
@@ -1207,22 +1367,33 @@ def render(
     return "\n".join(parts)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the ``## Broker`` section of ``path`` (up to the next ``## ``) or append it."""
+def write_section(path: Path, section: str, heading: str = SECTION) -> None:
+    """Replace the ``heading`` section of ``path`` (up to the next ``## ``); a new one goes
+    right after the ``## Broker`` section (or at the end)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    new = section.rstrip("\n").splitlines()
-    if start is None:
-        while lines and not lines[-1].strip():
-            lines.pop()
-        lines += ["", *new]
-    else:
+
+    def span(title: str) -> tuple[int, int] | None:
+        start = next((i for i, line in enumerate(lines) if line.strip() == title), None)
+        if start is None:
+            return None
         end = next(
             (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
         )
-        tail = lines[end:]
-        lines = lines[:start] + new + ([""] + tail if tail else [])
+        return start, end
+
+    new = section.rstrip("\n").splitlines()
+    found = span(heading)
+    if found is None:
+        after = span(SECTION)
+        at = after[1] if after is not None else len(lines)
+        found = (at, at)
+    start, end = found
+    head = lines[:start]
+    while head and not head[-1].strip():
+        head.pop()
+    tail = lines[end:]
+    lines = head + ([""] if head else []) + new + ([""] + tail if tail else [])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines).rstrip("\n") + "\n")
 
@@ -1250,17 +1421,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--repeat",
         type=int,
         default=5,
-        help="runs of each batch-100/1000 case (interleaved); the table shows the median",
+        help="runs of each batch-100/1000 case (interleaved) while the budget has room;"
+        " the table shows the median",
     )
     p.add_argument("--timeout", type=float, default=180.0, help="seconds per case before failing")
     p.add_argument(
-        "--budget", type=float, default=540.0, help="seconds after which no further case starts"
+        "--budget",
+        type=float,
+        default=540.0,
+        help="seconds the run is sized for; no optional round starts past it",
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="multiply the record counts by this (0-1] instead of calibrating",
+    )
+    p.add_argument(
+        "--no-calibrate",
+        dest="calibrate",
+        action="store_false",
+        help="the default sizes as they are",
+    )
+    p.add_argument("--nats-server", help="nats-server binary (else NATS_SERVER, PATH, sbin)")
+    p.add_argument("--redis-server", help="redis-server binary (else REDIS_SERVER, PATH, sbin)")
+    p.add_argument(
+        "--no-install", dest="install", action="store_false", help="never apt-get a missing server"
     )
     p.add_argument(
         "--broker-env", action="append", default=[], metavar="K=V", help="extra broker env"
     )
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="data root")
     p.add_argument("--output", type=Path, default=DOC, help="markdown file to update")
+    p.add_argument(
+        "--section",
+        default=SECTION.removeprefix("## "),
+        help="heading of the section to write; an incomplete run writes the default one only"
+        " with --force",
+    )
+    p.add_argument("--force", action="store_true", help="write the section even if incomplete")
+    p.add_argument("--note", help="a line on the run's conditions for the report (e.g. the load)")
     p.add_argument("--no-write", action="store_true", help="print only, do not update --output")
     p.add_argument("--quick", action="store_true", help="tiny smoke run; does not write docs")
     args = p.parse_args(argv)
@@ -1272,9 +1472,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.backlog = min(args.backlog, 20_000)
         args.timeout = min(args.timeout, 60.0)
         args.repeat = 1
+        args.calibrate = False
         args.no_write = True
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
+    if args.scale is not None and not 0 < args.scale <= 1:
+        p.error("--scale must be in (0, 1]")
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(args.systems) - set(ALL_SYSTEMS)
     if unknown:
@@ -1283,22 +1486,171 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def plan(args: argparse.Namespace) -> list[Case]:
-    """Cases in run order: each batch size across all systems (``--repeat`` rounds of them
-    for batches above 1), then the paced runs.
+# -- sizing from a calibration run --------------------------------------------------------------
 
-    Interleaving the systems spreads any background noise over all of them, and a run cut
-    short by the time budget still has comparable rows.
-    """
-    cases: list[Case] = []
+CAL_RECORDS: Final = {1: 500, 100: 20_000}
+"""Records of the calibration runs per batch size: a few seconds per system."""
+ROUNDS_SIZED_FOR: Final = 2
+"""The sizes leave room for this many runs of each batch-100/1000 case; more rounds run while
+the budget has room (on a slow machine, larger cases beat more of them: short runs are mostly
+start-up)."""
+BUDGET_SHARE: Final = 0.85
+"""Of the budget left after calibrating, the share the estimate may fill (estimates are rough)."""
+MIN_SCALE: Final = 0.05
+MIN_RECORDS: Final = 10_000
+MIN_BATCH1_RECORDS: Final = 200
+
+
+@dataclass
+class Calibration:
+    rate: dict[tuple[str, int], float] = field(default_factory=dict)  # (system, batch) -> rec/s
+    overhead: dict[str, float] = field(default_factory=dict)  # seconds per case beyond records
+    seconds: float = 0.0
+
+
+@dataclass
+class Sizing:
+    scale: float
+    records: int
+    batch1_records: int
+    rate: float  # records/s of the paced runs
+    estimate: float = float("nan")  # seconds the target rows plus the sized-for rounds take
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunInfo:
+    sizing: Sizing
+    calibration: Calibration | None
+    rounds_done: int = 0
+    rounds_note: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # system -> why it was not measured
+
+
+def calibrate(systems: Sequence[str], opts: Options) -> tuple[Calibration, dict[str, str]]:
+    """Run each system briefly at batch 1 and 100 on one server; also return the systems that
+    failed and why."""
+    t0 = time.monotonic()
+    cal = Calibration()
+    failed: dict[str, str] = {}
+    for system in systems:
+        print(f"-- calibrating {system}", flush=True)
+        os.sync()
+        begin = time.monotonic()
+        spent: list[float] = []
+        with tempfile.TemporaryDirectory(prefix=f"bench-cal-{system}-", dir=opts.workroot) as tmp:
+            try:
+                with start_system(system, Path(tmp), opts.broker_env, opts.binaries) as (
+                    server,
+                    url,
+                ):
+                    up = time.monotonic() - begin
+                    for batch, n in CAL_RECORDS.items():
+                        c0 = time.monotonic()
+                        res = run_case(Case(system, batch, n), url, opts, min(opts.timeout, 120))
+                        if not res.ok:
+                            raise BenchError(f"calibration failed: {res.error}")
+                        cal.rate[(system, batch)] = res.rps
+                        spent.append(time.monotonic() - c0 - res.seconds)
+            except BenchError as e:
+                failed[system] = str(e).splitlines()[0]
+                print(f"   FAILED: {e}", flush=True)
+                continue
+        # A case also starts a server and syncs the disk; the process start-up is in ``spent``.
+        cal.overhead[system] = up + max(spent) + 0.5
+        print(
+            f"   batch 1: {cal.rate[(system, 1)]:,.0f} records/s, batch 100:"
+            f" {cal.rate[(system, 100)]:,.0f} records/s; about {cal.overhead[system]:.1f} s per"
+            " case besides its records",
+            flush=True,
+        )
+    cal.seconds = time.monotonic() - t0
+    return cal, failed
+
+
+def _round_to(n: float, step: int, floor: int) -> int:
+    return max(floor, int(n) // step * step)
+
+
+def size_run(
+    args: argparse.Namespace, cal: Calibration | None, systems: Sequence[str], left: float
+) -> Sizing:
+    """Record counts (and the paced rate) that fit ``left`` seconds on this machine."""
+    if cal is None:
+        scale = 1.0 if args.scale is None else args.scale
+        return Sizing(
+            scale,
+            _round_to(args.records * scale, 1000, min(MIN_RECORDS, args.records)),
+            _round_to(
+                args.batch1_records * scale, 100, min(MIN_BATCH1_RECORDS, args.batch1_records)
+            ),
+            args.rate,
+        )
+
+    def rate(system: str, batch: int) -> float:
+        return cal.rate[(system, 1 if batch == 1 else 100)]  # batch 1,000: like 100 or faster
+
+    notes: list[str] = []
+    paced_rate = args.rate
+    if args.paced_seconds > 0 and OURS in systems and rate(OURS, 100) < 1.25 * args.rate:
+        paced_rate = max(1000.0, rate(OURS, 100) * 0.5 // 1000 * 1000)
+        notes.append(
+            f"the paced runs go at {paced_rate:,.0f} records/s, not {args.rate:,.0f}: the"
+            f" calibration measured {rate(OURS, 100):,.0f} records/s for telemetry-broker at"
+            f" batch 100, too little to pace at {args.rate:,.0f} without saturating it"
+        )
+    ovh = cal.overhead
+    rounds = min(ROUNDS_SIZED_FOR, args.repeat)
+    fixed = var = 0.0  # seconds: independent of the scale, and at scale 1
     for batch in args.batches:
-        records = args.batch1_records if batch == 1 else args.records
-        for _ in range(args.repeat if batch > 1 else 1):
-            cases += [Case(system, batch, records) for system in args.systems]
+        n = args.batch1_records if batch == 1 else args.records
+        times = 1 if batch == 1 else rounds
+        fixed += times * sum(ovh[s] for s in systems)
+        var += times * sum(n / rate(s, batch) for s in systems)
     if args.paced_seconds > 0:
-        n = int(args.rate * args.paced_seconds)
-        cases += [Case(s, 100, n, args.rate) for s in args.systems if s != REDIS_ALWAYS]
-    return cases
+        n = paced_rate * args.paced_seconds
+        for s in systems:
+            if s != REDIS_ALWAYS:
+                fixed += ovh[s] + max(args.paced_seconds, n / rate(s, 100))
+    if args.backlog and OURS in systems:  # publishing alone at batch 1,000: about 2-3x faster
+        fixed += ovh[OURS] + args.backlog / (2 * rate(OURS, 100))
+    room = BUDGET_SHARE * left
+    scale = 1.0 if fixed + var <= room or var <= 0 else max(MIN_SCALE, (room - fixed) / var)
+    if scale < 1:
+        notes.append(
+            f"at the default sizes the estimate was {fixed + var:.0f} s for {room:.0f} s of"
+            f" room: scaled to {scale:.2f}"
+        )
+    sizing = Sizing(
+        scale,
+        _round_to(args.records * scale, 1000, min(MIN_RECORDS, args.records)),
+        _round_to(args.batch1_records * scale, 100, min(MIN_BATCH1_RECORDS, args.batch1_records)),
+        paced_rate,
+        fixed + var * scale,
+        notes,
+    )
+    if sizing.estimate > room:
+        notes.append(
+            f"even the smallest sizes are estimated at {sizing.estimate:.0f} s: every target row"
+            " still runs once, past the budget if need be"
+        )
+    return sizing
+
+
+def plan_round(args: argparse.Namespace, systems: Sequence[str], records: int) -> list[Case]:
+    """One run of each batch-100/1000 case, interleaved across the systems."""
+    return [Case(s, b, records) for b in args.batches if b > 1 for s in systems]
+
+
+def plan_batch1(args: argparse.Namespace, systems: Sequence[str], records: int) -> list[Case]:
+    return [Case(s, 1, records) for s in systems] if 1 in args.batches else []
+
+
+def plan_paced(args: argparse.Namespace, systems: Sequence[str], rate: float) -> list[Case]:
+    if args.paced_seconds <= 0:
+        return []
+    n = int(rate * args.paced_seconds)
+    return [Case(s, 100, n, rate) for s in systems if s != REDIS_ALWAYS]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1307,12 +1659,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC).astimezone()
     t0 = time.monotonic()
     try:
-        needed = []
-        if JETSTREAM in args.systems:
-            needed.append("nats-server")
-        if REDIS_EVERYSEC in args.systems or REDIS_ALWAYS in args.systems:
-            needed.append("redis-server")
-        ensure_binaries(needed)
+        needed = sorted({NEEDS[s] for s in args.systems if s in NEEDS})
+        overrides = {"nats-server": args.nats_server, "redis-server": args.redis_server}
+        binaries, missing = find_binaries(needed, overrides, install=args.install)
+        skipped = {
+            s: f"{NEEDS[s]} {missing[NEEDS[s]]}" for s in args.systems if NEEDS.get(s) in missing
+        }
+        for system, why in skipped.items():
+            print(f"SKIPPING {system}: {why}", file=sys.stderr, flush=True)
         if OURS in args.systems:
             try:
                 import telemetry_broker  # noqa: F401
@@ -1321,7 +1675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise BenchError(f"the telemetry broker is not importable: {e}") from e
         args.workdir.mkdir(parents=True, exist_ok=True)
         env = machine(args.workdir)
-        vers = versions()
+        vers = versions(binaries)
         record_bytes = Workload().mean_size()
         opts = Options(
             inflight=args.inflight,
@@ -1330,28 +1684,83 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=args.timeout,
             broker_env=dict(kv.split("=", 1) for kv in args.broker_env),
             workroot=args.workdir,
-            deadline=t0 + args.budget,
+            binaries=binaries,
         )
-        cases = plan(args)
+        systems = [s for s in args.systems if s not in skipped]
+        cal: Calibration | None = None
+        if args.calibrate and args.scale is None and systems:
+            cal, failed = calibrate(systems, opts)
+            if OURS in failed:
+                raise BenchError(f"telemetry-broker failed its calibration run: {failed[OURS]}")
+            skipped.update({s: f"its calibration run failed: {why}" for s, why in failed.items()})
+            systems = [s for s in systems if s not in failed]
+        sizing = size_run(args, cal, systems, t0 + args.budget - time.monotonic())
+        info = RunInfo(sizing, cal, skipped=skipped)
+        for note in sizing.notes:
+            print(f"sizing: {note}", flush=True)
         print(
-            f"{len(cases)} cases on {env['nproc']} CPUs ({env['cpu']}); records ~"
-            f"{record_bytes:.0f} bytes",
+            f"{len(systems)} systems on {env['nproc']} CPUs ({env['cpu']}); records ~"
+            f"{record_bytes:.0f} bytes; batch 100/1,000 with {sizing.records:,} records, batch 1"
+            f" with {sizing.batch1_records:,}"
+            + (f"; estimated {sizing.estimate:.0f} s" if cal is not None else ""),
             flush=True,
         )
-        results = median_runs(run_cases(cases, opts))
-        backlog = run_backlog(args.backlog, opts) if OURS in args.systems and args.backlog else None
+        # Every target row first; then more rounds while a whole round fits the budget.
+        results = run_cases(plan_batch1(args, systems, sizing.batch1_records), opts)
+        first = run_cases(plan_round(args, systems, sizing.records), opts)
+        results += first
+        info.rounds_done = 1
+        results += run_cases(plan_paced(args, systems, sizing.rate), opts)
+        backlog = run_backlog(args.backlog, opts) if OURS in systems and args.backlog else None
+        round_seconds = sum(r.wall for r in first)
+        for n in range(2, args.repeat + 1):
+            left = t0 + args.budget - time.monotonic()
+            if left < 1.1 * round_seconds:
+                info.rounds_note = (
+                    f"not {args.repeat}: a round took {round_seconds:.0f} s and"
+                    f" {max(left, 0):.0f} s of the budget were left"
+                )
+                print(f"-- no round {n}: {info.rounds_note}", flush=True)
+                break
+            began = time.monotonic()
+            results += run_cases(plan_round(args, systems, sizing.records), opts)
+            round_seconds = time.monotonic() - began
+            info.rounds_done = n
+        results = median_runs(results)
+        for system, why in skipped.items():  # their rows say why they are empty
+            for case in (
+                plan_batch1(args, [system], sizing.batch1_records)
+                + plan_round(args, [system], sizing.records)
+                + plan_paced(args, [system], sizing.rate)
+            ):
+                results.append(Result(case, error=f"skipped: {why}"))
     except BenchError as e:
         print(f"bench_broker: error: {e}", file=sys.stderr)
         return 2
     elapsed = time.monotonic() - t0
-    section = render(results, backlog, args, env, vers, record_bytes, started, elapsed)
+    section = render(results, backlog, args, info, env, vers, record_bytes, started, elapsed)
     print()
     print(section)
+    failed_rows = [r for r in results if not r.ok and r.case.system not in skipped]
+    failures = len(failed_rows) + bool(backlog and backlog.error)
+    complete = not failures and not skipped
+    if skipped:
+        print(
+            "\nNOT MEASURED: " + "; ".join(f"{s} ({why})" for s, why in skipped.items()),
+            file=sys.stderr,
+        )
     if not args.no_write:
-        write_section(args.output, section)
-        print(f"wrote the {SECTION!r} section of {args.output}")
-    failed = sum(not r.ok for r in results) + bool(backlog and backlog.error)
-    return 1 if failed else 0
+        heading = f"## {args.section}"
+        if heading == SECTION and not complete and not args.force:
+            print(
+                f"not writing the {SECTION!r} section of {args.output}: the run is incomplete"
+                " (pass --section NAME to write it under another heading, or --force)",
+                file=sys.stderr,
+            )
+        else:
+            write_section(args.output, section, heading)
+            print(f"wrote the {heading!r} section of {args.output}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import orjson
-from telemetry_devstack import ServiceProcess, free_port
+from telemetry_devstack import ServiceProcess
 from telemetry_mq import BrokerClient
 
 RECORD = {
@@ -100,13 +100,11 @@ async def main() -> None:
     parser.add_argument("--fsync", default="always")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-broker-") as tmp:
-        port = free_port()
         proc = ServiceProcess(
             "broker",
             "telemetry_broker",
-            port=port,
+            prefix="BROKER",  # it binds a free port and reports it
             env={
-                "BROKER_PORT": str(port),
                 "BROKER_DATA_DIR": str(Path(tmp) / "data"),
                 "BROKER_FSYNC": args.fsync,
                 "BROKER_LOG_LEVEL": "WARNING",

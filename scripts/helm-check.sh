@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Lint the Helm chart, render it with each ci/*-values.yaml and validate every rendered manifest
-# against the Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown fields fail).
+# against the Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown fields fail) and the
+# custom resources against their CRDs' schemas (scripts/validate_crs.py, scripts/schemas/); then
+# check that values the chart must refuse are refused.
 #
 # Usage: scripts/helm-check.sh [KUBE_VERSION]    (default 1.33.0; env HELM=/path/to/helm to pin one)
 # helm comes from $HELM, PATH, or the tool cache; when none is found it is installed into the cache
@@ -54,26 +56,49 @@ for values in "${values_files[@]}"; do
   printf '%s: %s manifests\n' "$name" "$(grep -c '^kind:' "$out/$name.yaml")"
 done
 
+step "kubernetes-validate --strict -k $kube_version"
+# It has no schema for custom resources (--no-warn): validate_crs.py below checks every one of them
+# and fails on a custom kind it has no schema for.
+uv run --frozen kubernetes-validate --strict --quiet --no-warn -k "$kube_version" "$out"/*.yaml
+echo "all rendered manifests are valid for Kubernetes $kube_version"
+
+step "custom resources against their CRD schemas (scripts/schemas)"
+uv run --frozen python scripts/validate_crs.py --require ScaledObject --require ServiceMonitor \
+  --require PrometheusRule \
+  "$out"/*.yaml
+
 step "values the chart must refuse"
-# Each: the --set arguments, then what the error must say.
-refusals=(
-  "--set api.autoscaling.enabled=true|connection budget exceeded"
-  "--set collector.env.COLLECTOR_WORKERS=64|connection budget exceeded"
-  "--set connectionBudget.reserved=95|connection budget exceeded"
-)
-for case in "${refusals[@]}"; do
-  args=${case%%|*}
-  expected=${case#*|}
-  # shellcheck disable=SC2086 # the --set arguments are meant to split
-  if "$helm" template telemetry "$chart" $args > /dev/null 2> "$out/refusal.err"; then
-    echo "helm-check: the chart rendered with $args; it must refuse" >&2
+# refuse MESSAGE ARGS...: `helm template ARGS` must fail and say MESSAGE.
+refuse() {
+  local want=$1 said
+  shift
+  if said=$("$helm" template telemetry "$chart" --namespace telemetry "$@" 2>&1); then
+    echo "helm-check: rendering with $* should have failed ($want)" >&2
     exit 1
   fi
-  grep -q "$expected" "$out/refusal.err" || { cat "$out/refusal.err" >&2; exit 1; }
-  printf 'refused %s: %s\n' "$args" "$(grep -o "$expected[^;]*" "$out/refusal.err" | head -1)"
-done
-
-step "kubernetes-validate --strict -k $kube_version"
-# Custom resources (the optional ServiceMonitor) have no schema there: a warning, not a failure.
-uv run --frozen kubernetes-validate --strict --quiet -k "$kube_version" "$out"/*.yaml
-echo "all rendered manifests are valid for Kubernetes $kube_version"
+  if ! grep -qF -- "$want" <<<"$said"; then
+    printf 'helm-check: rendering with %s failed without saying "%s":\n%s\n' "$*" "$want" "$said" >&2
+    exit 1
+  fi
+  printf 'refused: %s\n' "$*"
+}
+refuse "connection budget exceeded" --set api.autoscaling.enabled=true
+refuse "connection budget exceeded" --set collector.env.COLLECTOR_WORKERS=64
+refuse "connection budget exceeded" --set connectionBudget.reserved=95
+refuse "postgresql volume too small for the retention" --set postgresql.persistence.size=8Gi
+refuse "retention must not shrink" --set maintenance.rawRetentionDays=100
+# Ten collectors need a bigger connection budget than the default: keep it out of these cases.
+lag=(--set collector.autoscaling.enabled=true --set connectionBudget.maxConnections=300)
+keda=("${lag[@]}" --set collector.autoscaling.scaler=keda)
+refuse "scaler must be cpu, keda or external" "${lag[@]}" --set collector.autoscaling.scaler=memory
+refuse "serverAddress is required" "${keda[@]}"
+refuse "minReplicas <= maxReplicas <= 10" "${keda[@]}" --set collector.autoscaling.maxReplicas=11 \
+  --set collector.autoscaling.lag.keda.serverAddress=http://prometheus:9090
+refuse "minReplicas <= maxReplicas <= 10" "${lag[@]}" --set collector.autoscaling.scaler=external \
+  --set collector.autoscaling.minReplicas=0
+refuse "recordsPerReplica must be positive" "${lag[@]}" --set collector.autoscaling.scaler=external \
+  --set collector.autoscaling.lag.recordsPerReplica=0
+refuse "collector.replicaCount is at most 10" --set collector.replicaCount=11 \
+  --set connectionBudget.maxConnections=300
+refuse "externalDatabase.existingSecret is required" --set postgresql.enabled=false
+refuse "postgresql.auth.passwordKey is required" --set postgresql.auth.passwordKey=

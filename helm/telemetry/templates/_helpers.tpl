@@ -113,18 +113,48 @@ read back with fromYaml).
 {{- end }}
 
 {{/*
-Secret and key holding the PostgreSQL DSN (in-chart or externalDatabase.existingSecret).
+Secret and key holding the in-chart PostgreSQL's password (postgresql.auth.existingSecret or the
+chart-made one).
 */}}
-{{- define "telemetry.databaseSecretName" -}}
-{{- if .Values.postgresql.enabled }}
-{{- include "telemetry.componentName" (dict "root" . "component" "postgresql") }}
-{{- else }}
-{{- required "externalDatabase.existingSecret is required when postgresql.enabled=false" .Values.externalDatabase.existingSecret }}
-{{- end }}
+{{- define "telemetry.postgresql.secretName" -}}
+{{- .Values.postgresql.auth.existingSecret | default (include "telemetry.componentName" (dict "root" . "component" "postgresql")) }}
 {{- end }}
 
-{{- define "telemetry.databaseSecretKey" -}}
-{{- if .Values.postgresql.enabled }}database-url{{ else }}{{ required "externalDatabase.key is required" .Values.externalDatabase.key }}{{ end }}
+{{- define "telemetry.postgresql.passwordKey" -}}
+{{- required "postgresql.auth.passwordKey is required" .Values.postgresql.auth.passwordKey }}
+{{- end }}
+
+{{/*
+DSN of the in-chart PostgreSQL, without the password: libpq takes that from PGPASSWORD, so the
+password never has to be URL-encoded into a DSN.
+*/}}
+{{- define "telemetry.postgresql.dsn" -}}
+{{- $auth := .Values.postgresql.auth }}
+{{- printf "postgresql://%s@%s:%v/%s" (urlquery $auth.username) (include "telemetry.componentName" (dict "root" . "component" "postgresql")) .Values.postgresql.service.port (urlquery $auth.database) }}
+{{- end }}
+
+{{/*
+Environment entries that give a container its database: with the in-chart PostgreSQL, the DSN in
+.name and the password in PGPASSWORD; with an external database, the DSN from its Secret.
+Usage: include "telemetry.databaseEnv" (dict "root" $ "name" "API_DATABASE_URL")
+*/}}
+{{- define "telemetry.databaseEnv" -}}
+{{- $root := .root }}
+{{- if $root.Values.postgresql.enabled }}
+- name: {{ .name }}
+  value: {{ include "telemetry.postgresql.dsn" $root | quote }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "telemetry.postgresql.secretName" $root }}
+      key: {{ include "telemetry.postgresql.passwordKey" $root }}
+{{- else }}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "externalDatabase.existingSecret is required when postgresql.enabled=false" $root.Values.externalDatabase.existingSecret }}
+      key: {{ required "externalDatabase.key is required" $root.Values.externalDatabase.key }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -132,6 +162,13 @@ Secret holding the broker token.
 */}}
 {{- define "telemetry.brokerTokenSecretName" -}}
 {{- .Values.brokerAuth.existingSecret | default (include "telemetry.componentName" (dict "root" . "component" "broker-token")) }}
+{{- end }}
+
+{{/*
+Secret holding the API token.
+*/}}
+{{- define "telemetry.apiTokenSecretName" -}}
+{{- .Values.apiAuth.existingSecret | default (include "telemetry.componentName" (dict "root" . "component" "api-token")) }}
 {{- end }}
 
 {{/*
@@ -192,11 +229,14 @@ Usage: include "telemetry.env" (dict "root" $ "component" "collector" "prefix" "
   value: {{ index $env $name | quote }}
 {{- end }}
 {{- if .database }}
-- name: {{ printf "%s_DATABASE_URL" $p }}
+{{- include "telemetry.databaseEnv" (dict "root" $root "name" (printf "%s_DATABASE_URL" $p)) }}
+{{- end }}
+{{- if and (eq .component "api") $root.Values.apiAuth.enabled }}
+- name: API_TOKEN
   valueFrom:
     secretKeyRef:
-      name: {{ include "telemetry.databaseSecretName" $root }}
-      key: {{ include "telemetry.databaseSecretKey" $root }}
+      name: {{ include "telemetry.apiTokenSecretName" $root }}
+      key: {{ $root.Values.apiAuth.key }}
 {{- end }}
 {{- if $root.Values.brokerAuth.enabled }}
 {{- if or .broker (eq .component "broker") }}
@@ -278,11 +318,7 @@ spec:
                   print("waiting for the database:", str(e).strip(), flush=True)
                   time.sleep(2)
       env:
-        - name: DATABASE_URL
-          valueFrom:
-            secretKeyRef:
-              name: {{ include "telemetry.databaseSecretName" $root }}
-              key: {{ include "telemetry.databaseSecretKey" $root }}
+        {{- include "telemetry.databaseEnv" (dict "root" $root "name" "DATABASE_URL") | trim | nindent 8 }}
       securityContext:
         {{- toYaml $cfg.securityContext | nindent 8 }}
       resources:
@@ -498,8 +534,67 @@ rolling update's surge (25 %, rounded up).
 {{- $total = add $total $n }}
 {{- $parts = append $parts (printf "%s %d" $component $n) }}
 {{- end }}
+{{- if .Values.maintenance.enabled }}
+{{- /* The maintenance CronJob: one connection (concurrencyPolicy Forbid). */}}
+{{- $total = add $total 1 }}
+{{- $parts = append $parts "maintenance 1" }}
+{{- end }}
 {{- $allowed := sub (int $b.maxConnections) (int $b.reserved) }}
 {{- if gt $total $allowed }}
 {{- fail (printf "connection budget exceeded: the services may open %d PostgreSQL connections (%s) but connectionBudget allows %d (maxConnections %v - reserved %v); lower replicas, API_POOL_MAX_SIZE or COLLECTOR_WORKERS, or raise connectionBudget.maxConnections" $total (join ", " $parts) $allowed $b.maxConnections $b.reserved) }}
+{{- end }}
+{{- end }}
+
+{{/*
+A Kubernetes quantity (512Mi, 8Gi, 1Ti, 100G, bytes) in GiB, as a float.
+*/}}
+{{- define "telemetry.quantityGiB" -}}
+{{- $q := toString . }}
+{{- $digits := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- if not $digits }}{{ fail (printf "not a storage quantity: %q" $q) }}{{ end }}
+{{- $unit := trimPrefix $digits $q }}
+{{- $per := dict "" (divf 1.0 1073741824.0) "Ki" (divf 1.0 1048576.0) "Mi" (divf 1.0 1024.0) "Gi" 1.0 "Ti" 1024.0 "Pi" 1048576.0 "k" (divf 1000.0 1073741824.0) "M" (divf 1000000.0 1073741824.0) "G" (divf 1000000000.0 1073741824.0) "T" (divf 1000000000000.0 1073741824.0) }}
+{{- if not (hasKey $per $unit) }}{{ fail (printf "not a storage quantity: %q" $q) }}{{ end }}
+{{- mulf (float64 $digits) (index $per $unit) }}
+{{- end }}
+
+{{/*
+What the PostgreSQL volume must hold with the maintenance job's retention, in GiB (docs/deployment.md):
+raw datapoints for rawRetentionDays + 1 days (a day's partition is dropped once it is wholly past the
+retention), 1-minute rollups for their retention + one 7-day partition, 1-hour rollups for theirs +
+one 28-day partition, the WAL, and headroomPercent on top. Prints "total raw m1 h1" (GiB).
+*/}}
+{{- define "telemetry.postgresql.neededGiB" -}}
+{{- $s := .Values.postgresql.sizing }}
+{{- $m := .Values.maintenance }}
+{{- $gib := 1073741824.0 }}
+{{- $raw := divf (mulf (float64 $s.datapointsPerSecond) 86400.0 (float64 $s.bytesPerDatapoint) (addf (float64 $m.rawRetentionDays) 1.0)) $gib }}
+{{- $m1 := divf (mulf (float64 $s.series) 1440.0 (float64 $s.bytesPerRollupRow) (addf (float64 $m.rollup1mRetentionDays) 7.0)) $gib }}
+{{- $h1 := divf (mulf (float64 $s.series) 24.0 (float64 $s.bytesPerRollupRow) (addf (float64 $m.rollup1hRetentionDays) 28.0)) $gib }}
+{{- $total := mulf (addf $raw $m1 $h1 (float64 $s.walGiB)) (addf 1.0 (divf (float64 $s.headroomPercent) 100.0)) }}
+{{- printf "%d %.1f %.1f %.1f" (int (ceil $total)) $raw $m1 $h1 }}
+{{- end }}
+
+{{/*
+The PostgreSQL claim's size: persistence.size, checked against what the retention needs, or when
+empty exactly that. Without the maintenance job nothing is ever dropped and no size is enough: the
+size given is used as it is (and must be given).
+*/}}
+{{- define "telemetry.postgresql.size" -}}
+{{- $p := .Values.postgresql.persistence }}
+{{- if not .Values.maintenance.enabled }}
+{{- required "postgresql.persistence.size is required when maintenance.enabled is false" $p.size }}
+{{- else }}
+{{- $need := splitList " " (include "telemetry.postgresql.neededGiB" .) }}
+{{- $total := int (index $need 0) }}
+{{- if not $p.size }}
+{{- printf "%dGi" $total }}
+{{- else }}
+{{- $have := include "telemetry.quantityGiB" $p.size | float64 }}
+{{- if lt $have (float64 $total) }}
+{{- fail (printf "postgresql volume too small for the retention: persistence.size %s but the data needs %d GiB (raw %s GiB for %v days at %v datapoints/s, 1-minute rollups %s GiB, 1-hour rollups %s GiB, WAL %v GiB, +%v%%); raise the size, lower maintenance.*RetentionDays, or leave the size empty to have it computed (docs/deployment.md)" $p.size $total (index $need 1) .Values.maintenance.rawRetentionDays .Values.postgresql.sizing.datapointsPerSecond (index $need 2) (index $need 3) .Values.postgresql.sizing.walGiB .Values.postgresql.sizing.headroomPercent) }}
+{{- end }}
+{{- $p.size }}
+{{- end }}
 {{- end }}
 {{- end }}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -61,6 +62,41 @@ async def test_control_routes():
         r = await client.get("/metrics")
         assert r.status_code == 200
         assert b"telemetry_demo_http_requests_total" in await r.get_data()
+
+
+async def test_each_scrape_exports_readiness_and_process_metrics():
+    state: dict[str, str | None] = {"reason": None}
+    registry = CollectorRegistry()
+
+    async def readiness() -> str | None:
+        return state["reason"]
+
+    app = base_app("demo", title="Demo", version="1", registry=registry, readiness=readiness)
+    client = app.test_client()
+    assert (await client.get("/metrics")).status_code == 200
+    assert registry.get_sample_value("telemetry_demo_ready") == 1
+    # The gauge follows the check at the next scrape, without any /readyz call in between.
+    state["reason"] = "database unreachable"
+    await client.get("/metrics")
+    assert registry.get_sample_value("telemetry_demo_ready") == 0
+    text = (await (await client.get("/metrics")).get_data()).decode()
+    assert "telemetry_demo_ready 0.0" in text
+    assert "process_cpu_seconds_total" in text and "process_resident_memory_bytes" in text
+
+
+async def test_a_readiness_check_that_hangs_counts_as_not_ready(monkeypatch):
+    monkeypatch.setattr("telemetry_kit.control.READY_CHECK_TIMEOUT", 0.05)
+    registry = CollectorRegistry()
+    never = asyncio.Event()
+
+    async def readiness() -> str | None:
+        await never.wait()
+        return None
+
+    app = base_app("demo", title="Demo", version="1", registry=registry, readiness=readiness)
+    r = await app.test_client().get("/metrics")
+    assert r.status_code == 200
+    assert registry.get_sample_value("telemetry_demo_ready") == 0
 
 
 async def test_not_ready_is_a_503_problem():
@@ -205,7 +241,7 @@ async def test_wait_or_stop():
     assert await wait_or_stop(stop, 60) is True  # returns at once when stopped
 
 
-def test_stop_ends_serving_with_its_exit_code_after_a_short_grace():
+def test_stop_ends_serving_with_its_exit_code_after_a_short_grace(tmp_path):
     """A fatal error stops the service like SIGTERM does, but exits non-zero, and a request
     still open gets the short grace, not the whole graceful timeout.
 
@@ -214,7 +250,6 @@ def test_stop_ends_serving_with_its_exit_code_after_a_short_grace():
     """
     import asyncio
     import contextlib
-    import socket
 
     import aiohttp
     from telemetry_kit import exit_code, serve_until_stopped, stop
@@ -239,12 +274,13 @@ def test_stop_ends_serving_with_its_exit_code_after_a_short_grace():
 
     async def scenario() -> int:
         app.extensions["slow_started"] = slow_started = asyncio.Event()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        settings = ServiceSettings(port=port, graceful_timeout=600)
+        port_file = tmp_path / "port"
+        settings = ServiceSettings(port=0, port_file=port_file, graceful_timeout=600)
         serving = asyncio.create_task(serve_until_stopped(app, settings))
-        url = f"http://127.0.0.1:{port}"
+        async with asyncio.timeout(30):
+            while not port_file.exists():
+                await asyncio.sleep(0.02)  # polling a condition with a deadline
+        url = f"http://127.0.0.1:{int(port_file.read_text())}"
         async with aiohttp.ClientSession() as session:
             async with asyncio.timeout(30):
                 while True:
@@ -273,12 +309,29 @@ def test_stop_ends_serving_with_its_exit_code_after_a_short_grace():
     assert exit_code(app) == 3
 
 
+def test_listen_on_port_0_and_report_it(tmp_path):
+    import socket
+
+    from telemetry_kit.serve import listen, write_port_file
+
+    sock = listen("127.0.0.1", 0, backlog=4)
+    with sock:
+        port = sock.getsockname()[1]
+        assert port > 0
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # listening from the bind on: the connection waits in the backlog
+        with pytest.raises(OSError, match="in use"):  # the port is ours, not merely free
+            listen("127.0.0.1", port, backlog=4)
+        write_port_file(tmp_path / "port", port)
+    assert (tmp_path / "port").read_text() == f"{port}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["port"]  # no temporary file left
+
+
 async def test_a_clean_stop_logs_a_line_that_renders():
     """Every service logs its stop; a clean one used to pass an argument its message has no
     place for, so each SIGTERM printed a logging error instead of the line."""
     import asyncio
     import logging
-    import socket
 
     from telemetry_kit import serve_until_stopped, stop
 
@@ -296,11 +349,8 @@ async def test_a_clean_stop_logs_a_line_that_renders():
     logger = logging.getLogger("telemetry_kit.serve")
     logger.addHandler(keep)
     app, _ = make_app()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     try:
-        serving = asyncio.create_task(serve_until_stopped(app, ServiceSettings(port=port)))
+        serving = asyncio.create_task(serve_until_stopped(app, ServiceSettings(port=0)))
         await asyncio.sleep(0)  # let it start serving before it is told to stop
         stop(app, exit_code=0)
         assert await asyncio.wait_for(serving, 30) == 0

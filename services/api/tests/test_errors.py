@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
-from .conftest import Dataset
+from .conftest import Dataset, Stored
 
 GPU = "GPU-5fd4f087-86f3-7a43-b711-4771313afc50"
 T = f"/api/v1/gpus/{GPU}/telemetry"
@@ -101,7 +103,10 @@ async def test_error_cases(client, url, status, code):
 
 async def test_400_comes_before_404(client):
     response = await client.get("/api/v1/gpus/GPU-unknown/telemetry?start_time=now")
-    assert response.status_code == 400
+    body = await response.get_json()
+    assert (response.status_code, body["code"]) == (400, "INVALID_TIME"), body
+    unknown = await client.get("/api/v1/gpus/GPU-unknown/telemetry?start_time=2025-07-18T00:00:00Z")
+    assert (unknown.status_code, (await unknown.get_json())["code"]) == (404, "GPU_NOT_FOUND")
 
 
 async def test_wrong_method_is_405_with_allow(client):
@@ -111,31 +116,65 @@ async def test_wrong_method_is_405_with_allow(client):
     assert (await response.get_json())["code"] == "METHOD_NOT_ALLOWED"
 
 
+def buckets(origin: datetime, width: timedelta) -> Callable[[list[Stored]], int]:
+    """How many (bucket, metric) items the GPU's datapoints make with buckets from ``origin``."""
+    return lambda points: len({((p.ts - origin) // width, p.metric) for p in points})
+
+
+def nothing(points: list[Stored]) -> int:
+    return 0
+
+
+EVERY_POINT: Callable[[list[Stored]], int] = len
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+YEAR_1 = datetime(1, 1, 1, tzinfo=UTC)
+SECOND, DAYS_366 = timedelta(seconds=1), timedelta(days=366)
+
+
 @pytest.mark.parametrize(
-    "url",
+    ("url", "items"),
     [
-        "/api/v1/gpus?hostname=%00",
-        "/api/v1/gpus?hostname=%ff%fe",
-        "/api/v1/gpus?hostname=" + "x" * 5000,
-        f"{T}?start_time=0001-01-01T23:59:00%2B23:59&end_time=9999-12-31T00:00:00-23:59",
-        f"{T}?start_time=0001-01-02T00:00:00%2B23:59&step=1s",
-        f"{T}?end_time=9999-12-31T00:00:00.999999-23:59&step=366d",
-        f"{T}?start_time=9999-12-31T23:59:59.999999Z&step=1s",
-        f"{T}?step=31622400s&start_time=0001-01-01T00:00:00Z",
-        f"{T}?metric=DCGM_FI_DEV_GPU_UTIL&metric=DCGM_FI_DEV_GPU_UTIL",
-        f"{T}?cursor={cursor('p', -62135596800000000, 1, 2)}",
-        f"{T}?cursor={cursor('p', 253402300799999999, 32767, 2**63 - 1)}",
-        f"{T}?cursor={cursor('p', 10**18, 1, 2)}",  # year 33658: PostgreSQL holds such times
-        f"{T}?cursor={cursor('p', 9_224_318_016_000_000_000, 1, 2)}",  # after +infinity
-        f"{T}?step=1h&cursor={cursor('b', -210_866_803_200_000_001, 1)}",  # after -infinity
-        f"{T}?step=1h&cursor={cursor('b', 253402300799999999, 32767)}",
-        f"/api/v1/gpus?cursor={cursor('g', '\U0010ffff', -32768, '')}",
-        f"{T}?unknown=1&limit=1",
+        ("/api/v1/gpus?hostname=%00", nothing),
+        ("/api/v1/gpus?hostname=%ff%fe", nothing),
+        ("/api/v1/gpus?hostname=" + "x" * 5000, nothing),
+        (
+            f"{T}?start_time=0001-01-01T23:59:00%2B23:59&end_time=9999-12-31T00:00:00-23:59",
+            EVERY_POINT,  # the widest window there is
+        ),
+        (
+            f"{T}?start_time=0001-01-02T00:00:00%2B23:59&step=1s",
+            buckets(YEAR_1 + timedelta(minutes=1), SECOND),
+        ),
+        (f"{T}?end_time=9999-12-31T00:00:00.999999-23:59&step=366d", buckets(UNIX_EPOCH, DAYS_366)),
+        (f"{T}?start_time=9999-12-31T23:59:59.999999Z&step=1s", nothing),
+        (f"{T}?step=31622400s&start_time=0001-01-01T00:00:00Z", buckets(YEAR_1, DAYS_366)),
+        (
+            f"{T}?metric=DCGM_FI_DEV_GPU_UTIL&metric=DCGM_FI_DEV_GPU_UTIL",
+            lambda points: sum(p.metric == "DCGM_FI_DEV_GPU_UTIL" for p in points),
+        ),
+        (f"{T}?cursor={cursor('p', -62135596800000000, 1, 2)}", EVERY_POINT),  # before all
+        (f"{T}?cursor={cursor('p', 253402300799999999, 32767, 2**63 - 1)}", nothing),
+        (f"{T}?cursor={cursor('p', 10**18, 1, 2)}", nothing),  # year 33658: PostgreSQL holds it
+        (f"{T}?cursor={cursor('p', 9_224_318_016_000_000_000, 1, 2)}", nothing),  # past +infinity
+        (
+            f"{T}?step=1h&cursor={cursor('b', -210_866_803_200_000_001, 1)}",  # before -infinity
+            buckets(UNIX_EPOCH, timedelta(hours=1)),
+        ),
+        (f"{T}?step=1h&cursor={cursor('b', 253402300799999999, 32767)}", nothing),
+        (f"/api/v1/gpus?cursor={cursor('g', '\U0010ffff', -32768, '')}", nothing),
+        (f"{T}?unknown=1&limit=1", lambda points: 1),  # the unknown parameter is ignored
     ],
 )
-async def test_odd_but_valid_inputs_are_not_errors(client, url):
+async def test_odd_but_valid_inputs_are_not_errors(
+    client, dataset: Dataset, url: str, items: Callable[[list[Stored]], int]
+):
     response = await client.get(url)
     assert response.status_code == 200, await response.get_data(as_text=True)
+    body = await response.get_json()
+    if url.startswith(T):
+        assert body["gpu_id"] == GPU
+    assert len(body["items"]) == items(dataset.of_gpu(GPU)), body
+    assert (body["next"] is None) == ("limit=1" not in url)  # the rest fits the first page
 
 
 async def test_database_down_is_503_not_500(dataset: Dataset):

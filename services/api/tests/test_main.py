@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from .conftest import Dataset
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str) -> int:
@@ -31,12 +25,13 @@ def get(url: str) -> int:
 
 
 @pytest.mark.system
-def test_module_serves_until_sigterm(dataset: Dataset):
-    port = free_port()
+def test_module_serves_until_sigterm(dataset: Dataset, tmp_path: Path):
+    port_file = tmp_path / "port"
     env = {
         **os.environ,
         "API_DATABASE_URL": dataset.dsn,
-        "API_PORT": str(port),
+        "API_PORT": "0",  # it binds a free port itself and writes it to API_PORT_FILE
+        "API_PORT_FILE": str(port_file),
         "API_LOG_FORMAT": "json",
     }
     proc = subprocess.Popen(
@@ -47,8 +42,12 @@ def test_module_serves_until_sigterm(dataset: Dataset):
         text=True,
     )
     try:
-        base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the API did not report its port"
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{int(port_file.read_text())}"
         while True:
             try:
                 if get(f"{base}/readyz") == 200:

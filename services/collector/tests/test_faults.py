@@ -21,7 +21,7 @@ from psycopg2.extensions import parse_dsn
 from telemetry_collector.consume import Consumer
 from telemetry_collector.faults import Fault, classify, reason
 from telemetry_collector.metrics import CollectorMetrics
-from telemetry_model import decode
+from telemetry_model import DecodeError, decode
 from telemetry_mq import BrokerClient
 from telemetry_store import QueryCancelledError, QueryTimeoutError, cursor
 
@@ -284,7 +284,10 @@ async def test_a_record_the_database_refuses_is_dead_lettered_alone(
     key, value = published[POISON_AT]
     if kind not in ("check_constraint", "trigger"):
         value = _poison(kind, value)
-        decode(value)  # today's decoder lets it through; the database refuses it
+        # The decoder knows the database's domain and refuses these before any store; a
+        # decoder that let one through would leave it to the database (the rules below).
+        with pytest.raises(DecodeError):
+            decode(value)
     published[POISON_AT] = (key, value)
     await mq.publish(TOPIC, published)
     batch = await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=2.0)
@@ -297,7 +300,7 @@ async def test_a_record_the_database_refuses_is_dead_lettered_alone(
     [dead] = await dead_letters(mq)
     assert dead["origin"]["offset"] == batch.records[POISON_AT].offset
     assert dead["origin"]["delivery_count"] == 1
-    assert dead["error"]  # the database's message
+    assert dead["error"]  # the decoder's or the database's message
     if kind == "check_constraint":
         assert "23514" in dead["error"] and "refuse_one" in dead["error"]
     elif kind == "trigger":
@@ -309,13 +312,20 @@ async def test_a_record_the_database_refuses_is_dead_lettered_alone(
     assert await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=0.2, ack=batch) is None
 
 
-async def test_several_refused_records_across_partitions_are_isolated(mq, db):
+async def test_several_refused_records_across_partitions_are_isolated(mq, db, fresh_database_url):
     await mq.create_topic("multi", partitions=4)
     consumer, registry = make_consumer(mq, db, topic="multi")
     published = records(300)
-    bad = {13: "nul_in_label", 150: "gpu_index_out_of_range", 151: "seq_out_of_range"}
-    for i, kind in bad.items():
-        published[i] = (published[i][0], _poison(kind, published[i][1]))
+    # Rules of the database no decoder knows: a value range and a value it refuses.
+    await sql(
+        fresh_database_url,
+        "ALTER TABLE telemetry ADD CONSTRAINT refuse_seq CHECK (seq NOT IN (13, 150));"
+        "CREATE FUNCTION refuse_151() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN IF NEW.seq = 151 THEN RAISE EXCEPTION USING ERRCODE = '22003',"
+        " MESSAGE = 'seq 151 out of range'; END IF; RETURN NEW; END $$;"
+        " CREATE TRIGGER refuse_151 BEFORE INSERT ON telemetry"
+        " FOR EACH ROW EXECUTE FUNCTION refuse_151()",
+    )
     await mq.publish("multi", published)
     batches = []
     while sum(len(b.records) for b in batches) < 300:
@@ -328,7 +338,7 @@ async def test_several_refused_records_across_partitions_are_isolated(mq, db):
     dead = await mq.fetch("multi.dlq", "inspect", max_records=10, max_wait=2.0)
     assert dead is not None and len(dead.records) == 3
     errors = sorted(orjson.loads(r.value)["error"][:5] for r in dead.records)
-    assert errors == ["22003", "22003", "22P05"]
+    assert errors == ["22003", "23514", "23514"]
 
 
 async def test_a_missing_table_is_an_environment_fault_not_a_data_fault(mq, db, fresh_database_url):

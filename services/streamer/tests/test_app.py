@@ -72,7 +72,7 @@ async def test_bad_rows_are_skipped_and_counted_and_good_rows_replayed(
     assert sorted(seqs) == list(range(good))
 
 
-async def test_unreachable_database_is_not_ready_and_stops_cleanly(broker, tmp_path):
+async def test_unreachable_database_is_not_ready_and_stops_cleanly(broker, tmp_path, caplog):
     settings = Settings(
         database_url="postgresql://nobody@127.0.0.1:1/none",
         broker_url=broker.url,
@@ -80,7 +80,21 @@ async def test_unreachable_database_is_not_ready_and_stops_cleanly(broker, tmp_p
         topic="t",
     )
     app = create_app(settings)
+    # Far more than a clean stop needs: past it Quart would cancel the replay task.
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = 30
     async with app.test_app():
         r = await app.test_client().get("/readyz")
         assert r.status_code == 503
         assert (await r.get_json())["code"] == "NOT_READY"
+        (replay,) = app.background_tasks
+
+        async def retried() -> bool:
+            return sum("database not ready" in m for m in caplog.messages) >= 2
+
+        await wait_for(retried, timeout=30, what="two tries of the database")
+        assert not replay.done()  # it keeps retrying while it serves
+    # The shutdown set the stop event: the replay task returned by itself, in its retry wait.
+    assert replay.done() and not replay.cancelled()
+    assert not [r for r in caplog.records if r.name.startswith("quart")]  # no task exception
+    async with BrokerClient(broker.url) as mq:
+        assert "t" not in {t["name"] for t in await mq.topics()}  # it never got to publishing

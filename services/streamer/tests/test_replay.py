@@ -7,7 +7,7 @@ import asyncio
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
-from telemetry_devstack import ServiceProcess, free_port
+from telemetry_devstack import ServiceProcess
 from telemetry_model import decode, read_samples
 from telemetry_mq import BrokerClient
 from telemetry_store import (
@@ -107,7 +107,7 @@ async def test_a_chunk_left_by_a_killed_streamer_is_taken_over_without_a_gap(
     dead = ServiceProcess(
         "streamer",
         "telemetry_streamer",
-        port=free_port(),
+        prefix="STREAMER",
         env={
             "STREAMER_DATABASE_URL": fresh_database_url,
             "STREAMER_BROKER_URL": broker.url,

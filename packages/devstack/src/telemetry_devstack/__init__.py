@@ -8,10 +8,19 @@ from .postgres import (
     stop_server,
     with_database,
 )
-from .procs import ServiceProcess, die_with_parent, free_port, print_sink, process_alive
+from .procs import (
+    ServiceProcess,
+    die_with_parent,
+    free_port,
+    print_sink,
+    process_alive,
+    refused_port,
+)
+from .prometheus import Prometheus, find_prometheus, scrape_config
 from .stack import Stack, StackConfig
 
 __all__ = [
+    "Prometheus",
     "ServiceProcess",
     "Stack",
     "StackConfig",
@@ -19,9 +28,12 @@ __all__ = [
     "die_with_parent",
     "drop_database",
     "embedded_server",
+    "find_prometheus",
     "free_port",
     "print_sink",
     "process_alive",
+    "refused_port",
+    "scrape_config",
     "start_server",
     "stop_server",
     "with_database",

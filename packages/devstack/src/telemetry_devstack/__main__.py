@@ -15,6 +15,8 @@ from pathlib import Path
 from telemetry_store import create_pool, migrate
 
 from .postgres import create_database, embedded_server
+from .procs import ServiceProcess
+from .prometheus import RULES, Prometheus, find_prometheus, scrape_config
 from .stack import Stack, StackConfig
 
 log = logging.getLogger("telemetry_devstack")
@@ -32,6 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=float(os.environ.get("DEV_RATE", "2470")),
         help="datapoints per second per streamer (0 = unlimited)",
     )
+    p.add_argument(
+        "--maintenance-every",
+        type=float,
+        default=float(os.environ.get("DEV_MAINTENANCE_EVERY", "60")),
+        help="seconds between runs of the storage maintenance job in the API (0 = never)",
+    )
     p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DEV_DATA_DIR", ".data")))
     p.add_argument(
         "--csv",
@@ -43,9 +51,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("DEV_DATABASE_URL"),
         help="use this PostgreSQL instead of the embedded one",
     )
+    p.add_argument(
+        "--prometheus",
+        action="store_true",
+        default=bool(os.environ.get("DEV_PROMETHEUS")),
+        help="also run Prometheus (Debian package prometheus) on the stack, with the alerts",
+    )
+    p.add_argument(
+        "--prometheus-port", type=int, default=int(os.environ.get("DEV_PROMETHEUS_PORT", "9090"))
+    )
+    p.add_argument("--rules", type=Path, default=RULES, help="alert rules Prometheus loads")
     args = p.parse_args(argv)
     if not 1 <= args.streamers <= 10 or not 1 <= args.collectors <= 10:
         p.error("--streamers and --collectors take 1..10")
+    if args.prometheus and find_prometheus() is None:
+        p.error("--prometheus: prometheus is not installed (Debian: apt-get install prometheus)")
     return args
 
 
@@ -77,35 +97,55 @@ async def run(args: argparse.Namespace, dsn: str) -> int:
             collectors=args.collectors,
             api_port=args.api_port,
             rate=args.rate,
+            maintenance_interval=args.maintenance_every,
         )
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    prometheus = (
+        Prometheus(args.data_dir / "prometheus", port=args.prometheus_port)
+        if args.prometheus
+        else None
+    )
     code = 0
     try:
         await stack.start()
         assert stack.api is not None
-        print(
-            f"\n  API:     {stack.api.url}/api/v1/gpus\n  Docs:    {stack.api.url}/docs\n"
-            f"  Broker:  {stack.broker.url if stack.broker else ''}/v1/topics\n"
-            "  Ctrl-C stops everything.\n",
-            flush=True,
-        )
+        lines = [
+            f"  API:        {stack.api.url}/api/v1/gpus",
+            f"  Docs:       {stack.api.url}/docs",
+            f"  Broker:     {stack.broker.url if stack.broker else ''}/v1/topics",
+        ]
+        watched = [asyncio.create_task(stack.watch())]
+        if prometheus is not None:
+            await prometheus.start_with(scrape_config(stack, rules=[args.rules]))
+            await prometheus.wait_ready(60)
+            watched.append(asyncio.create_task(_exited(prometheus)))
+            lines.append(f"  Prometheus: {prometheus.url} (alerts: {prometheus.url}/alerts)")
+        print("\n" + "\n".join(lines) + "\n  Ctrl-C stops everything.\n", flush=True)
         stopper = asyncio.create_task(stop.wait())
-        crashed = asyncio.create_task(stack.watch())
-        done, _ = await asyncio.wait({stopper, crashed}, return_when=asyncio.FIRST_COMPLETED)
-        if crashed in done:
-            proc = crashed.result()
-            log.error("%s exited with %s; stopping the stack", proc.name, proc.returncode)
-            code = 1
+        done, _ = await asyncio.wait({stopper, *watched}, return_when=asyncio.FIRST_COMPLETED)
+        for task in watched:
+            if task in done:
+                proc = task.result()
+                log.error("%s exited with %s; stopping the stack", proc.name, proc.returncode)
+                code = 1
         stopper.cancel()
-        crashed.cancel()
+        for task in watched:
+            task.cancel()
     finally:
+        if prometheus is not None:
+            await prometheus.stop()
         codes = await stack.stop()
         log.info("stopped: %s", ", ".join(f"{k}={v}" for k, v in codes.items()))
     return code
+
+
+async def _exited(proc: ServiceProcess) -> ServiceProcess:
+    await proc.wait()
+    return proc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .procs import LogSink, ServiceProcess, free_port, print_sink
+from .procs import LogSink, ServiceProcess, print_sink
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +22,14 @@ class StackConfig:
     csv_path: Path
     streamers: int = 1
     collectors: int = 1
-    api_port: int = 8000
+    api_port: int = 8000  # 0: the API binds a free port and reports it (as every other one)
     broker_port: int = 0
     rate: float = 2470.0
     topic: str = "telemetry"
     log_format: str = "text"
+    # The API runs the storage's maintenance job (partitions ahead, rollups, retention) this
+    # often; 0 turns it off.
+    maintenance_interval: float = 60.0
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -52,36 +55,43 @@ class Stack:
         return dict(self.config.extra_env)
 
     def _service(
-        self, name: str, module: str, prefix: str, port: int, **env: str
+        self, name: str, module: str, prefix: str, env: Mapping[str, str], port: int = 0
     ) -> ServiceProcess:
+        """A service on ``port``; 0: it binds a free port itself and reports it."""
         values = {
             f"{prefix}_HOST": "127.0.0.1",
-            f"{prefix}_PORT": str(port),
             f"{prefix}_LOG_FORMAT": self.config.log_format,
             **{f"{prefix}_{k.upper()}": v for k, v in env.items()},
             **self._common(),
         }
-        return ServiceProcess(name, module, port=port, env=values, sink=self._sink)
+        return ServiceProcess(name, module, prefix=prefix, port=port, env=values, sink=self._sink)
 
     async def start(self, timeout: float = 60.0) -> None:
         """Start everything and wait until each service is ready."""
         c = self.config
-        broker_port = c.broker_port or free_port()
         self.broker = self._service(
             "broker",
             "telemetry_broker",
             "BROKER",
-            broker_port,
-            data_dir=str(c.data_dir / "broker"),
-            topics=c.topic,
+            {"data_dir": str(c.data_dir / "broker"), "topics": c.topic},
+            c.broker_port,
         )
         # Everything starts at once: the services wait for the broker (and the database)
-        # themselves and report ready only once they can work, so nothing waits in line.
+        # themselves and report ready only once they can work, so nothing waits in line. Only
+        # the broker's port comes first (it binds before its recovery): the others need its URL.
         await self.broker.start()
+        await self.broker.wait_port(timeout)
         for _ in range(c.collectors):
             self.collectors.append(self._collector())
         self.api = self._service(
-            "api", "telemetry_api", "API", c.api_port or free_port(), database_url=c.database_url
+            "api",
+            "telemetry_api",
+            "API",
+            {
+                "database_url": c.database_url,
+                "maintenance_interval": str(c.maintenance_interval),
+            },
+            c.api_port,
         )
         for _ in range(c.streamers):
             self.streamers.append(self._streamer())
@@ -97,9 +107,7 @@ class Stack:
 
     def _collector(self) -> ServiceProcess:
         name = f"collector-{len(self.collectors)}"
-        return self._service(
-            name, "telemetry_collector", "COLLECTOR", free_port(), **self._shared()
-        )
+        return self._service(name, "telemetry_collector", "COLLECTOR", self._shared())
 
     def _streamer(self) -> ServiceProcess:
         c = self.config
@@ -107,10 +115,7 @@ class Stack:
             f"streamer-{len(self.streamers)}",
             "telemetry_streamer",
             "STREAMER",
-            free_port(),
-            csv_path=str(c.csv_path),
-            rate=str(c.rate),
-            **self._shared(),
+            {"csv_path": str(c.csv_path), "rate": str(c.rate), **self._shared()},
         )
 
     async def add_collector(self, timeout: float = 60.0) -> ServiceProcess:

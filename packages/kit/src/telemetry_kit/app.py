@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from quart import Quart
 from quart_schema import Info, QuartSchema
 
@@ -22,11 +22,14 @@ def base_app(
     readiness: ReadinessCheck,
     **schema: Any,
 ) -> Quart:
-    """A Quart app with OpenAPI, problem errors, request metrics and the control routes."""
+    """A Quart app with OpenAPI, problem errors, request and process metrics, control routes."""
     app = Quart(f"telemetry_{service}")
     app.config["QUART_SCHEMA_CONVERT_CASING"] = False
     QuartSchema(app, info=Info(title=title, version=version), **schema)
     register_error_handlers(app)
     instrument(app, registry, service)
-    app.register_blueprint(control_blueprint(registry, readiness))
+    # process_cpu_seconds_total, process_resident_memory_bytes, ...: the registry is the app's own,
+    # so the default registry's process metrics would not reach /metrics.
+    ProcessCollector(registry=registry)
+    app.register_blueprint(control_blueprint(registry, readiness, service=service))
     return app

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from quart import Blueprint, Response
 from quart_schema import hide
 
@@ -12,13 +14,31 @@ from .errors import problem
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 
+# Longest a scrape waits for the readiness check (well inside Prometheus' scrape timeout).
+READY_CHECK_TIMEOUT: Final = 3.0
 
-def control_blueprint(registry: CollectorRegistry, readiness: ReadinessCheck) -> Blueprint:
+
+def control_blueprint(
+    registry: CollectorRegistry, readiness: ReadinessCheck, *, service: str | None = None
+) -> Blueprint:
     """Build the control blueprint.
 
     ``readiness`` returns ``None`` when the service can do its work, or the reason it cannot.
+    With ``service``, every scrape of ``/metrics`` runs it and exports the answer as the gauge
+    ``telemetry_<service>_ready``, so Prometheus sees what the readiness probe sees.
     """
     bp = Blueprint("control", __name__)
+    ready = (
+        None
+        if service is None
+        else Gauge(
+            "ready",
+            "1 while /readyz would answer 200 (checked at each scrape).",
+            namespace="telemetry",
+            subsystem=service,
+            registry=registry,
+        )
+    )
 
     @bp.get("/healthz")
     @hide
@@ -36,6 +56,13 @@ def control_blueprint(registry: CollectorRegistry, readiness: ReadinessCheck) ->
     @bp.get("/metrics")
     @hide
     async def metrics() -> Response:
+        if ready is not None:
+            try:
+                async with asyncio.timeout(READY_CHECK_TIMEOUT):
+                    reason = await readiness()
+            except TimeoutError:
+                reason = "the readiness check timed out"
+            ready.set(reason is None)
         return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
     return bp

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import logging.config
+import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -85,9 +88,41 @@ def hypercorn_config(settings: ServiceSettings) -> Config:
     return config
 
 
+def listen(host: str, port: int, backlog: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: the kernel picks a free one), listening.
+
+    Binding here rather than in Hypercorn tells us the port before Hypercorn takes the socket
+    over, and the port is ours from the bind on: a parent that asks for port 0 never races
+    another process for it. The options are the ones Hypercorn sets on a socket it binds.
+    """
+    host = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """Write ``port`` to ``path`` atomically: a reader sees no file or the whole number."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(path)
+
+
 async def serve_until_stopped(app: Quart, settings: ServiceSettings) -> int:
     """Serve ``app`` until SIGTERM/SIGINT (or ``stop``), then drain requests and run the app's
-    shutdown. Returns the code the process should exit with (``exit_code``)."""
+    shutdown. Returns the code the process should exit with (``exit_code``).
+
+    The socket is bound and listening before the app starts up; its port goes to
+    ``settings.port_file`` when one is set (connections wait in the backlog until Hypercorn
+    accepts them, and ``/readyz`` says when the app can work).
+    """
     stopped = _stop_event(app)
     drain = draining(app)
 
@@ -108,6 +143,12 @@ async def serve_until_stopped(app: Quart, settings: ServiceSettings) -> int:
             # Read by Hypercorn after the trigger returns: open requests get this long.
             config.graceful_timeout = min(config.graceful_timeout, request.grace)
 
+    sock = listen(settings.host, settings.port, config.backlog)
+    port = int(sock.getsockname()[1])
+    config.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns (and closes) the socket now
+    log.info("listening on %s:%d", settings.host, port)
+    if settings.port_file is not None:
+        write_port_file(settings.port_file, port)
     try:
         await serve(app, config, shutdown_trigger=shutdown_trigger)
     finally:

@@ -8,13 +8,11 @@ Record frame on disk (little endian)::
 
 Fetched batches travel over HTTP either as one JSON document, or (``Accept:
 application/x-ndjson``, what the client uses) as a JSON header line followed by one line per
-record value, so a value is handed over as the exact bytes that were stored.
-
-A value is stored as the bytes it was published with, except that a value spanning lines (a
-newline between its tokens: inside a JSON string a newline is always escaped) loses its
-whitespace between tokens at publish (``one_line``). Nothing else changes: numbers keep their
-digits (``1e400``, a 30-digit integer), strings their escapes. So every stored value is one
-line, and the NDJSON encoding of a fetch cannot fail.
+record value, so a value is handed over as the exact bytes that were stored. A value is stored
+as the exact bytes it was published with. A value that spans lines (a newline between its
+tokens; inside a JSON string a newline is always escaped) carries its length in bytes as a
+fifth element of its header entry, and the reader takes that many bytes (the lines it spans)
+as the value: so delivery is byte for byte for every value, and encoding a fetch never fails.
 """
 
 from __future__ import annotations
@@ -131,21 +129,11 @@ class _PublishBody(msgspec.Struct):
 _decode_publish_body = msgspec.json.Decoder(_PublishBody).decode
 
 
-def one_line(value: bytes) -> bytes:
-    """``value`` (a JSON text) without whitespace between its tokens if it spans lines.
-
-    Tokens are copied as they are: numbers are not parsed, so none is rounded or refused.
-    Raises ``msgspec.DecodeError`` if ``value`` is not JSON.
-    """
-    return msgspec.json.format(value, indent=-1) if b"\n" in value else value
-
-
 def decode_publish(body: bytes, max_records: int = 100_000) -> list[tuple[str, bytes]]:
     """Parse a publish body into ``(key, value)`` pairs.
 
     The whole body is validated as JSON, but the values are not turned into Python objects:
-    each is kept as the exact bytes of its JSON text (what the client sent, normally compact),
-    made one line if it spans lines (``one_line``).
+    each is kept as the exact bytes of its JSON text (what the client sent, normally compact).
     """
     try:
         records = _decode_publish_body(body).records
@@ -168,7 +156,7 @@ def decode_publish(body: bytes, max_records: int = 100_000) -> list[tuple[str, b
             raise ProtocolError(f"records[{i}].key is not valid UTF-8") from e
         if too_long:
             raise ProtocolError(f"records[{i}].key is longer than {MAX_KEY_BYTES} bytes")
-        out.append((key, one_line(bytes(rec.value))))
+        out.append((key, bytes(rec.value)))
     return out
 
 
@@ -209,7 +197,24 @@ def encode_batches_json(batches: Sequence[Batch]) -> bytes:
 
 
 def encode_batch_ndjson(batch: Batch) -> bytes:
-    """A fetched batch as a JSON header line then one line per record value."""
+    """A fetched batch as a JSON header line then one line per record value.
+
+    Each header entry is ``[offset, timestamp_us, delivery_count, key]``; a value spanning lines
+    adds its length in bytes as a fifth element (the reader then takes that many bytes).
+    """
+    values = [d.value for d in batch.records]
+    lines = b"\n".join(values)
+    if lines.count(b"\n") == len(values) - 1:  # the usual case: every value is one line
+        meta: list[list[Any]] = [
+            [d.offset, d.timestamp_us, d.delivery_count, d.key] for d in batch.records
+        ]
+    else:
+        meta = [
+            [d.offset, d.timestamp_us, d.delivery_count, d.key, len(d.value)]
+            if b"\n" in d.value
+            else [d.offset, d.timestamp_us, d.delivery_count, d.key]
+            for d in batch.records
+        ]
     head = orjson.dumps(
         {
             "topic": batch.topic,
@@ -217,14 +222,9 @@ def encode_batch_ndjson(batch: Batch) -> bytes:
             "partition": batch.partition,
             "lease": batch.lease,
             "ack_wait": batch.ack_wait,
-            "records": [[d.offset, d.timestamp_us, d.delivery_count, d.key] for d in batch.records],
+            "records": meta,
         }
     )
-    values = [d.value for d in batch.records]
-    lines = b"\n".join(values)
-    if lines.count(b"\n") != len(values) - 1:
-        # A value stored before publishes were made one line: make it one line now.
-        lines = b"\n".join([one_line(v) for v in values])
     return head + b"\n" + lines + b"\n"
 
 
@@ -263,14 +263,37 @@ def _decode_ndjson_at(lines: list[bytes], i: int) -> tuple[Batch, int]:
     """The batch whose header is ``lines[i]``, and the index of the line after its values."""
     head: dict[str, Any] = orjson.loads(lines[i])
     meta = head["records"]
-    end = i + 1 + len(meta)
-    if len(lines) < end:
-        raise ValueError("fewer value lines than records")
-    records = [
-        Delivery(offset, key, value, ts, count)
-        for (offset, ts, count, key), value in zip(meta, lines[i + 1 : end], strict=True)
-    ]
+    i += 1
+    records: list[Delivery] = []
+    if all(len(m) == 4 for m in meta):  # the usual case: one line per value
+        end = i + len(meta)
+        if len(lines) < end:
+            raise ValueError("fewer value lines than records")
+        records = [
+            Delivery(offset, key, value, ts, count)
+            for (offset, ts, count, key), value in zip(meta, lines[i:end], strict=True)
+        ]
+        i = end
+    else:
+        for m in meta:
+            offset, ts, count, key = m[:4]
+            if len(m) == 4:
+                value = lines[i]
+                i += 1
+            else:  # a value spanning lines: as many lines as make up its length
+                size = int(m[4])
+                j, taken = i + 1, len(lines[i])
+                while taken < size:
+                    if j >= len(lines):
+                        raise ValueError("a value is shorter than its stated length")
+                    taken += 1 + len(lines[j])
+                    j += 1
+                if taken != size:
+                    raise ValueError("a value does not end where its stated length says")
+                value = b"\n".join(lines[i:j])
+                i = j
+            records.append(Delivery(offset, key, value, ts, count))
     batch = Batch(
         head["topic"], head["group"], head["partition"], head["lease"], head["ack_wait"], records
     )
-    return batch, end
+    return batch, i

@@ -18,6 +18,8 @@ from telemetry_mq import (
     TopicNotFoundError,
 )
 
+from tests.helpers import parked_fetches, until
+
 from ..conftest import Clock, OpenBroker
 
 
@@ -28,6 +30,22 @@ def value(i: int) -> bytes:
 def ids(batch: Batch | None) -> list[int]:
     assert batch is not None
     return [orjson.loads(d.value)["i"] for d in batch.records]
+
+
+def crash_copy(tmp_path: Path, name: str) -> Path:
+    """What a crash right now would leave on disk: a copy of the data directory.
+
+    Taken with no await since the last call returned, so nothing the broker merely scheduled
+    (a commit it did not wait for) can reach the files before the copy.
+    """
+    snapshot = tmp_path / name
+    shutil.copytree(tmp_path / "data", snapshot)
+    return snapshot
+
+
+async def parked(topic: str) -> None:
+    """Return once a fetch of ``topic`` waits for records at its wait point."""
+    await until(lambda: parked_fetches(topic), timeout=10, what="a fetch waiting for records")
 
 
 async def one_partition(open_broker: OpenBroker, n: int = 5, **config: object) -> Broker:
@@ -181,12 +199,19 @@ async def test_release_never_spends_a_delivery(
         await b2.close()
 
 
-async def test_dead_letter_after_max_deliveries(open_broker: OpenBroker, clock: Clock) -> None:
+async def test_dead_letter_after_max_deliveries(
+    open_broker: OpenBroker, clock: Clock, wall: Clock
+) -> None:
     b = await one_partition(open_broker, 2, max_deliveries=3)
+    published_us = int(wall.now * 1_000_000)  # the publish stamps the wall clock's time
+    stamps: list[int] = []
     for attempt in range(3):
         batch = await b.fetch("t", "g", ack_wait=1)
         assert ids(batch) == [0, 1] and batch is not None
         assert {d.delivery_count for d in batch.records} == {attempt + 1}
+        stamps = [d.timestamp_us for d in batch.records]
+        assert stamps == [published_us, published_us]
+        wall.advance(7)  # later deliveries keep the publish time
         if attempt == 1:
             await b.nack("t", "g", batch.lease, error="boom")
         else:
@@ -205,9 +230,10 @@ async def test_dead_letter_after_max_deliveries(open_broker: OpenBroker, clock: 
         "group": "g",
         "partition": 0,
         "offset": 0,
-        "timestamp_us": dead.records[0].timestamp_us and envelopes[0]["origin"]["timestamp_us"],
+        "timestamp_us": stamps[0],  # the original record's, not the dead letter's own
         "delivery_count": 3,
     }
+    assert dead.records[0].timestamp_us == published_us + 3 * 7 * 1_000_000
 
 
 async def test_reject_goes_to_the_dead_letter_topic_now(open_broker: OpenBroker) -> None:
@@ -250,7 +276,7 @@ async def test_group_state_survives_a_restart(open_broker: OpenBroker) -> None:
 
 
 async def test_ack_leases_acks_durably_and_reports_expired_leases(
-    open_broker: OpenBroker, clock: Clock
+    tmp_path: Path, open_broker: OpenBroker, clock: Clock
 ) -> None:
     b = await one_partition(open_broker, 6, default_ack_wait=10.0)
     first = await b.fetch("t", "g", max_records=2)
@@ -264,17 +290,40 @@ async def test_ack_leases_acks_durably_and_reports_expired_leases(
     assert (acked, expired) == (2, [late.lease, "nope"])
     assert await b.ack_leases("t", "g", [second.lease]) == (0, [])  # a retry: nothing new
     assert await b.ack_leases("t", "other", [second.lease]) == (0, [second.lease])
-    await b.close()
+    snapshot = crash_copy(tmp_path, "crashed")  # a crash, not a clean close (that flushes all)
 
-    b = await open_broker()  # the acks were durable: only 0-3 come again
-    again = await b.fetch("t", "g")
-    assert ids(again) == [0, 1, 2, 3]
+    b = await Broker.open(snapshot, b.config, clock=clock)
+    try:  # the acks were durable when ack_leases returned: only 0-3 come again
+        again = await b.fetch("t", "g")
+        assert ids(again) == [0, 1, 2, 3]
+    finally:
+        await b.close()
+
+
+async def test_an_ack_is_durable_when_it_returns(
+    tmp_path: Path, open_broker: OpenBroker, clock: Clock
+) -> None:
+    b = await one_partition(open_broker, 6)
+    leases = [await b.fetch("t", "g", max_records=2) for _ in range(3)]
+    first, second, third = leases
+    assert first is not None and second is not None and third is not None
+    assert await b.ack("t", "g", first.lease) == 2
+    after_ack = crash_copy(tmp_path, "after-ack")
+    assert await b.ack("t", "g", second.lease, [3]) == 1
+    after_partial_ack = crash_copy(tmp_path, "after-partial-ack")
+    for snapshot, unacked in ((after_ack, [2, 3, 4, 5]), (after_partial_ack, [2, 4, 5])):
+        crashed = await Broker.open(snapshot, b.config, clock=clock)
+        try:
+            again = await crashed.fetch("t", "g", max_records=100)
+            assert ids(again) == unacked
+        finally:
+            await crashed.close()
 
 
 async def test_drain_ends_long_polls_and_stops_leasing(open_broker: OpenBroker) -> None:
     b = await one_partition(open_broker, 0)
     waiting = asyncio.create_task(b.fetch("t", "g", max_wait=30))
-    await asyncio.sleep(0)
+    await parked("t")
     b.drain()
     assert await asyncio.wait_for(waiting, 5) is None
     await b.publish("t", [("k", value(1))])  # publishing still works
@@ -328,6 +377,40 @@ async def test_retention_deletes_only_consumed_old_segments(
     assert rest == list(range(20, 50))
 
 
+async def test_retention_waits_for_every_group(
+    open_broker: OpenBroker, tmp_path: Path, wall: Clock
+) -> None:
+    b = await one_partition(open_broker, 0, segment_bytes=256, retention_age=60.0)
+    assert await b.fetch("t", "slow") is None  # two groups from the start
+    for i in range(50):
+        await b.publish("t", [("k", value(i))])
+    b.topic("t").logs[0].write_out()
+    part = tmp_path / "data" / "topics" / "t" / "partitions" / "0000"
+    segments = len(list(part.iterdir()))
+    assert segments > 5
+    while (batch := await b.fetch("t", "fast", max_records=100)) is not None:
+        await b.ack("t", "fast", batch.lease)
+    assert b.group_stats("t", "fast").partitions[0].committed == 50
+    wall.advance(120)
+    await b.maintain()
+    # "fast" is done with every segment, "slow" with none: all of them stay.
+    assert b.topic_stats("t").partition_stats[0].start_offset == 0
+    assert len(list(part.iterdir())) == segments
+
+    consumed = 0
+    while consumed < 20:  # a fetch stops at a segment boundary
+        batch = await b.fetch("t", "slow", max_records=20 - consumed)
+        assert batch is not None
+        await b.ack("t", "slow", batch.lease)
+        consumed += len(batch.records)
+    await b.maintain()
+    assert 0 < b.topic_stats("t").partition_stats[0].start_offset <= 20  # the slowest's bound
+    rest: list[int] = []
+    while (batch := await b.fetch("t", "slow", max_records=100)) is not None:
+        rest.extend(ids(batch))
+    assert rest == list(range(20, 50))
+
+
 async def test_retention_by_size(open_broker: OpenBroker, wall: Clock) -> None:
     b = await one_partition(open_broker, 0, segment_bytes=512, retention_bytes=1024)
     for i in range(50):
@@ -355,10 +438,41 @@ async def test_backpressure_refuses_publish_past_the_backlog_bound(
     assert b.topic_stats("t").records == 6
 
 
+async def test_backpressure_the_slowest_group_decides(open_broker: OpenBroker) -> None:
+    b = await one_partition(open_broker, 0, max_backlog_bytes=1000)
+    assert await b.fetch("t", "slow") is None  # two groups from the start
+    big = [("k", orjson.dumps({"pad": "x" * 200})) for _ in range(5)]
+    await b.publish("t", big)  # 5 x ~230 bytes: over the bound
+    while (batch := await b.fetch("t", "fast")) is not None:
+        await b.ack("t", "fast", batch.lease)
+    assert b.group_stats("t", "fast").lag == 0
+    with pytest.raises(BacklogFullError) as info:  # "slow" is still over the bound behind
+        await b.publish("t", big[:1])
+    assert info.value.backlog_bytes == b.group_stats("t", "slow").backlog_bytes > 1000
+    while (batch := await b.fetch("t", "slow")) is not None:
+        await b.ack("t", "slow", batch.lease)
+    await b.publish("t", big[:1])  # both caught up: room again
+    assert b.topic_stats("t").records == 6
+
+
+async def test_the_backlog_bound_is_inclusive(open_broker: OpenBroker) -> None:
+    b = await one_partition(open_broker, 3)
+    backlog = b.topic_stats("t").backlog_bytes
+    await b.close()
+    at_bound = await open_broker(max_backlog_bytes=backlog)
+    assert at_bound.topic_stats("t").backlog_bytes == backlog
+    with pytest.raises(BacklogFullError) as info:  # a backlog exactly at the bound is full
+        await at_bound.publish("t", [("k", value(3))])
+    assert (info.value.backlog_bytes, info.value.limit) == (backlog, backlog)
+    await at_bound.close()
+    below = await open_broker(max_backlog_bytes=backlog + 1)
+    assert await below.publish("t", [("k", value(3))]) == [(0, 3)]  # one byte of room is room
+
+
 async def test_long_poll_wakes_up_on_publish(open_broker: OpenBroker) -> None:
     b = await one_partition(open_broker, 0)
     waiting = asyncio.create_task(b.fetch("t", "g", max_wait=30))
-    await asyncio.sleep(0)  # let the fetch start waiting
+    await parked("t")  # the publish must wake it, not be there before it looks
     await b.publish("t", [("k", value(7))])
     batch = await asyncio.wait_for(waiting, 5)
     assert ids(batch) == [7]
@@ -367,7 +481,7 @@ async def test_long_poll_wakes_up_on_publish(open_broker: OpenBroker) -> None:
 async def test_long_poll_ends_empty_when_the_broker_closes(open_broker: OpenBroker) -> None:
     b = await one_partition(open_broker, 0)
     waiting = asyncio.create_task(b.fetch("t", "g", max_wait=30))
-    await asyncio.sleep(0)
+    await parked("t")
     await b.close()
     assert await asyncio.wait_for(waiting, 5) is None
 
@@ -398,3 +512,23 @@ async def test_oversized_value_is_refused(open_broker: OpenBroker) -> None:
     with pytest.raises(ProtocolError):
         await b.publish("t", [("k", b"1" * 101)])
     assert b.topic_stats("t").records == 0
+
+
+def test_mark_done_commits_only_a_contiguous_run_from_the_committed_offset() -> None:
+    from telemetry_mq.groups import Cursor
+
+    cur = Cursor(committed=0, next=10)
+    cur.mark_done([0, 2])  # starts at committed, but 1 is not done: not the fast path
+    assert (cur.committed, cur.done) == (1, {2})
+    cur.mark_done([4, 5])  # a gap before it: nothing moves
+    assert (cur.committed, cur.done) == (1, {2, 4, 5})
+    cur.mark_done([1])  # fills the gap: committed runs on over every done offset
+    assert (cur.committed, cur.done) == (3, {4, 5})
+    cur.mark_done([3])  # contiguous from committed, with done offsets past it still to join
+    assert (cur.committed, cur.done) == (6, set())
+    cur.mark_done([6, 7, 8])  # the common case: the oldest batch acked in full
+    assert (cur.committed, cur.done) == (9, set())
+    cur.mark_done([11, 10])  # as many offsets as the run needs, but 9 is not among them
+    assert (cur.committed, cur.done) == (9, {10, 11})
+    cur.mark_done([9])
+    assert (cur.committed, cur.done) == (12, set())

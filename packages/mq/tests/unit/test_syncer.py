@@ -127,14 +127,17 @@ async def test_broker_publishes_and_acks_through_the_helper(open_broker: OpenBro
 async def test_losing_the_helper_loses_nothing(open_broker: OpenBroker) -> None:
     b = await open_broker()
     await b.create_topic("t", 2)
-    for i in range(5):
-        await b.publish("t", [(f"k{i}", b'{"n":1}')])
+    answers = [await b.publish("t", [(f"k{i}", b'{"n":1}')]) for i in range(5)]
     syncer = _helper(b)
     os.kill(syncer.pid, signal.SIGKILL)
     await _exited(syncer)
     # Publishes in flight when it died, and later ones, are fsynced by worker threads.
-    positions = await asyncio.gather(*(b.publish("t", [(f"k{i}", b'{"n":2}')]) for i in range(20)))
-    assert len(positions) == 20
+    answers += await asyncio.gather(*(b.publish("t", [(f"k{i}", b'{"n":2}')]) for i in range(20)))
+    assert all(len(answer) == 1 for answer in answers)  # each got its own position back
+    positions = [pos for answer in answers for pos in answer]
+    for p in (0, 1):  # distinct and gapless: every partition's offsets run 0, 1, 2, ...
+        offsets = sorted(o for q, o in positions if q == p)
+        assert offsets == list(range(len(offsets)))
     assert b._committer._syncer is not None and not b._committer._syncer.alive
     await b.close()
     b2 = await open_broker()

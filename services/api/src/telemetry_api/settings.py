@@ -49,6 +49,18 @@ class Settings(ServiceSettings):
     max_scan_rows: int = Field(
         1_000_000, ge=1, description="Most datapoints one step query may aggregate."
     )
+    token: SecretStr | None = Field(
+        None,
+        min_length=1,
+        description="Bearer token required on /api routes when set (control routes stay open).",
+    )
+
+    maintenance_interval: float = Field(
+        0,
+        ge=0,
+        description="Run the maintenance job (partitions, rollups, retention; MAINTENANCE_*"
+        " settings) in this process every this many seconds; 0 never (a CronJob runs it).",
+    )
 
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Self:

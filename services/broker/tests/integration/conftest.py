@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from telemetry_devstack import ServiceProcess, free_port
+from telemetry_devstack import ServiceProcess
 
 StartBroker = Callable[..., Awaitable[ServiceProcess]]
 
@@ -17,14 +17,12 @@ async def start_broker(tmp_path: Path) -> AsyncIterator[StartBroker]:
     procs: list[ServiceProcess] = []
 
     async def _start(**env: str) -> ServiceProcess:
-        port = free_port()
         proc = ServiceProcess(
             "broker",
             "telemetry_broker",
-            port=port,
+            prefix="BROKER",  # it binds a free port itself and reports it
             env={
                 "BROKER_HOST": "127.0.0.1",
-                "BROKER_PORT": str(port),
                 "BROKER_DATA_DIR": str(tmp_path / "data"),
                 "BROKER_LOG_FORMAT": "json",
                 "BROKER_TOPICS": "telemetry:4",

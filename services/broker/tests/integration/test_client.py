@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import orjson
 import pytest
-from telemetry_devstack import free_port
+from telemetry_devstack import refused_port
 from telemetry_mq import (
     BacklogFullError,
     Batch,
@@ -96,12 +96,13 @@ async def test_publish_retries_429_after_retry_after(start_broker: StartBroker) 
 
 
 async def test_unreachable_broker_raises_after_retries() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    async with BrokerClient(url, max_retries=2, backoff=0.01, max_backoff=0.02) as mq:
-        with pytest.raises(BrokerUnavailableError):
-            await mq.publish("telemetry", [("k", b"1")])
-        with pytest.raises(BrokerUnavailableError):
-            await mq.fetch("telemetry", "g", max_wait=0)
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        async with BrokerClient(url, max_retries=2, backoff=0.01, max_backoff=0.02) as mq:
+            with pytest.raises(BrokerUnavailableError):
+                await mq.publish("telemetry", [("k", b"1")])
+            with pytest.raises(BrokerUnavailableError):
+                await mq.fetch("telemetry", "g", max_wait=0)
 
 
 async def test_fetch_acks_the_previous_batch_in_the_same_round_trip(

@@ -114,7 +114,7 @@ async def test_a_full_disk_loses_no_acknowledged_record(
 
     # While the disk stays full a restart may fail (recovery needs room to replay): it must
     # then exit non-zero, never come up with records missing.
-    again = ServiceProcess("broker", "telemetry_broker", port=proc.port, env=proc.env, sink=None)
+    again = ServiceProcess("broker", "telemetry_broker", prefix="BROKER", env=proc.env, sink=None)
     await again.start()
     try:
         await again.wait_ready(30)

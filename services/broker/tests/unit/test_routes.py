@@ -6,7 +6,6 @@ they do when Hypercorn serves the app.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ from quart.typing import TestClientProtocol as Client
 from telemetry_broker import BrokerSettings, create_app
 from telemetry_broker.fastpath import FastPath
 from telemetry_mq.protocol import NDJSON, decode_batch_ndjson, decode_batches_ndjson
+
+from tests.helpers import parked_fetches, until
 
 TOPIC = "/v1/topics/telemetry"
 FETCH = f"{TOPIC}/groups/collectors/fetch"
@@ -82,9 +83,20 @@ async def assert_problem(resp: Any, status: int, code: str | None = None) -> dic
     return doc
 
 
-async def test_control_routes(client: Client) -> None:
-    assert (await client.get("/healthz")).status_code == 200
-    assert (await client.get("/readyz")).status_code == 200
+async def test_control_routes(tmp_path: Path) -> None:
+    app = create_app(settings(tmp_path))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        healthz = await client.get("/healthz")
+        assert (healthz.status_code, await healthz.get_json()) == (200, {"status": "ok"})
+        readyz = await client.get("/readyz")
+        assert (readyz.status_code, await readyz.get_json()) == (200, {"status": "ready"})
+        metrics = (await raw(await client.get("/metrics"))).decode()
+        assert "telemetry_broker_backlog_records" in metrics  # the broker's own metrics
+        app.extensions["telemetry_broker"].broker.drain()  # readiness asks the broker core
+        problem = await assert_problem(await client.get("/readyz"), 503, "NOT_READY")
+        assert problem["detail"] == "draining"
+        assert (await client.get("/healthz")).status_code == 200  # alive all the same
 
 
 async def test_publish_fetch_ack_round_trip(client: Client) -> None:
@@ -318,12 +330,17 @@ async def test_fetch_carries_acks_of_earlier_leases(client: Client) -> None:
     assert resp.headers["Acked-Records"] == str(len(second["records"]))
     assert resp.headers["Expired-Leases"] == "gone-1"
     acked = len(first["records"]) + len(second["records"])
-    if acked < 10:
-        assert resp.status_code == 200
-        third = await resp.get_json()
-        resp = await client.post(FETCH, json={"ack": [third["lease"]]})
+    seen = [r["value"]["i"] for batch in (first, second) for r in batch["records"]]
+    # Every fetch acks the lease before it, to the last one: a 204 that still acks.
+    while resp.status_code == 200:
+        batch = await resp.get_json()
+        seen.extend(r["value"]["i"] for r in batch["records"])
+        resp = await client.post(FETCH, json={"ack": [batch["lease"]]})
         acked += int(resp.headers["Acked-Records"])
-    assert resp.status_code == 204 or acked < 10
+    assert resp.status_code == 204
+    assert acked == 10 and sorted(seen) == list(range(10))
+    stats = await (await client.get(f"{TOPIC}/groups/collectors/")).get_json()
+    assert (stats["lag"], stats["in_flight"]) == (0, 0)
     again = await client.post(FETCH, json={"ack": [first["lease"]]})  # a retried ack
     assert again.headers["Acked-Records"] == "0" and "Expired-Leases" not in again.headers
 
@@ -375,14 +392,21 @@ async def test_hot_routes_are_served_by_the_fast_path(tmp_path: Path) -> None:
         assert await count("/v1/topics/<topic>/records/") == 2
 
 
-async def test_a_long_poll_is_cancelled_when_the_client_goes_away(client: Client) -> None:
-    async with client.request(FETCH, method="POST") as connection:
-        await connection.send(orjson.dumps({"max_wait": 30}))
-        await connection.send_complete()
-        await asyncio.sleep(0.05)  # the fetch is waiting now
-        await connection.disconnect()
-    await publish(client, 1)  # had the fetch still been waiting, it would lease this record
-    assert (await fetch(client))["records"][0]["delivery_count"] == 1
+async def test_a_long_poll_is_cancelled_when_the_client_goes_away(tmp_path: Path) -> None:
+    app = create_app(settings(tmp_path, max_fetch_wait=60.0))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.request(FETCH, method="POST") as connection:
+            await connection.send(orjson.dumps({"max_wait": 60}))
+            await connection.send_complete()
+            await until(lambda: parked_fetches("telemetry"), timeout=10, what="the long-poll")
+            await connection.disconnect()
+            # Cancelled when the client left, long before its 60 s are up.
+            await until(lambda: not parked_fetches("telemetry"), timeout=10, what="its end")
+        await publish(client, 1)  # had the fetch still been waiting, it would lease this record
+        stats = await (await client.get(f"{TOPIC}/groups/collectors/")).get_json()
+        assert (stats["lag"], stats["in_flight"]) == (1, 0)
+        assert (await fetch(client))["records"][0]["delivery_count"] == 1
 
 
 async def test_multi_fetch_answers_several_batches(client: Client) -> None:

@@ -27,10 +27,11 @@ def create_app(settings: Settings) -> Quart:
         probe = state.get("probe")
         if not isinstance(consumer, Consumer) or not isinstance(probe, Probe):
             return "starting"
+        # No driver text: it names the host, port and user. The consumer logs why it pauses.
         if consumer.unavailable is not None:
-            return f"database unavailable: {consumer.unavailable}"
-        if (failure := await probe.check()) is not None:
-            return f"database unreachable: {failure}"
+            return "database unavailable"
+        if await probe.check() is not None:
+            return "database unreachable"
         return None if consumer.healthy else "broker unreachable"
 
     app = base_app(

@@ -32,7 +32,8 @@ def create_app(settings: Settings) -> Quart:
         replayer = state.get("replayer")
         if replayer is None:
             return "starting"
-        return None if replayer.healthy else "broker or work index unreachable"
+        # A streamer whose configured loops are done has nothing left to reach for: ready.
+        return None if replayer.healthy or replayer.finished else "broker or work index unreachable"
 
     app = base_app(
         "streamer",

@@ -127,7 +127,8 @@ def _account(
         " (SELECT FROM telemetry t WHERE t.stream_id = %(sid)s AND t.seq = s)",
         {"n": n, "sid": sid},
     )
-    # (stream_id, seq) is the primary key; this checks the claim itself, not the constraint.
+    # The primary key is (stream_id, seq, ts): a number published twice with different times
+    # (a chunk taken over that did not keep its times) would pass it, so count by seq alone.
     result.duplicated, result.first_duplicated = _counted(
         cur,
         "SELECT seq FROM telemetry WHERE stream_id = %(sid)s GROUP BY seq HAVING count(*) > 1",

@@ -7,14 +7,13 @@ Deleting a group is an admin route of the topics blueprint.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, RootModel
 from quart import Blueprint, Response
 from quart_schema import document_response, tag_blueprint
-from telemetry_mq import Batch, Broker, GroupStats, MQError
+from telemetry_mq import GroupStats
 from telemetry_mq.protocol import (
     ACKED_RECORDS,
     EXPIRED_LEASES,
@@ -70,7 +69,8 @@ class FetchResponse(BaseModel):
     """A lease over records of one partition.
 
     With ``Accept: application/x-ndjson`` the body is instead a JSON header line
-    (``records`` as ``[offset, timestamp_us, delivery_count, key]``) then one value per line.
+    (``records`` as ``[offset, timestamp_us, delivery_count, key]``) then one value per line;
+    a value spanning lines adds its length in bytes as a fifth element and takes that many bytes.
     """
 
     topic: str
@@ -85,7 +85,7 @@ class MultiFetchResponse(BaseModel):
     """The answer to a fetch with ``multi``: one lease per partition that had records.
 
     With ``Accept: application/x-ndjson`` the body is instead each batch's NDJSON form (its
-    header line, then one value per line), one batch after another.
+    header line, then its values), one batch after another.
     """
 
     batches: list[FetchResponse]
@@ -189,18 +189,16 @@ def groups_blueprint(
         if not fetched and max_wait > 0:
             fetched = await req.unless_disconnected(lease(max_wait=max_wait))
         ndjson = NDJSON in req.header(b"accept")
+        # Encoding cannot fail: values go out as their stored bytes (a value spanning lines
+        # with its length in the NDJSON header), so no leased record is lost to an answer.
         if isinstance(fetched, list):
             if not fetched:
                 return FastResponse(status=204, headers=headers)
-            encode: Callable[[Any], bytes] = (
-                encode_batches_ndjson if ndjson else encode_batches_json
-            )
-            body = await _encode_or_release(broker, fetched, encode, fetched)
+            body = encode_batches_ndjson(fetched) if ndjson else encode_batches_json(fetched)
         else:
             if fetched is None:
                 return FastResponse(status=204, headers=headers)
-            encode = encode_batch_ndjson if ndjson else encode_batch_json
-            body = await _encode_or_release(broker, [fetched], encode, fetched)
+            body = encode_batch_ndjson(fetched) if ndjson else encode_batch_json(fetched)
         if ndjson:
             return FastResponse(body, content_type=NDJSON, headers=headers)
         return FastResponse(body, headers=headers)
@@ -255,23 +253,3 @@ def groups_blueprint(
         return json_response(runtime.broker.group_stats(topic, group))
 
     return bp
-
-
-async def _encode_or_release(
-    broker: Broker, batches: Sequence[Batch], encode: Callable[[Any], bytes], fetched: Any
-) -> bytes:
-    """Encode the answer; if that fails, hand the leases back (no delivery spent), re-raise.
-
-    Every stored value is one JSON line (``protocol.one_line``), so this should not fail; if
-    it does, the records must not stay leased to a consumer that never gets them.
-    """
-    try:
-        return encode(fetched)
-    except Exception:
-        log.exception("encoding a fetch answer failed; releasing its %d leases", len(batches))
-        for b in batches:
-            try:
-                await broker.release(b.topic, b.group, b.lease)
-            except MQError as e:  # the lease expires instead
-                log.error("releasing lease %s failed: %s", b.lease, e)
-        raise

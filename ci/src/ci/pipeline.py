@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Final
 
-from dagger import Container, Directory, Doc, Service, dag
+from dagger import BuildArg, Container, Directory, Doc, Service, dag
 
 SERVICES: Final = ("broker", "streamer", "collector", "api")
-"""The four service images, each built from ``services/<name>/Dockerfile``."""
+"""The four service images, all built from the one ``Dockerfile`` (build argument ``SERVICE``)."""
 
 PYTHON_IMAGE: Final = "python:3.13-slim"
 POSTGRES_IMAGE: Final = "postgres:18"
 UV_VERSION: Final = "0.13.9"
-"""uv for the CI containers; keep in step with the Dockerfiles' ``UV_VERSION``."""
+"""uv for the CI containers; keep in step with the Dockerfile's ``UV_VERSION``."""
 
 WORKDIR: Final = "/src"
 VENV: Final = "/opt/venv"
@@ -44,6 +44,7 @@ MANIFESTS: Final = [
     ".python-version",
     "packages/*/pyproject.toml",
     "services/*/pyproject.toml",
+    "ci/pyproject.toml",
 ]
 
 # Test database: throwaway credentials for a throwaway service container.
@@ -136,12 +137,14 @@ def test(
 
 def image(
     src: Annotated[Directory, Doc("The repository (from source()); the Docker build context.")],
-    service: Annotated[str, Doc("One of SERVICES: builds services/<service>/Dockerfile.")],
+    service: Annotated[str, Doc("One of SERVICES: the Dockerfile's SERVICE build argument.")],
 ) -> Container:
-    """A service image, built from the repository root like `docker build -f <Dockerfile> .`."""
+    """A service image, built like `docker build --build-arg SERVICE=<service> .`."""
     if service not in SERVICES:
         raise ValueError(f"unknown service {service!r}; expected one of {', '.join(SERVICES)}")
-    return src.docker_build(dockerfile=f"services/{service}/Dockerfile")
+    return src.docker_build(
+        dockerfile="Dockerfile", build_args=[BuildArg(name="SERVICE", value=service)]
+    )
 
 
 def images(

@@ -1,6 +1,9 @@
-"""``python -m ci <command>``: run the pipeline inside a Dagger session.
+"""``ci <command>`` (or ``python -m ci <command>``): run the pipeline inside a Dagger session.
 
-    dagger run uv run --group ci python -m ci lint|test|build|deploy|all [options]
+    dagger run ci lint|tests|build|deploy|all [options]      (the workspace venv active)
+    dagger run uv run ci tests                              (from the repository root)
+
+``tests`` and ``test`` are the same command.
 
 Only this module awaits: it turns the lazy objects of ``ci.pipeline``/``ci.deploy`` into leaf
 steps (``sync``, ``export_image``, ``publish``, ``stdout``) and runs independent leaves together
@@ -22,14 +25,14 @@ from dagger import Container, Doc
 from . import deploy as kind
 from . import pipeline
 
-COMMANDS = ("lint", "test", "build", "deploy", "all")
+COMMANDS = ("lint", "tests", "test", "build", "deploy", "all")
 
 
 @dataclass(frozen=True, slots=True)
 class Options:
     """The command line, parsed."""
 
-    command: Annotated[str, Doc("One of lint, test, build, deploy, all.")]
+    command: Annotated[str, Doc("One of lint, tests (or test), build, deploy, all.")]
     root: Annotated[str, Doc("Repository root on the host.")]
     tag: Annotated[str, Doc("Tag of the built images.")]
     registry: Annotated[str, Doc("Push the images to <registry>/telemetry-<svc>:<tag> if set.")]
@@ -44,8 +47,10 @@ class Options:
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     """Parse ``argv`` (default ``sys.argv[1:]``)."""
-    parser = argparse.ArgumentParser(prog="python -m ci", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=COMMANDS, help="pipeline step to run")
+    parser = argparse.ArgumentParser(prog="ci", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "command", choices=COMMANDS, help="pipeline step to run (tests and test are the same)"
+    )
     parser.add_argument("--root", default=".", help="repository root on the host (default: .)")
     parser.add_argument("--tag", default="ci", help="image tag to build and deploy (default: ci)")
     parser.add_argument(
@@ -66,12 +71,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--no-deploy", action="store_true", help="with `all`: stop after lint, test and build"
     )
     parser.add_argument(
-        "pytest_args", nargs=argparse.REMAINDER, help="after `--`: extra pytest arguments (test)"
+        "pytest_args", nargs=argparse.REMAINDER, help="after `--`: extra pytest arguments (tests)"
     )
     ns = parser.parse_args(argv)
     extra = [a for a in ns.pytest_args if a != "--"]
     return Options(
-        command=ns.command,
+        command="test" if ns.command == "tests" else ns.command,
         root=ns.root,
         tag=ns.tag,
         registry=ns.registry.rstrip("/"),
@@ -188,5 +193,10 @@ async def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``ci`` console script: run ``main`` and exit with its code."""
     sys.exit(anyio.run(main))
+
+
+if __name__ == "__main__":
+    entry()
