@@ -1,14 +1,18 @@
-"""Fifty slow API requests in flight: health and readiness stay fast, ingestion goes on.
+"""Fifty slow API requests in flight: health and readiness answer, ingestion goes on.
 
 The API is served over real HTTP (Hypercorn on loopback, its own thread and event loop); its
 slow requests are real slow queries (``pg_sleep`` through a route only this test adds, on
 the API's own pool and bounds). A collector with a real broker stores records meanwhile.
+
+"Answer at once" is an ordering here, not a time: health and readiness answer 200 while every
+slow request is still in flight and every pooled connection still sleeps. Waiting behind the
+slow queries for a connection would take until one came free, which happens only as those
+requests end (the queued ones after ``pool_timeout``, the sleeping ones at their timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import aiohttp
@@ -72,11 +76,11 @@ def sleeping(dsn: str) -> int:
         conn.close()
 
 
-async def timed_get(http: aiohttp.ClientSession, url: str) -> tuple[int, float]:
-    started = time.perf_counter()
-    async with http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as r:
+async def get_status(http: aiohttp.ClientSession, url: str) -> int:
+    # No client timeout: how long the answer takes is the ordering below's business.
+    async with http.get(url, timeout=aiohttp.ClientTimeout(total=None)) as r:
         await r.read()
-        return r.status, time.perf_counter() - started
+        return r.status
 
 
 async def test_fifty_slow_requests_leave_health_readiness_and_ingestion_alone(
@@ -113,10 +117,14 @@ async def test_fifty_slow_requests_leave_health_readiness_and_ingestion_alone(
 
                 await wait_for(pool_full, timeout=30, what=f"{POOL} sleeping queries")
                 assert not any(t.done() for t in slow)
-                # With every connection busy and 40 more requests queued for one:
+                # With every connection busy and 40 more requests queued for one, both
+                # answer 200 before any slow request ends or any sleeping query is let go.
                 for path in ("/healthz", "/readyz"):
-                    status, seconds = await timed_get(http, f"{api.url}{path}")
-                    assert status == 200 and seconds < 1.0, (path, status, seconds)
+                    status = await get_status(http, f"{api.url}{path}")
+                    done = sum(t.done() for t in slow)
+                    assert (status, done) == (200, 0), (path, status, f"{done} slow ones done")
+                    still = await asyncio.to_thread(sleeping, fresh_database_url)
+                    assert still == POOL, (path, f"{still} queries still sleeping")
                 async with BrokerClient(broker.url) as mq:
                     await mq.publish("t", records(500))
 

@@ -1,8 +1,10 @@
 """PostgreSQL down under load: the whole pipeline as processes, the database stopped for real.
 
 The outage outlasts what ``BROKER_MAX_DELIVERIES`` x the old nack delay survived (five
-deliveries, about a second apart). Afterwards every datapoint is stored exactly once, nothing
-is dead-lettered, and no process was restarted.
+deliveries, about a second apart). During it the API answers 503 problem+json
+(``DATABASE_UNAVAILABLE``, with ``Retry-After``); afterwards it answers 200, every datapoint is
+stored exactly once, nothing is dead-lettered, and no process was restarted. ``task chaos``
+runs the same fault for 120 s (its default ``--outage-seconds``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,19 @@ async def status(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
         return r.status, r.content_type
 
 
+async def api_answer(http: aiohttp.ClientSession, url: str) -> tuple[int, str, str | None]:
+    """The API's status, content type and problem code (None for a body that is not one)."""
+    async with http.get(url, timeout=aiohttp.ClientTimeout(total=15)) as r:
+        body = await r.json(content_type=None)
+        code = body.get("code") if isinstance(body, dict) else None
+        if r.status == 503:  # a 503 tells the client when to come back
+            assert int(r.headers["Retry-After"]) > 0, dict(r.headers)
+        return r.status, r.content_type, code
+
+
+UNAVAILABLE = (503, "application/problem+json", "DATABASE_UNAVAILABLE")
+
+
 async def test_postgres_outage_under_load_dead_letters_nothing(own_server, tmp_path: Path):
     data, dsn = own_server
     pool = await create_pool(dsn, maxsize=2)
@@ -116,7 +131,7 @@ async def test_postgres_outage_under_load_dead_letters_nothing(own_server, tmp_p
             # During the outage: the API answers 503 problem+json, the collectors are not
             # ready, and every process keeps running.
             async def api_unavailable() -> bool:
-                return await status(http, gpus_url) == (503, "application/problem+json")
+                return await api_answer(http, gpus_url) == UNAVAILABLE
 
             await wait_for(api_unavailable, timeout=20, what="the API's 503")
 
@@ -126,8 +141,8 @@ async def test_postgres_outage_under_load_dead_letters_nothing(own_server, tmp_p
 
             await wait_for(collectors_not_ready, timeout=20, what="collectors not ready")
             while (left := OUTAGE_SECONDS - (time.monotonic() - down_at)) > 0:
-                answer = await status(http, gpus_url)
-                assert answer == (503, "application/problem+json"), answer
+                answer = await api_answer(http, gpus_url)
+                assert answer == UNAVAILABLE, answer
                 await asyncio.sleep(min(left, 2.0))  # the outage's length, not a synchronization
             assert all(p.returncode is None for p in stack.processes)
             await asyncio.to_thread(start_server, data)
@@ -148,9 +163,12 @@ async def test_postgres_outage_under_load_dead_letters_nothing(own_server, tmp_p
                 await db.wait_closed()
 
             async def api_ok() -> bool:
-                return (await status(http, gpus_url))[0] == 200
+                return (await api_answer(http, gpus_url))[0] == 200
 
             await wait_for(api_ok, timeout=30, what="the API's 200")
+            async with http.get(gpus_url) as r:  # and the answer is the fleet, not an error
+                assert (r.status, r.content_type) == (200, "application/json")
+                assert len((await r.json())["items"]) > 0
             for c in stack.collectors:
                 assert (await status(http, f"{c.url}/readyz"))[0] == 200
                 assert await scrape(c.url, "telemetry_collector_datapoints_rejected_total") == 0

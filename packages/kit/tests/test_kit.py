@@ -329,6 +329,39 @@ def test_listen_on_port_0_and_report_it(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["port"]  # no temporary file left
 
 
+async def test_a_clean_stop_logs_a_line_that_renders():
+    """Every service logs its stop; a clean one used to pass an argument its message has no
+    place for, so each SIGTERM printed a logging error instead of the line."""
+    import asyncio
+    import logging
+
+    from telemetry_kit import serve_until_stopped, stop
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    # On the module's own logger: serving applies the logging config to the root logger
+    # (and so would drop pytest's capture handler there).
+    keep = Keep()
+    logger = logging.getLogger("telemetry_kit.serve")
+    logger.addHandler(keep)
+    app, _ = make_app()
+    try:
+        serving = asyncio.create_task(serve_until_stopped(app, ServiceSettings(port=0)))
+        await asyncio.sleep(0)  # let it start serving before it is told to stop
+        stop(app, exit_code=0)
+        assert await asyncio.wait_for(serving, 30) == 0
+    finally:
+        logger.removeHandler(keep)
+    stops = [r for r in keep.records if str(r.msg).startswith("stopped")]
+    assert [r.getMessage() for r in stops] == ["stopped"]
+
+
 def test_the_contract_provider_shapes_the_document():
     from pydantic import BaseModel
     from quart_schema import document_request, document_response, operation_id

@@ -94,6 +94,33 @@ async def test_nothing_is_claimed_at_or_past_the_limit(cur):
     assert c is not None and (c.start, c.count, c.takeover) == (30, 20, True)
 
 
+async def test_the_limit_stops_next_seq_so_a_later_run_goes_on_without_a_gap(cur):
+    await claim(cur, "s", 30, owner="a", limit=50)
+    b = await claim(cur, "s", 30, owner="b", limit=50)
+    assert b is not None and (b.start, b.count) == (30, 20)
+    # next_seq counts what was claimed: nothing past the limit (it said 60, as though 50..59
+    # had been claimed by someone).
+    assert await next_seq(cur, "s") == 50
+    # A later run with a higher limit, or none, goes on at the limit: 50..59 are not skipped.
+    c = await claim(cur, "s", 30, owner="c", limit=70)
+    d = await claim(cur, "s", 30, owner="d")
+    assert c is not None and d is not None
+    assert [(c.start, c.count), (d.start, d.count)] == [(50, 20), (70, 30)]
+    assert await next_seq(cur, "s") == 100
+
+
+async def test_concurrent_claims_up_to_a_limit_split_it_exactly(db):
+    async def one(i: int) -> tuple[int, int] | None:
+        async with transaction(db) as cur:
+            c = await claim(cur, "upto", 7, owner=f"o{i}", limit=100)
+            return None if c is None else (c.start, c.count)
+
+    got = [c for c in await asyncio.gather(*(one(i) for i in range(20))) if c is not None]
+    assert sorted(got) == [(s, min(7, 100 - s)) for s in range(0, 100, 7)]
+    async with transaction(db) as cur:
+        assert await next_seq(cur, "upto") == 100
+
+
 async def test_concurrent_claims_take_over_each_expired_chunk_once(db):
     async with transaction(db) as cur:
         dead = [await claim(cur, "race", 10, owner=f"dead{i}") for i in range(6)]
@@ -112,6 +139,38 @@ async def test_concurrent_claims_take_over_each_expired_chunk_once(db):
     fresh = sorted(start for start, takeover in got if not takeover)
     assert taken == [0, 10, 20, 30, 40, 50]
     assert fresh == [60, 70, 80, 90, 100, 110]
+
+
+async def test_a_claim_never_waits_for_a_takeover_of_the_chunk_it_finished(db):
+    """After an outage every lease has run out, finished chunks' too: streamer b may take
+    over the chunk streamer a has published and is about to delete with its next claim. a
+    must not wait for b's lock there: with each holding the other's finished chunk, the two
+    claims deadlocked (PostgreSQL aborted one: "deadlock detected ... while deleting tuple").
+    """
+    async with transaction(db) as cur:
+        a_done = await claim(cur, "s", 10, owner="a")
+        b_done = await claim(cur, "s", 10, owner="b")
+        assert a_done is not None and b_done is not None
+        for c in (a_done, b_done):
+            await expire(cur, c)
+    async with db.acquire() as conn, conn.cursor() as b_cur:
+        await b_cur.execute("BEGIN")
+        # b's claim takes a's finished chunk over (the oldest expired) and holds it until b
+        # commits.
+        b_next = await claim(b_cur, "s", 10, owner="b", done=b_done)
+        assert b_next is not None and (b_next.start, b_next.takeover) == (a_done.start, True)
+        try:
+            async with transaction(db) as a_cur:
+                a_next = await asyncio.wait_for(
+                    claim(a_cur, "s", 10, owner="a", done=a_done), timeout=10
+                )
+        finally:
+            await b_cur.execute("COMMIT")
+    assert a_next is not None and (a_next.start, a_next.takeover) == (20, False)
+    async with transaction(db) as cur:
+        # a's finished chunk is b's now (to publish again, duplicates only); b's is gone.
+        await cur.execute("SELECT start, owner FROM stream_chunks ORDER BY start")
+        assert await cur.fetchall() == [(0, "b"), (20, "a")]
 
 
 async def test_bad_arguments(cur):

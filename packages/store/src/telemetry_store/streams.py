@@ -46,14 +46,26 @@ class Claim:
 
 # One round trip: delete the chunk the claimer finished (``done``), then take over the oldest
 # chunk of the stream whose lease ran out, or else advance next_seq and insert a new chunk.
+# A finished chunk whose lease ran out (the claimer was held up, say by a database outage)
+# may be taken over by another claimer meanwhile: the delete skips it rather than wait for
+# that claimer's lock (two claimers each holding the other's finished chunk deadlocked), and
+# the taker publishes it again (duplicates only).
 # UPDATE streams, not an upsert: an INSERT ... ON CONFLICT DO UPDATE draws an identity value
 # on every call (streams.id is a smallint; claim 32,768 failed). SKIP LOCKED lets two
 # claimers pass each other on the expired chunks; the row lock on streams serialises the
-# advances, so no two claims ever overlap.
+# advances, so no two claims ever overlap. next_seq stops at the limit (the last chunk is
+# short), so a later run with a higher limit or none goes on there without a gap; the
+# locking sub-select gives the value the advance starts from (RETURNING sees only the new one)
+# and takes the lock the UPDATE would take anyway.
 _CLAIM: Final = """
 WITH finished AS (
-    DELETE FROM stream_chunks
-    WHERE stream_id = %(done_stream)s AND start = %(done_start)s AND owner = %(owner)s
+    DELETE FROM stream_chunks d
+    WHERE (d.stream_id, d.start) IN (
+        SELECT f.stream_id, f.start FROM stream_chunks f
+        WHERE f.stream_id = %(done_stream)s AND f.start = %(done_start)s
+          AND f.owner = %(owner)s
+        FOR UPDATE SKIP LOCKED
+    )
 ),
 stream AS (
     SELECT id FROM streams WHERE name = %(name)s
@@ -74,10 +86,16 @@ taken AS (
     RETURNING c.stream_id, c.start, c.count, c.base_ts, c.tick_ns, true AS takeover
 ),
 advanced AS (
-    UPDATE streams s SET next_seq = s.next_seq + %(count)s, updated_at = now()
-    WHERE s.id = (SELECT id FROM stream) AND s.next_seq < %(limit)s
-      AND NOT EXISTS (SELECT FROM taken)
-    RETURNING s.id, s.next_seq - %(count)s AS start
+    UPDATE streams s
+    SET next_seq = s.next_seq + LEAST(%(count)s, %(limit)s - s.next_seq), updated_at = now()
+    FROM (
+        SELECT id, next_seq FROM streams
+        WHERE id = (SELECT id FROM stream) AND next_seq < %(limit)s
+          AND NOT EXISTS (SELECT FROM taken)
+        FOR NO KEY UPDATE
+    ) o
+    WHERE s.id = o.id
+    RETURNING s.id, o.next_seq AS start
 ),
 fresh AS (
     INSERT INTO stream_chunks AS c
