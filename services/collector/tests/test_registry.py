@@ -30,3 +30,31 @@ def test_changed_metadata_is_upserted_at_once():
     moved = Gpu("GPU-1", "host-2", 0, "nvidia0", "H100", "550")
     [s] = reg.stale_gpus([point(1_001, moved)])
     assert s.hostname == "host-2" and s.driver_version == "550"
+
+
+async def test_a_field_outside_the_catalog_and_a_mig_instance_are_stored(db):
+    from telemetry_collector.store import store_batch
+    from telemetry_model import encode
+
+    mig = Gpu("GPU-1:mig2", "host-1", 0, "nvidia0", "A100", "550", "2g.20gb", 2)
+    points = [
+        point(1),
+        Datapoint("s", 2, 2, "DCGM_FI_DEV_PCIE_TX_THROUGHPUT", 7.0, GPU),
+        Datapoint("s", 3, 3, "DCGM_FI_DEV_GPU_UTIL", 40.0, mig),
+    ]
+    reg = Registry()
+    assert reg.unknown_metrics(points) == {"DCGM_FI_DEV_PCIE_TX_THROUGHPUT"}
+    assert await store_batch(db, reg, points, [encode(p) for p in points]) == 3
+    assert reg.unknown_metrics(points) == set()  # registered once per process
+    async with db.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "SELECT g.uuid, g.parent_uuid, g.mig_profile, g.mig_instance, m.name, m.id, t.value"
+            " FROM telemetry t JOIN gpus g ON g.id = t.gpu_id JOIN metrics m ON m.id = t.metric_id"
+            " ORDER BY t.seq"
+        )
+        rows = await cur.fetchall()
+    assert rows == [
+        ("GPU-1", None, None, None, "DCGM_FI_DEV_GPU_UTIL", 1, 1.0),
+        ("GPU-1", None, None, None, "DCGM_FI_DEV_PCIE_TX_THROUGHPUT", 10000, 7.0),
+        ("GPU-1:mig2", "GPU-1", "2g.20gb", 2, "DCGM_FI_DEV_GPU_UTIL", 1, 40.0),
+    ]

@@ -35,7 +35,8 @@ AGGREGATES: Final[tuple[Aggregate, ...]] = ("avg", "min", "max")
 
 @dataclass(frozen=True, slots=True)
 class GpuRow:
-    """A stored GPU: ``id`` is the database key, ``uuid`` the identity users see."""
+    """A stored GPU: ``id`` is the database key, ``uuid`` the identity users see; a MIG
+    instance has its parent's uuid, its profile and its GPU instance id."""
 
     id: int
     uuid: str
@@ -46,6 +47,9 @@ class GpuRow:
     driver_version: str | None
     first_seen: datetime
     last_seen: datetime
+    parent_uuid: str | None = None
+    mig_profile: str | None = None
+    mig_instance: int | None = None
 
     @property
     def key(self) -> GpuKey:
@@ -179,7 +183,7 @@ def _micros(column: str) -> str:
 
 _GPU_COLUMNS: Final = (
     "g.id, g.uuid, g.hostname, g.gpu_index, g.device, g.model, g.driver_version,"
-    " g.first_seen, g.last_seen"
+    " g.first_seen, g.last_seen, g.parent_uuid, g.mig_profile, g.mig_instance"
 )
 
 
@@ -660,6 +664,11 @@ _GPU_FIELDS: Final = (
     f" || ',\"driver_version\":' || {_STRING_OR_NULL.format('driver_version')}"
     f' || \',"first_seen":"\' || {_rfc3339("first_seen")}'
     f' || \'","last_seen":"\' || {_rfc3339("last_seen")} || \'"\''
+    # Only a MIG instance has "mig": which GPU it partitions, its profile and GPU instance id.
+    " || CASE WHEN mig_instance IS NULL THEN '' ELSE"
+    f' \',"mig":{{"parent_id":\' || {_STRING_OR_NULL.format("parent_uuid")}'
+    f" || ',\"profile\":' || {_STRING_OR_NULL.format('mig_profile')}"
+    " || ',\"instance\":' || mig_instance || '}' END"
 )
 _GPU_ITEM: Final = f"{_GPU_FIELDS} || '}}'"
 # The latest datapoint of each metric, as the GPU state lists them.
@@ -683,6 +692,7 @@ async def find_gpu_json(cur: Cursor, uuid: str) -> str | None:
 
     ``{"id", "hostname", "index", "device", "model", "driver_version", "first_seen",
     "last_seen", "metrics": [{"metric", "unit", "value", "time"}, ...]}`` (catalog order),
+    with ``"mig": {"parent_id", "profile", "instance"}`` before ``metrics`` for a MIG instance,
     byte for byte what orjson makes of it; every time renders (see ``_rfc3339``).
     """
     await cur.execute(_GPU_STATE, (uuid,))
@@ -695,8 +705,8 @@ async def list_gpus_json(
 ) -> GpuJsonPage:
     """``list_gpus`` as the API serves it, rendered by PostgreSQL: the JSON objects of up to
     ``limit`` GPUs, comma-separated (``{"id", "hostname", "index", "device", "model",
-    "driver_version", "first_seen", "last_seen"}``, byte for byte what orjson makes of
-    them), and the last one's key when more follow."""
+    "driver_version", "first_seen", "last_seen"}`` and ``"mig"`` for a MIG instance, byte for
+    byte what orjson makes of them), and the last one's key when more follow."""
     inner, params = _gpus_query(limit=limit + 1, hostname=hostname, after=after)
     params["page"] = limit
     last = "FILTER (WHERE n = %(page)s)"

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import aiopg
-from telemetry_model import Datapoint, Gpu
-from telemetry_store import GpuSighting, ensure_streams, insert_datapoints, transaction, upsert_gpus
+from telemetry_model import METRICS_BY_NAME, Datapoint, Gpu
+from telemetry_store import (
+    GpuSighting,
+    ensure_metrics,
+    ensure_streams,
+    insert_datapoints,
+    transaction,
+    upsert_gpus,
+)
 
 # A known GPU's last_seen is refreshed at most this often per collector process, so
 # concurrent batches rarely contend on the gpus rows.
@@ -20,6 +28,9 @@ class Registry:
 
     gpus: dict[str, tuple[tuple[object, ...], int]] = field(default_factory=dict)
     streams: set[str] = field(default_factory=set)
+    # DCGM fields outside the catalog known to be registered (a streamer's allow-list keeps
+    # them; the insert looks metrics up by name, so each must have its row first).
+    metrics: set[str] = field(default_factory=set)
 
     def stale_gpus(self, points: Sequence[Datapoint]) -> list[GpuSighting]:
         """The GPU rows this batch must upsert: new, changed, or last_seen gone stale."""
@@ -32,7 +43,17 @@ class Registry:
                 ranges[p.gpu.uuid] = (p.gpu, min(seen[1], p.ts_us), max(seen[2], p.ts_us))
         sightings = [
             GpuSighting(
-                g.uuid, g.hostname, g.index, g.device, g.model, g.driver_version, first, last
+                g.uuid,
+                g.hostname,
+                g.index,
+                g.device,
+                g.model,
+                g.driver_version,
+                first,
+                last,
+                mig_profile=g.mig_profile,
+                mig_instance=g.mig_instance,
+                parent_uuid=g.parent_uuid,
             )
             for g, first, last in ranges.values()
         ]
@@ -47,15 +68,25 @@ class Registry:
                 stale.append(s)
         return stale
 
-    def remember(self, sightings: Sequence[GpuSighting], streams: set[str]) -> None:
+    def unknown_metrics(self, points: Sequence[Datapoint]) -> set[str]:
+        """The fields outside the catalog this batch carries that are not registered yet."""
+        return {p.metric for p in points if p.metric not in METRICS_BY_NAME} - self.metrics
+
+    def remember(
+        self,
+        sightings: Sequence[GpuSighting],
+        streams: set[str],
+        metrics: AbstractSet[str] = frozenset(),
+    ) -> None:
         """Record what a committed batch wrote."""
         for s in sightings:
             self.gpus[s.uuid] = (_meta(s), s.last_us)
         self.streams |= streams
+        self.metrics |= metrics
 
 
 def _meta(s: GpuSighting) -> tuple[object, ...]:
-    return (s.hostname, s.index, s.device, s.model, s.driver_version)
+    return (s.hostname, s.index, s.device, s.model, s.driver_version, s.mig_profile)
 
 
 async def store_batch(
@@ -64,10 +95,15 @@ async def store_batch(
     """Store a batch; return how many datapoints were new. Commits before returning."""
     sightings = registry.stale_gpus(points)
     streams = {p.stream for p in points} - registry.streams
+    metrics = registry.unknown_metrics(points)
     async with transaction(pool) as cur:
         if streams:
             await ensure_streams(cur, sorted(streams))
+        if metrics:
+            # A streamer registers them first, with unit and description from the exporter's
+            # HELP text; this only makes sure (a name already there is left alone).
+            await ensure_metrics(cur, {name: ("", "") for name in metrics})
         await upsert_gpus(cur, sightings)
         inserted = await insert_datapoints(cur, encoded)
-    registry.remember(sightings, streams)
+    registry.remember(sightings, streams, metrics)
     return inserted
