@@ -77,7 +77,7 @@ class PendingSlot:
 
     target_id: int
     slot_us: int
-    stream_id: int
+    stream: str
     start: int
     count: int
     scraped_at_us: int
@@ -305,14 +305,15 @@ async def finish_slot(cur: Cursor, target_id: int, slot_us: int) -> bool:
 async def pending_slots(cur: Cursor, target_id: int) -> list[PendingSlot]:
     """The target's claimed slots still to publish, oldest first."""
     await cur.execute(
-        f"SELECT target_id, {_micros('slot')}, stream_id, start, count,"
-        f" {_micros('scraped_at')}, payload FROM scrape_slots"
-        " WHERE target_id = %s AND payload IS NOT NULL ORDER BY slot",
+        f"SELECT s.target_id, {_micros('s.slot')}, st.name, s.start, s.count,"
+        f" {_micros('s.scraped_at')}, s.payload"
+        " FROM scrape_slots s JOIN streams st ON st.id = s.stream_id"
+        " WHERE s.target_id = %s AND s.payload IS NOT NULL ORDER BY s.slot",
         (target_id,),
     )
     return [
-        PendingSlot(t, s, sid, start, count, at, bytes(payload))
-        for t, s, sid, start, count, at, payload in await cur.fetchall()
+        PendingSlot(t, slot, name, start, count, at, bytes(payload))
+        for t, slot, name, start, count, at, payload in await cur.fetchall()
     ]
 
 
