@@ -490,7 +490,8 @@ class Scraper:
                 await finish_slot(cur, t.id, p.slot_us)
 
     async def _finish_done(self, t: _Target) -> None:
-        if t.done_slot is None or t.lost:
+        # (Also when the target is lost: the slot is published, whoever holds it now.)
+        if t.done_slot is None:
             return
         with contextlib.suppress(Exception):  # at worst the slot is published again
             async with cursor(self._pool) as cur:
