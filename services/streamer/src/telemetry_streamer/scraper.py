@@ -1,10 +1,11 @@
 """The scrape source: streamers share the fleet's exporters and store each scrape once.
 
-Every tick (a quarter of the lease) a streamer renews its membership and its target leases,
-reads the live members and targets from the work index (``telemetry_store.scrapes``), and
-works out which targets are its own (``slots.owner_of``). It acquires those that are free,
-lets go of those that are now another member's (after the slot in hand), and runs one task
-per target it holds, so a slow or dead exporter delays nobody else's slots.
+Every tick (a quarter of the lease or of the interval) a streamer renews its membership and
+its target leases, reads the live members and targets from the work index
+(``telemetry_store.scrapes``), and works out which targets are its own (``slots.owner_of``). It
+acquires those that are free, lets go of those that are now another member's (after the slot in
+hand), and runs one task per target it holds, so a slow or dead exporter delays nobody else's
+slots.
 
 A target task scrapes once per slot: ``interval`` apart, at the target's own phase, any time
 within the slot (a target acquired mid-slot is scraped late rather than not at all). The
@@ -88,8 +89,10 @@ class ScrapeConfig:
 
     @property
     def tick(self) -> float:
-        """Seconds between two rounds of membership, leases and assignment."""
-        return max(self.lease / 4, 0.05)
+        """Seconds between two rounds of membership, leases and assignment: a quarter of the
+        lease (renewed four times before it runs out), and of the interval (a target changes
+        hands within one)."""
+        return max(min(self.lease, self.interval) / 4, 0.05)
 
 
 @dataclass(eq=False)
