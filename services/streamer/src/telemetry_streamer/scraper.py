@@ -39,7 +39,13 @@ import aiohttp
 import aiopg
 import orjson
 from telemetry_kit import wait_or_stop
-from telemetry_model import FieldFilter, WireTemplate, read_exposition, unit_from_help
+from telemetry_model import (
+    Exposition,
+    FieldFilter,
+    WireTemplate,
+    read_exposition,
+    unit_from_help,
+)
 from telemetry_mq import BrokerClient
 from telemetry_store import (
     AcquiredTarget,
@@ -111,6 +117,15 @@ class _Target:
     done_slot: int | None = None  # published; its payload goes with the next claim
     skip_until: int = 0  # backoff: the first slot to scrape again
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _prepare(
+    text: str, scraped_at: datetime, fields: FieldFilter, hostname: str
+) -> tuple[Exposition, list[tuple[str, bytes]], bytes | None]:
+    """The exposition, its records (partition key and static part) and the claim's payload."""
+    exposition = read_exposition(text, scraped_at=scraped_at, fields=fields, hostname=hostname)
+    records = [(s.gpu.physical_uuid, WireTemplate(s).suffix) for s in exposition.samples]
+    return exposition, records, pack(records) if records else None
 
 
 class Scraper:
@@ -328,8 +343,10 @@ class Scraper:
             return
         duration = time.perf_counter() - began
         scraped_at = datetime.fromtimestamp(started_ns / 1e9, UTC)
-        exposition = read_exposition(
-            text, scraped_at=scraped_at, fields=c.fields, hostname=t.hostname
+        # Parsing is the scrape source's heaviest work: in a thread, so that a large exposition
+        # does not hold up the event loop (and the lease renewals) while it is read.
+        exposition, records, payload = await asyncio.to_thread(
+            _prepare, text, scraped_at, c.fields, t.hostname
         )
         if t.health.consecutive_failures:
             log.info("%s answers again", t.address)
@@ -351,8 +368,7 @@ class Scraper:
                 first.text,
             )
         await self._register(exposition.help)
-        records = [(s.gpu.physical_uuid, WireTemplate(s).suffix) for s in exposition.samples]
-        claim = await self._claim(t, slot, started_ns // 1000, records)
+        claim = await self._claim(t, slot, started_ns // 1000, len(records), payload)
         if claim is None:
             return
         self._metrics.scrape_slots.labels("stored").inc()
@@ -404,16 +420,20 @@ class Scraper:
         new = {n: h for n, h in helps.items() if n not in self._registered}
         if not new:
             return
-        async with cursor(self._pool) as cur:
-            await ensure_metrics(cur, {n: (unit_from_help(h), h) for n, h in new.items()})
+        try:
+            async with cursor(self._pool) as cur:
+                await ensure_metrics(cur, {n: (unit_from_help(h), h) for n, h in new.items()})
+        except Exception as e:
+            # The collector registers them too (without unit or description): go on.
+            log.warning("registering the field(s) %s failed (%s)", ", ".join(sorted(new)), e)
+            return
         self._registered.update(new)
 
     async def _claim(
-        self, t: _Target, slot: int, scraped_at_us: int, records: Sequence[tuple[str, bytes]]
+        self, t: _Target, slot: int, scraped_at_us: int, count: int, payload: bytes | None
     ) -> SlotClaim | None:
         """Claim ``slot`` with its records; retried while the database is away, until the
         slot is over."""
-        payload = pack(records) if records else None
         while True:
             try:
                 async with cursor(self._pool) as cur:
@@ -424,7 +444,7 @@ class Scraper:
                         slot_us=slot,
                         interval=self._config.interval,
                         stream_id=self._stream_id,
-                        count=len(records),
+                        count=count,
                         scraped_at_us=scraped_at_us,
                         payload=payload,
                         done_us=t.done_slot,
