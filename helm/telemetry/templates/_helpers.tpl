@@ -539,7 +539,7 @@ The connection budget: the most PostgreSQL connections the release may open at o
 fit in connectionBudget.maxConnections minus connectionBudget.reserved, or rendering fails.
 Per pod: the API its pool (API_POOL_MAX_SIZE, default 10) plus one for /readyz; a collector one
 per worker (COLLECTOR_WORKERS, default 4) plus one spare in its pool plus one for /readyz; a
-streamer its pool of 2. Pods: the HPA's maxReplicas when autoscaling, else replicaCount, plus the
+streamer its pool of 2 (and one for its leases with the scrape source). Pods: the HPA's maxReplicas when autoscaling, else replicaCount, plus the
 rolling update's surge (25 %, rounded up).
 */}}
 {{- define "telemetry.connections" -}}
@@ -554,7 +554,7 @@ rolling update's surge (25 %, rounded up).
 {{- else if eq .component "collector" }}
 {{- $perPod = add (int (get $v.env "COLLECTOR_WORKERS" | default 4)) 2 }}
 {{- else if eq .component "streamer" }}
-{{- $perPod = 2 }}
+{{- $perPod = ternary 3 2 (eq (toString $v.source) "scrape") }}
 {{- end }}
 {{- mul $pods $perPod }}
 {{- else }}0{{- end }}

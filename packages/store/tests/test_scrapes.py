@@ -126,12 +126,18 @@ async def test_a_slot_is_claimed_once_past_the_watermark_with_its_own_sequence_n
     await cur.execute("SELECT slots, missed, last_slot FROM scrape_targets WHERE id = %s", (t1,))
     slots, missed, last = await cur.fetchone()
     assert (slots, missed) == (2, 2)
-    # Not the holder (never, or no longer): nothing is claimed, no number is drawn.
-    assert await claim(cur, t1, "b", T0 + 4 * S) is None
+    # A lease that ran out while nobody took the target: its holder was only late to renew.
     await expire_target(cur, t1)
-    assert await claim(cur, t1, "a", T0 + 4 * S) is None
+    late = await claim(cur, t1, "a", T0 + 4 * S, count=1)
+    assert late is not None and late.start == 11
+    # Not the holder (never, no longer, or released): nothing is claimed, no number is drawn.
+    assert await claim(cur, t1, "b", T0 + 5 * S) is None
+    await acquire_targets(cur, "b", [t1], 10)
+    assert await claim(cur, t1, "a", T0 + 5 * S) is None
+    await release_targets(cur, "a", [t2])
+    assert await claim(cur, t2, "a", T0 + 5 * S) is None
     await cur.execute("SELECT next_seq FROM streams WHERE name = 'scrape'")
-    assert (await cur.fetchone())[0] == 11
+    assert (await cur.fetchone())[0] == 12
 
 
 async def test_a_takeover_publishes_what_the_dead_holder_claimed_and_never_claims_it_again(cur):

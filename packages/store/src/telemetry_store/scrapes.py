@@ -210,7 +210,10 @@ _MISSED = (
 # claimer holds the target and the slot is past the watermark, move the watermark, draw the
 # sequence numbers (the row lock on streams serialises every claimer of the stream) and store
 # the slot with its payload. FOR UPDATE in ``old``: a concurrent claim of the same target
-# waits, then finds the watermark moved.
+# waits, then finds the watermark moved. "Holds" is the owner column, not an unexpired lease:
+# a lease that ran out while nobody took the target over still lets its holder store (its
+# renewal was only late); once another streamer has acquired it, the owner is that one. A
+# released target (-infinity) is not claimed.
 _CLAIM = f"""
 WITH done AS (
     UPDATE scrape_slots SET payload = NULL, published_at = now()
@@ -218,7 +221,7 @@ WITH done AS (
 ),
 old AS (
     SELECT t.id, t.last_slot FROM scrape_targets t
-    WHERE t.id = %(target)s AND t.owner = %(owner)s AND t.lease_until > now()
+    WHERE t.id = %(target)s AND t.owner = %(owner)s AND t.lease_until > '-infinity'
       AND (t.last_slot IS NULL OR t.last_slot < {_at("slot_us")})
     FOR UPDATE
 ),
@@ -264,8 +267,8 @@ async def claim_slot(
     """Claim slot ``slot_us`` of a target ``owner`` holds, with ``count`` datapoints.
 
     Returns their sequence numbers and how many slots (``interval`` s apart) were skipped
-    since the last claim; ``None`` when the target is no longer held or the slot is not past
-    its watermark (claimed before, by this or another streamer). ``payload`` (``None`` for
+    since the last claim; ``None`` when the target is held by another streamer or released, or
+    the slot is not past its watermark (claimed before, by this or another streamer). ``payload`` (``None`` for
     an empty scrape: nothing to publish) is kept until ``finish_slot``; ``done_us`` finishes
     the claimer's previous slot in the same round trip.
     """

@@ -57,7 +57,8 @@ def create_app(settings: Settings) -> Quart:
     )
 
     # SourceError: __main__ exits with one line.
-    if settings.source == "scrape":
+    scraping = settings.source == "scrape"
+    if scraping:
         found = discovery(
             targets=settings.scrape_targets,
             targets_file=settings.scrape_targets_file,
@@ -82,15 +83,19 @@ def create_app(settings: Settings) -> Quart:
     @app.while_serving
     async def lifespan() -> AsyncGenerator[None]:
         # minsize=0: start (and report not-ready) even while PostgreSQL is away.
-        pool = await create_pool(settings.database_url.get_secret_value(), minsize=0, maxsize=2)
+        dsn = settings.database_url.get_secret_value()
+        pool = await create_pool(dsn, minsize=0, maxsize=2)
+        # The scrape source's membership and leases get a connection of their own.
+        control = await create_pool(dsn, minsize=0, maxsize=1) if scraping else None
         token = settings.broker_token.get_secret_value() if settings.broker_token else None
         try:
             async with BrokerClient(settings.broker_url, token=token) as broker:
                 worker: Replayer | Scraper
-                if settings.source == "scrape":
+                if scraping:
                     worker = Scraper(
                         discovery=found,
                         pool=pool,
+                        control_pool=control,
                         broker=broker,
                         metrics=metrics,
                         stream=settings.stream,
@@ -118,7 +123,9 @@ def create_app(settings: Settings) -> Quart:
                 app.add_background_task(worker.run, app.shutdown_event, settings.migrate)
                 yield
         finally:
-            pool.close()
-            await pool.wait_closed()
+            for p in (pool, control):
+                if p is not None:
+                    p.close()
+                    await p.wait_closed()
 
     return app

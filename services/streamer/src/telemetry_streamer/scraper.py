@@ -144,9 +144,13 @@ class Scraper:
         config: ScrapeConfig,
         health: dict[int, TargetHealth] | None = None,
         owner: str | None = None,
+        control_pool: aiopg.Pool | None = None,
     ) -> None:
         self._discovery = discovery
         self._pool = pool
+        # The ticks' own connection: the lease renewals must never queue behind the claims of
+        # hundreds of targets (a lease that runs out gives the target away).
+        self._control = control_pool or pool
         self._broker = broker
         self._metrics = metrics
         self._stream = stream
@@ -215,7 +219,7 @@ class Scraper:
         return False
 
     async def _leave(self) -> None:
-        async with cursor(self._pool) as cur:
+        async with cursor(self._control) as cur:
             await leave_members(cur, self.owner)
 
     # --- the tick: membership, leases, assignment -------------------------------------------
@@ -225,10 +229,10 @@ class Scraper:
         loop = asyncio.get_running_loop()
         if loop.time() >= self._next_refresh:
             addresses = await self._discovery.resolve()
-            async with cursor(self._pool) as cur:
+            async with cursor(self._control) as cur:
                 await upsert_targets(cur, addresses)
             self._next_refresh = loop.time() + c.refresh
-        async with transaction(self._pool) as cur:
+        async with transaction(self._control) as cur:
             members = await join_members(cur, self.owner, c.lease)
             held = await renew_targets(cur, self.owner, list(self.targets), c.lease)
             rows = await live_targets(cur, c.target_ttl)
@@ -253,13 +257,13 @@ class Scraper:
                 t.listed = row.listed
         wanted = [tid for tid in mine if tid not in self.targets]
         if wanted:
-            async with cursor(self._pool) as cur:
+            async with cursor(self._control) as cur:
                 acquired = await acquire_targets(cur, self.owner, wanted, c.lease)
             for a in acquired:
                 self._start(a, mine[a.id].listed)
         self._metrics.targets.set(len(self.targets))
         if loop.time() >= self._next_prune:
-            async with cursor(self._pool) as cur:
+            async with cursor(self._control) as cur:
                 await prune_scrapes(cur, history=c.history, forget=c.forget)
             self._next_prune = loop.time() + 60.0
 
