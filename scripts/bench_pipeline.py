@@ -224,6 +224,7 @@ def main_scrape(args: argparse.Namespace) -> None:
         print(r, flush=True)
         rows.append(r)
     after = os.getloadavg()
+    window = args.intervals * args.interval
     sustained = [r for r in rows if r["slots"] >= round(r["due"]) - 1 and r["missed"] == 0]
     best = max(sustained, key=lambda r: r["targets"]) if sustained else None
     command = (
@@ -238,6 +239,7 @@ def main_scrape(args: argparse.Namespace) -> None:
         "slots missed",
         "stored datapoints/s",
         "streamer CPU",
+        "CPU per slot",
         "scrape failures",
         "consumer lag at the end",
         "load (1 min) after",
@@ -246,10 +248,13 @@ def main_scrape(args: argparse.Namespace) -> None:
     table = "\n".join(
         f"| {r['targets']:.0f} | {247 * copies_of(r):,.0f}"
         f" | {r['due']:,.0f} | {r['slots']:,.0f} | {r['missed']:,.0f}"
-        f" | {r['stored_per_s']:,.0f} | {100 * r['cpu']:.0f} % | {r['failures']:,.0f}"
+        f" | {r['stored_per_s']:,.0f} | {100 * r['cpu']:.0f} %"
+        f" | {cpu_per_slot(r, window):.0f} ms | {r['failures']:,.0f}"
         f" | {r['lag']:,.0f} | {r['load']:.1f} |"
         for r in rows
     )
+    reference = best or rows[0]
+    ceiling = f"{args.interval * 1000 / cpu_per_slot(reference, window):,.0f}"
     verdict = (
         f"One streamer sustained **{best['targets']:.0f} targets** "
         f"({247 * copies_of(best):,} GPUs, "
@@ -277,15 +282,23 @@ hand.
 {header}
 {table}
 
-{verdict}. The streamer's CPU column is its share of one core over the window (its process CPU
-time / wall time): parsing each exposition with prometheus-client's parser is most of it, so one
-streamer's ceiling is roughly the targets at which that share reaches 100 %, less what the rest of
-the stack takes from the same {os.cpu_count()} cores here.
+{verdict}. "Streamer CPU" is the streamer's share of one core over the window (its process CPU
+time / wall time) and "CPU per slot" that time per stored slot (fetch, parse with
+prometheus-client's parser, which is most of it, claim, publish). A fleet is sustained when every
+slot due was stored: past that, the streamer does not get the CPU it needs on this machine, whose
+{os.cpu_count()} cores it shares with the rest of the stack and other work (load above). On a core
+of its own, one streamer would keep up with about {ceiling} targets at a {args.interval:g} s
+interval (the interval divided by the CPU per slot of the largest sustained fleet).
 """
     print(text)
     if not args.no_write:
         write_section(text, SCRAPE_SECTION)
         print(f"wrote the {SCRAPE_SECTION!r} section of {DOC}")
+
+
+def cpu_per_slot(row: dict[str, float], window: float) -> float:
+    """The streamer's CPU milliseconds per stored slot (scrape, parse, claim, publish)."""
+    return 1000 * row["cpu"] * window / max(row["slots"], 1)
 
 
 def copies_of(row: dict[str, float]) -> int:
