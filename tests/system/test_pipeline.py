@@ -94,7 +94,7 @@ async def test_crash_and_scaling_mid_stream_lose_nothing(make_stack, db):
     stack = await make_stack(
         streamers=1,
         collectors=2,
-        rate=1000,
+        rate=400,  # about 18 s of streaming: the streamer added below joins long before the end
         env={
             "STREAMER_LOOPS": str(loops),
             "STREAMER_CHUNK_SIZE": "200",
@@ -115,12 +115,13 @@ async def test_crash_and_scaling_mid_stream_lose_nothing(make_stack, db):
     async def expired() -> float:
         return await scrape(broker, "telemetry_broker_lease_expired_records_total")
 
+    await stack.add_streamer()  # scale out while streaming: the work index shares the stream
+
     # Frozen, the collector still gets records for the fetches it had sent (the streamer goes
     # on publishing) and never acks them: leases in flight, whatever it was doing a moment ago.
     os.kill(stack.collectors[0].pid, signal.SIGSTOP)
     await wait_for(expired, timeout=60, what="the frozen collector's leases to expire")
     stack.collectors[0].kill()  # then it crashes
-    await stack.add_streamer()  # scale out while streaming: the work index shares the stream
     await stack.add_collector()
     await wait_for(lambda: _count_is(db, total), timeout=90, what=f"{total} stored datapoints")
     assert await stored(db) == (total, 0, total - 1)

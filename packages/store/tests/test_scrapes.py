@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
-from telemetry_model import METRICS_BY_NAME
+from telemetry_model import METRICS_BY_NAME, Datapoint, Gpu, encode
 from telemetry_store import (
     GpuSighting,
     acquire_targets,
     claim_slot,
     ensure_metrics,
+    ensure_streams,
     find_gpu_json,
     finish_slot,
+    insert_datapoints,
     join_members,
     leave_members,
     list_gpus_json,
@@ -227,10 +231,14 @@ async def test_a_mig_instance_is_stored_with_its_parent_and_the_api_json_shows_i
         mig_profile="3g.40gb", mig_instance=1, parent_uuid="GPU-a",
     )  # fmt: skip
     await upsert_gpus(cur, [parent, mig])
-    await cur.execute(
-        "INSERT INTO telemetry (gpu_id, ts, metric_id, value, stream_id, seq)"
-        " SELECT id, now(), 7, 1, 1, id FROM gpus"
-    )
+    await ensure_streams(cur, ["s"])
+    gpus = [
+        Gpu("GPU-a", "node-a", 0, "nvidia0", "NVIDIA A100", "550.54.15"),
+        Gpu("GPU-a:mig1", "node-a", 0, "nvidia0", "NVIDIA A100", "550.54.15", "3g.40gb", 1),
+    ]
+    now_us = time.time_ns() // 1000
+    points = [Datapoint("s", i, now_us, "DCGM_FI_DEV_FB_USED", 1.0, g) for i, g in enumerate(gpus)]
+    assert await insert_datapoints(cur, [encode(p) for p in points]) == 2
     page = await list_gpus_json(cur, limit=10)
     items = orjson.loads(f"[{page.items}]")
     assert [i["id"] for i in items] == ["GPU-a", "GPU-a:mig1"]

@@ -44,7 +44,7 @@ async def test_a_field_outside_the_catalog_and_a_mig_instance_are_stored(db):
     ]
     reg = Registry()
     assert reg.unknown_metrics(points) == {"DCGM_FI_DEV_PCIE_TX_THROUGHPUT"}
-    assert await store_batch(db, reg, points, [encode(p) for p in points]) == 3
+    assert (await store_batch(db, reg, points, [encode(p) for p in points])).inserted == 3
     assert reg.unknown_metrics(points) == set()  # registered once per process
     async with db.acquire() as conn, conn.cursor() as cur:
         await cur.execute(

@@ -7,6 +7,7 @@ from .errors import (
     StoreError,
     UnknownStreamError,
 )
+from .maintenance import JOB_LOCK, Policy, Report, run_maintenance
 from .migrate import (
     ADVISORY_LOCK_ID,
     Migration,
@@ -15,11 +16,17 @@ from .migrate import (
     migrate_when_reachable,
     sync_catalog,
 )
+from .partitions import (
+    PARTITION_LOCK,
+    Partition,
+    create_partitions,
+    create_range,
+    ensure_raw_partitions,
+    list_partitions,
+)
 from .pool import Cursor, Probe, bounded, create_pool, cursor, describe, ping, transaction
 from .reads import (
     AGGREGATES,
-    BEGIN_US,
-    END_US,
     Aggregate,
     BucketJsonPage,
     BucketKey,
@@ -32,7 +39,6 @@ from .reads import (
     Point,
     PointKey,
     Window,
-    at,
     buckets_json_query,
     find_gpu,
     find_gpu_json,
@@ -46,6 +52,7 @@ from .reads import (
     window_json_query,
     window_query,
 )
+from .rollups import RollupState, Segment, cover, rollup_state
 from .scrapes import (
     AcquiredTarget,
     PendingSlot,
@@ -74,10 +81,42 @@ from .streams import (
     release,
     renew,
 )
-from .writes import GpuSighting, ensure_metrics, insert_datapoints, upsert_gpus
+from .timesql import BEGIN_US, END_US, at
+from .writes import (
+    BEGIN_INGEST,
+    INGEST_LOCK,
+    GpuSighting,
+    IngestBounds,
+    Stored,
+    ensure_metrics,
+    ingest_bounds,
+    insert_datapoints,
+    store_datapoints,
+    upsert_gpus,
+)
 
 __all__ = [
     "ADVISORY_LOCK_ID",
+    "BEGIN_INGEST",
+    "INGEST_LOCK",
+    "IngestBounds",
+    "ingest_bounds",
+    "JOB_LOCK",
+    "PARTITION_LOCK",
+    "Partition",
+    "Policy",
+    "Report",
+    "RollupState",
+    "Segment",
+    "Stored",
+    "cover",
+    "create_partitions",
+    "create_range",
+    "ensure_raw_partitions",
+    "list_partitions",
+    "rollup_state",
+    "run_maintenance",
+    "store_datapoints",
     "AGGREGATES",
     "AcquiredTarget",
     "Aggregate",

@@ -267,10 +267,10 @@ async def claim_slot(
     """Claim slot ``slot_us`` of a target ``owner`` holds, with ``count`` datapoints.
 
     Returns their sequence numbers and how many slots (``interval`` s apart) were skipped
-    since the last claim; ``None`` when the target is held by another streamer or released, or
-    the slot is not past its watermark (claimed before, by this or another streamer). ``payload`` (``None`` for
-    an empty scrape: nothing to publish) is kept until ``finish_slot``; ``done_us`` finishes
-    the claimer's previous slot in the same round trip.
+    since the last claim; ``None`` when the target is held by another streamer or released,
+    or the slot is not past its watermark (claimed before, by this or another streamer).
+    ``payload`` (``None`` for an empty scrape: nothing to publish) is kept until
+    ``finish_slot``; ``done_us`` finishes the claimer's previous slot in the same round trip.
     """
     if count < 0 or interval <= 0:
         raise ValueError("count must not be negative and interval must be positive")

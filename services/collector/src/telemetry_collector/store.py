@@ -9,10 +9,13 @@ from dataclasses import dataclass, field
 import aiopg
 from telemetry_model import METRICS_BY_NAME, Datapoint, Gpu
 from telemetry_store import (
+    BEGIN_INGEST,
     GpuSighting,
+    Stored,
     ensure_metrics,
     ensure_streams,
-    insert_datapoints,
+    ingest_bounds,
+    store_datapoints,
     transaction,
     upsert_gpus,
 )
@@ -91,12 +94,14 @@ def _meta(s: GpuSighting) -> tuple[object, ...]:
 
 async def store_batch(
     pool: aiopg.Pool, registry: Registry, points: Sequence[Datapoint], encoded: Sequence[bytes]
-) -> int:
-    """Store a batch; return how many datapoints were new. Commits before returning."""
+) -> Stored:
+    """Store a batch; return what was new, expired and late. Commits before returning."""
     sightings = registry.stale_gpus(points)
     streams = {p.stream for p in points} - registry.streams
     metrics = registry.unknown_metrics(points)
-    async with transaction(pool) as cur:
+    # The bounds of the insert (retention horizon, sealed minutes) come with the BEGIN.
+    async with transaction(pool, begin=BEGIN_INGEST) as cur:
+        bounds = await ingest_bounds(cur, fetched=True)
         if streams:
             await ensure_streams(cur, sorted(streams))
         if metrics:
@@ -104,6 +109,6 @@ async def store_batch(
             # HELP text; this only makes sure (a name already there is left alone).
             await ensure_metrics(cur, {name: ("", "") for name in metrics})
         await upsert_gpus(cur, sightings)
-        inserted = await insert_datapoints(cur, encoded)
+        stored = await store_datapoints(cur, encoded, [p.ts_us for p in points], bounds)
     registry.remember(sightings, streams, metrics)
-    return inserted
+    return stored
