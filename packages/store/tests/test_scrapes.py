@@ -246,3 +246,29 @@ async def test_a_mig_instance_is_stored_with_its_parent_and_the_api_json_shows_i
     assert items[1]["mig"] == {"parent_id": "GPU-a", "profile": "3g.40gb", "instance": 1}
     state = orjson.loads(await find_gpu_json(cur, "GPU-a:mig1") or "")
     assert state["mig"]["profile"] == "3g.40gb" and state["metrics"][0]["value"] == 1.0
+
+
+async def test_a_gpu_row_lists_the_metrics_it_reported_and_its_state_reads_those(cur):
+    from dataclasses import replace
+
+    temp, power = "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE"
+    seen = GpuSighting("GPU-b", "node-b", 0, "nvidia0", "H100", None, T0, T0, metrics=(temp,))
+    await upsert_gpus(cur, [seen])
+    await upsert_gpus(cur, [replace(seen, metrics=(power, temp))])
+    await upsert_gpus(cur, [replace(seen, metrics=(temp,))])  # nothing new: left as it is
+    await upsert_gpus(cur, [replace(seen, metrics=())])  # none: left as it is
+    await cur.execute("SELECT metric_ids FROM gpus WHERE uuid = 'GPU-b'")
+    assert (await cur.fetchone())[0] == sorted(METRICS_BY_NAME[m].id for m in (power, temp))
+    await ensure_streams(cur, ["s"])
+    gpu = Gpu("GPU-b", "node-b", 0, "nvidia0", "H100")
+    now_us = time.time_ns() // 1000
+    names = (temp, power, "DCGM_FI_DEV_SM_CLOCK")  # the clock: stored, not listed
+    points = [Datapoint("s", i, now_us, m, 40.0 + i, gpu) for i, m in enumerate(names)]
+    assert await insert_datapoints(cur, [encode(p) for p in points]) == 3
+    state = orjson.loads(await find_gpu_json(cur, "GPU-b") or "")
+    assert [m["metric"] for m in state["metrics"]] == [power, temp]  # catalog order
+    # A row that does not know its metrics (NULL) reads every one, and stays so.
+    await cur.execute("UPDATE gpus SET metric_ids = NULL WHERE uuid = 'GPU-b'")
+    await upsert_gpus(cur, [seen])
+    again = orjson.loads(await find_gpu_json(cur, "GPU-b") or "")
+    assert [m["metric"] for m in again["metrics"]] == [power, temp, names[2]]

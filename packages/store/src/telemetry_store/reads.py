@@ -688,7 +688,11 @@ _LATEST_ITEM: Final = (
 _GPU_STATE: Final = (
     f"SELECT {_GPU_FIELDS} || ',\"metrics\":[' || coalesce(("
     f" SELECT string_agg({_LATEST_ITEM}, ',' ORDER BY metric_id)"
-    " FROM (SELECT m.id AS metric_id, l.ts, l.value FROM metrics m CROSS JOIN LATERAL ("
+    # The metrics the GPU's row lists (every metric when it does not know them): one the GPU
+    # never reported would cost a probe of every partition.
+    " FROM (SELECT m.id AS metric_id, l.ts, l.value"
+    " FROM unnest(coalesce(g.metric_ids, ARRAY(SELECT id FROM metrics))) AS m(id)"
+    " CROSS JOIN LATERAL ("
     "  SELECT t.ts, t.value FROM telemetry t WHERE t.gpu_id = g.id AND t.metric_id = m.id"
     "  ORDER BY t.ts DESC, t.stream_id DESC, t.seq DESC LIMIT 1) l) v), '') || ']}'"
     " FROM gpus g WHERE g.uuid = %(uuid)s"

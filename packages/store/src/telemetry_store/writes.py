@@ -49,6 +49,9 @@ class GpuSighting:
     mig_profile: str | None = None
     mig_instance: int | None = None
     parent_uuid: str | None = None
+    # The names of the metrics the batch holds for this GPU, added to those its row lists
+    # (``gpus.metric_ids``); none: the row's list is left as it is (unknown for a new row).
+    metrics: tuple[str, ...] = ()
 
 
 # One pass in uuid order, as one INSERT ... ON CONFLICT DO UPDATE, so concurrent upserts lock
@@ -61,17 +64,19 @@ class GpuSighting:
 _UPSERT_GPUS = """
 INSERT INTO gpus AS g
     (id, uuid, hostname, gpu_index, device, model, driver_version, first_seen, last_seen,
-     parent_uuid, mig_profile, mig_instance)
+     parent_uuid, mig_profile, mig_instance, metric_ids)
 OVERRIDING SYSTEM VALUE
 SELECT coalesce((SELECT k.id FROM gpus k WHERE k.uuid = r.uuid),
                 nextval(pg_get_serial_sequence('gpus', 'id'))),
        uuid, hostname, gpu_index, device, model, driver_version,
        'epoch'::timestamptz + first_us * interval '1 microsecond',
        'epoch'::timestamptz + last_us * interval '1 microsecond',
-       parent_uuid, mig_profile, mig_instance
+       parent_uuid, mig_profile, mig_instance,
+       CASE WHEN cardinality(r.metrics) > 0 THEN
+           ARRAY(SELECT m.id FROM metrics m WHERE m.name = ANY(r.metrics) ORDER BY m.id) END
 FROM json_to_recordset(%s::json) AS r(uuid text, hostname text, gpu_index smallint,
      device text, model text, driver_version text, first_us bigint, last_us bigint,
-     parent_uuid text, mig_profile text, mig_instance smallint)
+     parent_uuid text, mig_profile text, mig_instance smallint, metrics text[])
 ORDER BY uuid
 ON CONFLICT (uuid) DO UPDATE SET
     hostname = EXCLUDED.hostname,
@@ -82,6 +87,13 @@ ON CONFLICT (uuid) DO UPDATE SET
     parent_uuid = EXCLUDED.parent_uuid,
     mig_profile = EXCLUDED.mig_profile,
     mig_instance = EXCLUDED.mig_instance,
+    -- The union, only ever growing: a list not known (NULL) stays so, as it may miss metrics
+    -- stored without one.
+    metric_ids = CASE
+        WHEN g.metric_ids IS NULL OR EXCLUDED.metric_ids IS NULL
+             OR EXCLUDED.metric_ids <@ g.metric_ids THEN g.metric_ids
+        ELSE ARRAY(SELECT DISTINCT x FROM unnest(g.metric_ids || EXCLUDED.metric_ids) AS x
+                   ORDER BY x) END,
     first_seen = LEAST(g.first_seen, EXCLUDED.first_seen),
     last_seen = GREATEST(g.last_seen, EXCLUDED.last_seen)
 """
@@ -100,7 +112,7 @@ ON CONFLICT (stream_id, seq, ts) DO NOTHING
 
 
 async def upsert_gpus(cur: Cursor, sightings: Iterable[GpuSighting]) -> None:
-    """Insert new GPUs and widen the first/last-seen range of known ones (in uuid order)."""
+    """Insert new GPUs and widen the seen range and the metric list of known ones (uuid order)."""
     rows = [
         {
             "uuid": s.uuid,
@@ -114,6 +126,7 @@ async def upsert_gpus(cur: Cursor, sightings: Iterable[GpuSighting]) -> None:
             "parent_uuid": s.parent_uuid,
             "mig_profile": s.mig_profile,
             "mig_instance": s.mig_instance,
+            "metrics": list(s.metrics),
         }
         for s in sightings
     ]

@@ -34,16 +34,22 @@ class Registry:
     # DCGM fields outside the catalog known to be registered (a streamer's allow-list keeps
     # them; the insert looks metrics up by name, so each must have its row first).
     metrics: set[str] = field(default_factory=set)
+    # The metrics each GPU's row is known to list (gpus.metric_ids): one more is upserted.
+    gpu_metrics: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def stale_gpus(self, points: Sequence[Datapoint]) -> list[GpuSighting]:
-        """The GPU rows this batch must upsert: new, changed, or last_seen gone stale."""
+        """The GPU rows this batch must upsert: new, changed, with a metric their row does
+        not list yet, or last_seen gone stale."""
         ranges: dict[str, tuple[Gpu, int, int]] = {}
+        names: dict[str, set[str]] = {}
         for p in points:
             seen = ranges.get(p.gpu.uuid)
             if seen is None:
                 ranges[p.gpu.uuid] = (p.gpu, p.ts_us, p.ts_us)
+                names[p.gpu.uuid] = {p.metric}
             else:
                 ranges[p.gpu.uuid] = (p.gpu, min(seen[1], p.ts_us), max(seen[2], p.ts_us))
+                names[p.gpu.uuid].add(p.metric)
         sightings = [
             GpuSighting(
                 g.uuid,
@@ -57,6 +63,7 @@ class Registry:
                 mig_profile=g.mig_profile,
                 mig_instance=g.mig_instance,
                 parent_uuid=g.parent_uuid,
+                metrics=tuple(sorted(names[g.uuid])),
             )
             for g, first, last in ranges.values()
         ]
@@ -67,6 +74,7 @@ class Registry:
                 known is None
                 or known[0] != _meta(s)
                 or s.last_us - known[1] >= LAST_SEEN_REFRESH_US
+                or not self.gpu_metrics.get(s.uuid, frozenset()).issuperset(s.metrics)
             ):
                 stale.append(s)
         return stale
@@ -84,6 +92,7 @@ class Registry:
         """Record what a committed batch wrote."""
         for s in sightings:
             self.gpus[s.uuid] = (_meta(s), s.last_us)
+            self.gpu_metrics[s.uuid] = self.gpu_metrics.get(s.uuid, frozenset()).union(s.metrics)
         self.streams |= streams
         self.metrics |= metrics
 
