@@ -197,7 +197,12 @@ def generate(dsn: str, rows: int) -> Data:
             cur.execute(f'DROP INDEX "{name}"')
         _fill(cur, stream, per_tick, ticks, interval_s, started)
         _rebuild(cur, indexes)
-        cur.execute("UPDATE gpus SET first_seen = %s, last_seen = %s", (T0, data.end))
+        # metric_ids: the metrics _fill wrote, as the collector lists them with each GPU
+        cur.execute(
+            "UPDATE gpus SET first_seen = %s, last_seen = %s,"
+            " metric_ids = ARRAY(SELECT generate_series(1, %s))",
+            (T0, data.end, METRICS),
+        )
         cur.execute("UPDATE streams SET next_seq = %s WHERE id = %s", (ticks * per_tick, stream))
         log("  VACUUM ANALYZE telemetry")
         cur.execute("VACUUM ANALYZE telemetry")

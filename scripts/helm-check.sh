@@ -102,3 +102,4 @@ refuse "collector.replicaCount is at most 10" --set collector.replicaCount=11 \
   --set connectionBudget.maxConnections=300
 refuse "externalDatabase.existingSecret is required" --set postgresql.enabled=false
 refuse "postgresql.auth.passwordKey is required" --set postgresql.auth.passwordKey=
+refuse "streamer.source is scrape: set streamer.scrape.dns" --set streamer.source=scrape

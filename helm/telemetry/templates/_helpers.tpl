@@ -221,6 +221,28 @@ Usage: include "telemetry.env" (dict "root" $ "component" "collector" "prefix" "
 {{- if eq .component "broker" }}
 {{- $_ = set $env "BROKER_DATA_DIR" $v.dataDir }}
 {{- end }}
+{{- if and (eq .component "streamer") (eq (toString $v.source) "scrape") }}
+{{- $s := $v.scrape }}
+{{- $_ = set $env "STREAMER_SOURCE" "scrape" }}
+{{- $_ = set $env "STREAMER_SCRAPE_INTERVAL" (toString $s.interval) }}
+{{- $_ = set $env "STREAMER_SCRAPE_TIMEOUT" (toString $s.timeout) }}
+{{- $dns := $s.dns }}
+{{- if and $s.headlessService.enabled (not $dns) }}
+{{- $dns = include "telemetry.exportersDns" $root }}
+{{- end }}
+{{- if not (or $dns $s.targets (get $v.env "STREAMER_SCRAPE_DNS") (get $v.env "STREAMER_SCRAPE_TARGETS")) }}
+{{- fail "streamer.source is scrape: set streamer.scrape.dns, streamer.scrape.targets or enable streamer.scrape.headlessService" }}
+{{- end }}
+{{- with $dns }}
+{{- $_ = set $env "STREAMER_SCRAPE_DNS" . }}
+{{- end }}
+{{- with $s.targets }}
+{{- $_ = set $env "STREAMER_SCRAPE_TARGETS" . }}
+{{- end }}
+{{- with $s.fields }}
+{{- $_ = set $env "STREAMER_SCRAPE_FIELDS" . }}
+{{- end }}
+{{- end }}
 {{- range $name, $value := $v.env }}
 {{- $_ = set $env $name (toString $value) }}
 {{- end }}
@@ -247,6 +269,19 @@ Usage: include "telemetry.env" (dict "root" $ "component" "collector" "prefix" "
       key: {{ $root.Values.brokerAuth.key }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+The headless Service over the exporters' pods (streamer.scrape.headlessService) and the DNS name
+the streamers resolve to reach every one of them: "<name>.<namespace>.svc:<port>".
+*/}}
+{{- define "telemetry.exportersServiceName" -}}
+{{- printf "%s-dcgm-exporters" (include "telemetry.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "telemetry.exportersDns" -}}
+{{- $h := .Values.streamer.scrape.headlessService }}
+{{- printf "%s.%s.svc:%v" (include "telemetry.exportersServiceName" .) ($h.namespace | default .Release.Namespace) $h.port }}
 {{- end }}
 
 {{/*
@@ -504,7 +539,7 @@ The connection budget: the most PostgreSQL connections the release may open at o
 fit in connectionBudget.maxConnections minus connectionBudget.reserved, or rendering fails.
 Per pod: the API its pool (API_POOL_MAX_SIZE, default 10) plus one for /readyz; a collector one
 per worker (COLLECTOR_WORKERS, default 4) plus one spare in its pool plus one for /readyz; a
-streamer its pool of 2. Pods: the HPA's maxReplicas when autoscaling, else replicaCount, plus the
+streamer its pool of 2 (and one for its leases with the scrape source). Pods: the HPA's maxReplicas when autoscaling, else replicaCount, plus the
 rolling update's surge (25 %, rounded up).
 */}}
 {{- define "telemetry.connections" -}}
@@ -519,7 +554,7 @@ rolling update's surge (25 %, rounded up).
 {{- else if eq .component "collector" }}
 {{- $perPod = add (int (get $v.env "COLLECTOR_WORKERS" | default 4)) 2 }}
 {{- else if eq .component "streamer" }}
-{{- $perPod = 2 }}
+{{- $perPod = ternary 3 2 (eq (toString $v.source) "scrape") }}
 {{- end }}
 {{- mul $pods $perPod }}
 {{- else }}0{{- end }}

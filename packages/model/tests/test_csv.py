@@ -5,7 +5,7 @@ import csv
 import pytest
 from telemetry_model import (
     COLUMNS,
-    METRICS,
+    CSV_METRICS,
     CsvFormatError,
     DcgmCsvReader,
     open_csv,
@@ -32,7 +32,7 @@ def test_real_file_shape():
     assert len(hosts) == 31
     assert "mtv5-dgx1-hgpu-002" not in hosts
     assert {s.gpu.driver_version for s in samples} == {"535.129.03"}
-    assert {s.metric for s in samples} == {m.name for m in METRICS}
+    assert {s.metric for s in samples} == {m.name for m in CSV_METRICS}
     per_host = {h: len({s.gpu.uuid for s in samples if s.gpu.hostname == h}) for h in hosts}
     assert per_host["mtv5-dgx1-hgpu-012"] == 7
     assert all(s.container is None and s.pod is None and s.namespace is None for s in samples)

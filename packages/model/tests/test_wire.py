@@ -84,6 +84,30 @@ def test_decode_rejects(body, message):
         decode(body)
 
 
+def test_a_mig_instance_round_trips_and_its_fields_come_together():
+    mig = Gpu(
+        "GPU-1:mig3", "host-1", 3, "nvidia3", "NVIDIA A100-SXM4-80GB", "550.54.15", "2g.20gb", 3
+    )
+    dp = Datapoint("s", 1, 1, "DCGM_FI_DEV_FB_USED", 9.0, mig)
+    assert decode(encode(dp)) == dp
+    assert (mig.parent_uuid, mig.physical_uuid, GPU.parent_uuid) == ("GPU-1", "GPU-1", None)
+    body = orjson.loads(encode(dp))
+    assert (body["mig_profile"], body["mig"]) == ("2g.20gb", 3)
+    del body["mig"]
+    with pytest.raises(DecodeError, match="together"):
+        decode(orjson.dumps(body))
+
+
+def test_a_dcgm_field_outside_the_catalog_decodes_and_anything_else_does_not():
+    good = orjson.loads(encode(Datapoint("s", 1, 1, "DCGM_FI_DEV_GPU_UTIL", 1.0, GPU)))
+    assert decode(orjson.dumps(good | {"metric": "DCGM_FI_DEV_PCIE_TX_THROUGHPUT"})).metric == (
+        "DCGM_FI_DEV_PCIE_TX_THROUGHPUT"
+    )
+    for name in ("DCGM_EXP_XID_ERRORS_COUNT", "dcgm_fi_dev_gpu_util", "DCGM_FI_", "go_gc"):
+        with pytest.raises(DecodeError, match="unknown metric"):
+            decode(orjson.dumps(good | {"metric": name}))
+
+
 def test_decode_rejects_negative_seq():
     good = orjson.loads(encode(Datapoint("s", 1, 1, "DCGM_FI_DEV_GPU_UTIL", 1.0, GPU)))
     good["seq"] = -1
@@ -92,7 +116,13 @@ def test_decode_rejects_negative_seq():
 
 
 def test_catalog():
-    assert len(METRICS_BY_ID) == 10
+    # The CSV's ten keep their ids for good; every other field has its own, never reused.
+    first = ["GPU_UTIL", "MEM_COPY_UTIL", "ENC_UTIL", "DEC_UTIL", "POWER_USAGE", "GPU_TEMP"]
+    first += ["FB_USED", "FB_FREE", "SM_CLOCK", "MEM_CLOCK"]
+    assert [METRICS_BY_ID[i].name for i in range(1, 11)] == [f"DCGM_FI_DEV_{n}" for n in first]
+    assert sorted(METRICS_BY_ID) == list(range(1, len(METRICS_BY_ID) + 1))
+    assert len({m.name for m in METRICS_BY_ID.values()}) == len(METRICS_BY_ID) == 48
+    assert all(m.unit and m.kind in ("gauge", "counter") for m in METRICS_BY_ID.values())
     assert metric("DCGM_FI_DEV_FB_USED").unit == "MiB"
     with pytest.raises(KeyError):
         metric("nope")
@@ -105,7 +135,17 @@ def test_public_surface():
         n
         for n in dir(telemetry_model)
         if not n.startswith("_")
-        and n not in {"catalog", "csvreader", "domain", "errors", "labels", "records", "wire"}
+        and n
+        not in {
+            "catalog",
+            "csvreader",
+            "domain",
+            "errors",
+            "exposition",
+            "labels",
+            "records",
+            "wire",
+        }
     )
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from telemetry_model import METRICS, read_samples, to_micros
+from telemetry_model import CSV_METRICS, METRICS, read_samples, to_micros
 from telemetry_store import (
     Policy,
     Window,
@@ -53,15 +53,34 @@ def wire(stream: str, seq: int, ts_us: int, metric: str, value: float, uuid: str
     )
 
 
-async def register(cur, uuids=GPUS[:3], streams=("s1", "s2")) -> None:
+async def register(cur, uuids=GPUS[:3], streams=("s1", "s2"), old_schema=False) -> None:
     from telemetry_store import GpuSighting
 
     await ensure_streams(cur, list(streams))
     by = {s.gpu.uuid: s.gpu for s in SAMPLES}
+    if old_schema:  # as that schema's upsert did: today's writes columns it did not have
+        for u in sorted(uuids):
+            g = by[u]
+            await cur.execute(
+                "INSERT INTO gpus (uuid, hostname, gpu_index, device, model, first_seen,"
+                " last_seen) VALUES (%s, %s, %s, %s, %s, 'epoch', 'epoch')",
+                (u, g.hostname, g.index, g.device, g.model),
+            )
+        return
     await upsert_gpus(
         cur,
         [
-            GpuSighting(u, by[u].hostname, by[u].index, by[u].device, by[u].model, None, 0, 0)
+            GpuSighting(
+                u,
+                by[u].hostname,
+                by[u].index,
+                by[u].device,
+                by[u].model,
+                None,
+                0,
+                0,
+                metrics=tuple(m.name for m in CSV_METRICS),  # as the collector lists them
+            )
             for u in sorted(uuids)
         ],
     )
@@ -164,10 +183,20 @@ async def test_an_existing_database_migrates_with_its_data(fresh_database_url):
         day1 = to_micros(datetime(2026, 11, 28, 23, 0, tzinfo=UTC))
         old = replay(day1, 7200, seq0=0)  # two hours over midnight
         async with transaction(pool) as cur:
-            await register(cur)
+            # that schema's code knew the CSV's ten metrics only
+            await cur.execute(
+                "DELETE FROM metrics WHERE NOT id = ANY(%s)", ([m.id for m in CSV_METRICS],)
+            )
+            await register(cur, old_schema=True)
             assert await insert_old_schema(cur, [p for p, _ in old]) == len(old)
-        assert await migrate(pool) == [20]
+        assert (await migrate(pool))[:1] == [20]
         assert await count(pool) == len(old)
+        async with cursor(pool) as cur:
+            # Its GPUs list the catalog of the time (the CSV's ten) as their metrics.
+            await cur.execute("SELECT DISTINCT metric_ids FROM gpus")
+            assert await cur.fetchall() == [(sorted(m.id for m in CSV_METRICS),)]
+            state = json.loads(await find_gpu_json(cur, GPUS[0]) or "")
+            assert {m["metric"] for m in state["metrics"]} == {m.name for m in CSV_METRICS}
         async with cursor(pool) as cur:
             parts = {p.name: p for p in await list_partitions(cur, "telemetry")}
             # The old table whole, over the days of its data (no row copied).

@@ -115,6 +115,7 @@ def test_public_surface():
         "errors",
         "pool",
         "reads",
+        "scrapes",
         "streams",
         "writes",
         "timesql",
@@ -186,7 +187,13 @@ async def test_migration_restarts_the_sequences_past_the_ids_in_use(fresh_databa
         async with transaction(pool) as cur:
             # An older schema's data: two streams, ten GPUs, and sequences that ran ahead.
             await cur.execute("INSERT INTO streams (name, next_seq) VALUES ('a', 10), ('b', 0)")
-            await upsert_gpus(cur, sightings(samples, 1_000))
+            # (Written as that schema's upsert did: today's writes columns it did not have.)
+            for g in sightings(samples, 1_000):
+                await cur.execute(
+                    "INSERT INTO gpus (uuid, hostname, gpu_index, device, model, driver_version,"
+                    " first_seen, last_seen) VALUES (%s, %s, %s, %s, %s, %s, now(), now())",
+                    (g.uuid, g.hostname, g.index, g.device, g.model, g.driver_version),
+                )
             await cur.execute(
                 "SELECT setval(pg_get_serial_sequence('streams', 'id'), 30000),"
                 " setval(pg_get_serial_sequence('gpus', 'id'), 2000000000)"

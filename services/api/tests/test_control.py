@@ -32,7 +32,11 @@ async def test_metrics_per_route_template_and_db_latency(app, client):
 async def test_metrics_catalog(client):
     body = await (await client.get("/api/v1/metrics")).get_json()
     units = {m["name"]: m["unit"] for m in body["items"]}
-    assert len(units) == 10
+    from telemetry_model import CSV_METRICS, METRICS
+
+    # the CSV's ten and the rest of dcgm-exporter's default fields, each once
+    assert len(units) == len(METRICS) > len(CSV_METRICS)
+    assert {m.name for m in CSV_METRICS} <= units.keys()
     assert units["DCGM_FI_DEV_GPU_TEMP"] == "C" and units["DCGM_FI_DEV_SM_CLOCK"] == "MHz"
 
 

@@ -61,6 +61,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prometheus-port", type=int, default=int(os.environ.get("DEV_PROMETHEUS_PORT", "9090"))
     )
     p.add_argument("--rules", type=Path, default=RULES, help="alert rules Prometheus loads")
+    p.add_argument(
+        "--source",
+        choices=("csv", "scrape"),
+        default=os.environ.get("DEV_SOURCE", "csv"),
+        help="csv: the streamers replay the CSV; scrape: they scrape a stand-in dcgm-exporter"
+        " per host of the CSV (python -m telemetry_devstack.exporters)",
+    )
+    p.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=float(os.environ.get("DEV_SCRAPE_INTERVAL", "10")),
+        help="seconds between two scrapes of an exporter (--source scrape)",
+    )
+    p.add_argument(
+        "--mig",
+        type=int,
+        default=int(os.environ.get("DEV_MIG", "0")),
+        help="stand-in hosts whose GPUs are MIG-partitioned (--source scrape)",
+    )
     args = p.parse_args(argv)
     if not 1 <= args.streamers <= 10 or not 1 <= args.collectors <= 10:
         p.error("--streamers and --collectors take 1..10")
@@ -97,6 +116,9 @@ async def run(args: argparse.Namespace, dsn: str) -> int:
             collectors=args.collectors,
             api_port=args.api_port,
             rate=args.rate,
+            source=args.source,
+            scrape_interval=args.scrape_interval,
+            exporter_args=["--mig", str(args.mig)] if args.mig else [],
             maintenance_interval=args.maintenance_every,
         )
     )
@@ -119,6 +141,8 @@ async def run(args: argparse.Namespace, dsn: str) -> int:
             f"  Docs:       {stack.api.url}/docs",
             f"  Broker:     {stack.broker.url if stack.broker else ''}/v1/topics",
         ]
+        if stack.exporters is not None:
+            lines.append(f"  Exporters:  {stack.exporters.url}/targets (one /metrics per host)")
         watched = [asyncio.create_task(stack.watch())]
         if prometheus is not None:
             await prometheus.start_with(scrape_config(stack, rules=[args.rules]))

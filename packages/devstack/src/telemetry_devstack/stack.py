@@ -1,10 +1,11 @@
-"""The whole pipeline as child processes: broker, streamers, collectors and the API."""
+"""The whole pipeline as child processes: broker, streamers, collectors and the API (and, with
+the scrape source, the stand-in exporters the streamers scrape)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,11 @@ class StackConfig:
     # often; 0 turns it off.
     maintenance_interval: float = 60.0
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # "csv": the streamers replay csv_path; "scrape": they scrape stand-in exporters that
+    # serve each host of csv_path (telemetry_devstack.exporters, given exporter_args).
+    source: str = "csv"
+    scrape_interval: float = 10.0
+    exporter_args: Sequence[str] = ()
 
 
 class Stack:
@@ -43,11 +49,17 @@ class Stack:
         self.api: ServiceProcess | None = None
         self.collectors: list[ServiceProcess] = []
         self.streamers: list[ServiceProcess] = []
+        self.exporters: ServiceProcess | None = None
+
+    @property
+    def targets_file(self) -> Path:
+        """Where the stand-in exporters list their endpoints (the scrape source)."""
+        return self.config.data_dir / "exporters.targets"
 
     @property
     def processes(self) -> list[ServiceProcess]:
         """Every process, in start order."""
-        head = [p for p in (self.broker,) if p is not None]
+        head = [p for p in (self.exporters, self.broker) if p is not None]
         tail = [p for p in (self.api,) if p is not None]
         return head + self.collectors + tail + self.streamers
 
@@ -69,6 +81,8 @@ class Stack:
     async def start(self, timeout: float = 60.0) -> None:
         """Start everything and wait until each service is ready."""
         c = self.config
+        if c.source == "scrape":
+            await self._start_exporters(timeout)
         self.broker = self._service(
             "broker",
             "telemetry_broker",
@@ -109,13 +123,43 @@ class Stack:
         name = f"collector-{len(self.collectors)}"
         return self._service(name, "telemetry_collector", "COLLECTOR", self._shared())
 
+    async def _start_exporters(self, timeout: float) -> None:
+        """The stand-in exporters, ready (their targets file written) before any streamer."""
+        c = self.config
+        self.targets_file.unlink(missing_ok=True)
+        self.exporters = ServiceProcess(
+            "exporters",
+            "telemetry_devstack.exporters",
+            prefix="EXPORTERS",
+            env={},
+            args=[
+                "--csv",
+                str(c.csv_path),
+                "--targets-file",
+                str(self.targets_file),
+                *c.exporter_args,
+            ],
+            sink=self._sink,
+        )
+        await self.exporters.start()
+        await self.exporters.wait_ready(timeout)
+
     def _streamer(self) -> ServiceProcess:
         c = self.config
+        if c.source == "scrape":
+            source = {
+                "source": "scrape",
+                "scrape_targets_file": str(self.targets_file),
+                "scrape_interval": str(c.scrape_interval),
+                "scrape_timeout": str(min(5.0, c.scrape_interval / 2)),
+            }
+        else:
+            source = {"csv_path": str(c.csv_path), "rate": str(c.rate)}
         return self._service(
             f"streamer-{len(self.streamers)}",
             "telemetry_streamer",
             "STREAMER",
-            {"csv_path": str(c.csv_path), "rate": str(c.rate), **self._shared()},
+            {**source, **self._shared()},
         )
 
     async def add_collector(self, timeout: float = 60.0) -> ServiceProcess:
@@ -141,7 +185,7 @@ class Stack:
             list(self.streamers),
             list(self.collectors),
             [self.api],
-            [self.broker],
+            [self.broker, self.exporters],
         ]
         for stage in stages:
             procs = [p for p in stage if p is not None]

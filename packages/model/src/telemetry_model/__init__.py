@@ -1,6 +1,15 @@
 """telemetry-model: record types, DCGM CSV reader, label parser, metric catalog, wire form."""
 
-from .catalog import METRICS, METRICS_BY_ID, METRICS_BY_NAME, Metric, metric
+from .catalog import (
+    CSV_METRICS,
+    FIRST_DYNAMIC_METRIC_ID,
+    METRICS,
+    METRICS_BY_ID,
+    METRICS_BY_NAME,
+    Metric,
+    is_dcgm_field,
+    metric,
+)
 from .csvreader import (
     COLUMNS,
     DcgmCsvReader,
@@ -23,12 +32,33 @@ from .domain import (
     text_problem,
 )
 from .errors import CsvFormatError, DecodeError, LabelsError, ModelError
+from .exposition import (
+    DROP_REASONS,
+    BadLine,
+    Exposition,
+    FieldFilter,
+    parse_families,
+    read_exposition,
+    unit_from_help,
+)
 from .labels import parse_labels
-from .records import EPOCH, Datapoint, Gpu, Sample, to_micros
+from .records import EPOCH, MIG_SEPARATOR, Datapoint, Gpu, Sample, mig_uuid, to_micros
 from .wire import WireTemplate, decode, encode
 
 __all__ = [
     "COLUMNS",
+    "CSV_METRICS",
+    "DROP_REASONS",
+    "FIRST_DYNAMIC_METRIC_ID",
+    "MIG_SEPARATOR",
+    "BadLine",
+    "Exposition",
+    "FieldFilter",
+    "is_dcgm_field",
+    "mig_uuid",
+    "parse_families",
+    "read_exposition",
+    "unit_from_help",
     "DEFAULT_MAX_FUTURE_SKEW",
     "EPOCH",
     "MAX_GPU_INDEX",

@@ -8,11 +8,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# Between a GPU's uuid and the GPU instance id in a MIG instance's identity: no GPU uuid holds
+# a colon, and a colon needs no escaping in a URL path (the API's /gpus/{id}).
+MIG_SEPARATOR: Final = ":mig"
+
+
+def mig_uuid(parent: str, instance: int) -> str:
+    """The identity of MIG instance ``instance`` (``GPU_I_ID``) of the GPU ``parent``."""
+    return f"{parent}{MIG_SEPARATOR}{instance}"
 
 
 @dataclass(frozen=True, slots=True)
 class Gpu:
-    """A GPU as DCGM reports it. ``uuid`` is its identity; ``index`` is only unique per host."""
+    """A GPU as DCGM reports it. ``uuid`` is its identity; ``index`` is only unique per host.
+
+    A MIG instance (a GPU instance of a partitioned GPU, dcgm-exporter's ``GPU_I_PROFILE`` and
+    ``GPU_I_ID`` labels) is a device of its own: ``uuid`` is ``mig_uuid(parent, instance)``,
+    the parent's uuid with ``:mig<GPU_I_ID>``, so its datapoints never mix with the parent's;
+    ``index``, ``device`` and ``model`` are the parent's.
+    """
 
     uuid: str
     hostname: str
@@ -20,6 +34,20 @@ class Gpu:
     device: str
     model: str
     driver_version: str | None = None
+    mig_profile: str | None = None
+    mig_instance: int | None = None
+
+    @property
+    def parent_uuid(self) -> str | None:
+        """The uuid of the physical GPU a MIG instance belongs to; ``None`` for a GPU."""
+        if self.mig_instance is None:
+            return None
+        return self.uuid.removesuffix(f"{MIG_SEPARATOR}{self.mig_instance}")
+
+    @property
+    def physical_uuid(self) -> str:
+        """The uuid of the physical GPU: its own, or its parent's for a MIG instance."""
+        return self.parent_uuid or self.uuid
 
 
 @dataclass(frozen=True, slots=True)

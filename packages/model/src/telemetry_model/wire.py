@@ -1,8 +1,9 @@
 """The compact wire encoding of a datapoint on the broker: one JSON object (orjson).
 
 ``{"stream","seq","ts","metric","value","uuid","host","gpu","device","model",
-"driver","labels"}`` plus ``container``/``pod``/``namespace`` when present;
-``ts`` is microseconds since the Unix epoch.
+"driver","labels"}`` plus ``container``/``pod``/``namespace`` when present, and
+``mig_profile``/``mig`` (the GPU instance id) for a MIG instance; ``ts`` is microseconds since
+the Unix epoch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Final
 
 import orjson
 
-from .catalog import METRICS_BY_NAME
+from .catalog import METRICS_BY_NAME, is_dcgm_field
 from .domain import (
     DEFAULT_MAX_FUTURE_SKEW,
     MAX_GPU_INDEX,
@@ -54,6 +55,9 @@ def _static_fields(
     for name, v in zip(_OPTIONAL, (container, pod, namespace), strict=True):
         if v is not None:
             body[name] = v
+    if gpu.mig_instance is not None:
+        body["mig_profile"] = gpu.mig_profile
+        body["mig"] = gpu.mig_instance
     body["labels"] = dict(labels)
     return body
 
@@ -72,7 +76,12 @@ class WireTemplate:
 
     __slots__ = ("_suffix",)
 
-    def __init__(self, sample: Sample) -> None:
+    def __init__(self, sample: Sample | None = None, *, suffix: bytes | None = None) -> None:
+        if suffix is not None:
+            self._suffix = suffix
+            return
+        if sample is None:
+            raise TypeError("WireTemplate needs a sample or a suffix")
         static = orjson.dumps(
             _static_fields(
                 sample.metric,
@@ -85,6 +94,11 @@ class WireTemplate:
             )
         )
         self._suffix = b"," + static[1:]
+
+    @property
+    def suffix(self) -> bytes:
+        """The pre-encoded static part (``WireTemplate(suffix=...)`` rebuilds the template)."""
+        return self._suffix
 
     def encode(self, stream_json: bytes, seq: int, ts_us: int) -> bytes:
         """The wire form of this sample stamped with ``stream``/``seq``/``ts``.
@@ -150,7 +164,9 @@ def decode(
     if escaped and _holds_nul(body):
         raise DecodeError("a string holds a NUL character (U+0000), which PostgreSQL refuses")
     metric = _str(body, "metric")
-    if metric not in METRICS_BY_NAME:
+    # A catalog metric, or a DCGM field outside it that a streamer's allow-list kept (the
+    # collector registers it on first sight).
+    if metric not in METRICS_BY_NAME and not is_dcgm_field(metric or ""):
         raise DecodeError(f"unknown metric {metric!r}")
     value = body.get("value")
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
@@ -166,6 +182,10 @@ def decode(
         )
     ) and (reason := labels_problem(labels)) is not None:
         raise DecodeError(f"field 'labels' {reason}")
+    mig_profile = _str(body, "mig_profile", optional=True)
+    mig = None if body.get("mig") is None else _int(body, "mig", MAX_GPU_INDEX)
+    if (mig_profile is None) != (mig is None):
+        raise DecodeError("fields 'mig_profile' and 'mig' come together or not at all")
     gpu = Gpu(
         uuid=_str(body, "uuid") or "",
         hostname=_str(body, "host") or "",
@@ -173,6 +193,8 @@ def decode(
         device=_str(body, "device") or "",
         model=_str(body, "model") or "",
         driver_version=_str(body, "driver", optional=True),
+        mig_profile=mig_profile,
+        mig_instance=mig,
     )
     ts_us = _int(body, "ts", MAX_TS_US)
     if max_future_skew is not None:

@@ -14,7 +14,7 @@ import aiopg
 from telemetry_model import METRICS
 
 from .errors import MigrationError
-from .pool import ping, transaction
+from .pool import Cursor, ping, transaction
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,38 @@ async def migrate(pool: aiopg.Pool, *, target: int | None = None) -> list[int]:
                 (migration.version, migration.name),
             )
             applied.append(migration.version)
-        for metric in METRICS:
-            await cur.execute(
-                "INSERT INTO metrics (id, name, unit, description) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, unit = EXCLUDED.unit,"
-                " description = EXCLUDED.description",
-                (metric.id, metric.name, metric.unit, metric.description),
-            )
+        await sync_catalog(cur)
     return applied
+
+
+# A catalog field that was registered at run time before (ensure_metrics: id 10000 and up)
+# keeps its datapoints under its old id, renamed out of the way; its name moves to the
+# catalog id, where new datapoints go from now on (the collector looks metrics up by name).
+_RENAME_REGISTERED = """
+UPDATE metrics m SET name = m.name || ' (registered as ' || m.id || ')'
+FROM unnest(%(ids)s::smallint[], %(names)s::text[]) AS c(id, name)
+WHERE m.name = c.name AND m.id <> c.id
+"""
+_UPSERT_CATALOG = """
+INSERT INTO metrics (id, name, unit, description)
+SELECT * FROM unnest(%(ids)s::smallint[], %(names)s::text[], %(units)s::text[],
+                     %(descriptions)s::text[])
+ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, unit = EXCLUDED.unit,
+    description = EXCLUDED.description
+"""
+
+
+async def sync_catalog(cur: Cursor) -> None:
+    """Write ``telemetry_model.METRICS`` into the ``metrics`` table (in the caller's
+    transaction)."""
+    params = {
+        "ids": [m.id for m in METRICS],
+        "names": [m.name for m in METRICS],
+        "units": [m.unit for m in METRICS],
+        "descriptions": [m.description for m in METRICS],
+    }
+    await cur.execute(_RENAME_REGISTERED, params)
+    await cur.execute(_UPSERT_CATALOG, params)
 
 
 async def migrate_when_reachable(

@@ -38,7 +38,8 @@ AGGREGATES: Final[tuple[Aggregate, ...]] = ("avg", "min", "max")
 
 @dataclass(frozen=True, slots=True)
 class GpuRow:
-    """A stored GPU: ``id`` is the database key, ``uuid`` the identity users see."""
+    """A stored GPU: ``id`` is the database key, ``uuid`` the identity users see; a MIG
+    instance has its parent's uuid, its profile and its GPU instance id."""
 
     id: int
     uuid: str
@@ -49,6 +50,9 @@ class GpuRow:
     driver_version: str | None
     first_seen: datetime
     last_seen: datetime
+    parent_uuid: str | None = None
+    mig_profile: str | None = None
+    mig_instance: int | None = None
 
     @property
     def key(self) -> GpuKey:
@@ -128,7 +132,7 @@ class BucketKey:
 
 _GPU_COLUMNS: Final = (
     "g.id, g.uuid, g.hostname, g.gpu_index, g.device, g.model, g.driver_version,"
-    " g.first_seen, g.last_seen"
+    " g.first_seen, g.last_seen, g.parent_uuid, g.mig_profile, g.mig_instance"
 )
 
 
@@ -669,6 +673,11 @@ _GPU_FIELDS: Final = (
     f" || ',\"driver_version\":' || {_STRING_OR_NULL.format('driver_version')}"
     f' || \',"first_seen":"\' || {_rfc3339("first_seen")}'
     f' || \'","last_seen":"\' || {_rfc3339("last_seen")} || \'"\''
+    # Only a MIG instance has "mig": which GPU it partitions, its profile and GPU instance id.
+    " || CASE WHEN mig_instance IS NULL THEN '' ELSE"
+    f' \',"mig":{{"parent_id":\' || {_STRING_OR_NULL.format("parent_uuid")}'
+    f" || ',\"profile\":' || {_STRING_OR_NULL.format('mig_profile')}"
+    " || ',\"instance\":' || mig_instance || '}' END"
 )
 _GPU_ITEM: Final = f"{_GPU_FIELDS} || '}}'"
 # The latest datapoint of each metric, as the GPU state lists them.
@@ -679,7 +688,11 @@ _LATEST_ITEM: Final = (
 _GPU_STATE: Final = (
     f"SELECT {_GPU_FIELDS} || ',\"metrics\":[' || coalesce(("
     f" SELECT string_agg({_LATEST_ITEM}, ',' ORDER BY metric_id)"
-    " FROM (SELECT m.id AS metric_id, l.ts, l.value FROM metrics m CROSS JOIN LATERAL ("
+    # The metrics the GPU's row lists (every metric when it does not know them): one the GPU
+    # never reported would cost a probe of every partition.
+    " FROM (SELECT m.id AS metric_id, l.ts, l.value"
+    " FROM unnest(coalesce(g.metric_ids, ARRAY(SELECT id FROM metrics))) AS m(id)"
+    " CROSS JOIN LATERAL ("
     "  SELECT t.ts, t.value FROM telemetry t WHERE t.gpu_id = g.id AND t.metric_id = m.id"
     "  ORDER BY t.ts DESC, t.stream_id DESC, t.seq DESC LIMIT 1) l) v), '') || ']}'"
     " FROM gpus g WHERE g.uuid = %(uuid)s"
@@ -692,6 +705,7 @@ async def find_gpu_json(cur: Cursor, uuid: str) -> str | None:
 
     ``{"id", "hostname", "index", "device", "model", "driver_version", "first_seen",
     "last_seen", "metrics": [{"metric", "unit", "value", "time"}, ...]}`` (catalog order),
+    with ``"mig": {"parent_id", "profile", "instance"}`` before ``metrics`` for a MIG instance,
     byte for byte what orjson makes of it; every time renders (see ``_rfc3339``).
     """
     # Prepared: planning ten lateral reads over every partition costs more than running them.
@@ -705,8 +719,8 @@ async def list_gpus_json(
 ) -> GpuJsonPage:
     """``list_gpus`` as the API serves it, rendered by PostgreSQL: the JSON objects of up to
     ``limit`` GPUs, comma-separated (``{"id", "hostname", "index", "device", "model",
-    "driver_version", "first_seen", "last_seen"}``, byte for byte what orjson makes of
-    them), and the last one's key when more follow."""
+    "driver_version", "first_seen", "last_seen"}`` and ``"mig"`` for a MIG instance, byte for
+    byte what orjson makes of them), and the last one's key when more follow."""
     inner, params = _gpus_query(limit=limit + 1, hostname=hostname, after=after)
     params["page"] = limit
     last = "FILTER (WHERE n = %(page)s)"

@@ -20,7 +20,7 @@ in a partition being dropped, and no row inserted into a sealed minute goes unma
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -46,6 +46,12 @@ class GpuSighting:
     driver_version: str | None
     first_us: int
     last_us: int
+    mig_profile: str | None = None
+    mig_instance: int | None = None
+    parent_uuid: str | None = None
+    # The names of the metrics the batch holds for this GPU, added to those its row lists
+    # (``gpus.metric_ids``); none: the row's list is left as it is (unknown for a new row).
+    metrics: tuple[str, ...] = ()
 
 
 # One pass in uuid order, as one INSERT ... ON CONFLICT DO UPDATE, so concurrent upserts lock
@@ -57,15 +63,20 @@ class GpuSighting:
 # snapshot meets the ON CONFLICT clause instead (one value spent, once per race).
 _UPSERT_GPUS = """
 INSERT INTO gpus AS g
-    (id, uuid, hostname, gpu_index, device, model, driver_version, first_seen, last_seen)
+    (id, uuid, hostname, gpu_index, device, model, driver_version, first_seen, last_seen,
+     parent_uuid, mig_profile, mig_instance, metric_ids)
 OVERRIDING SYSTEM VALUE
 SELECT coalesce((SELECT k.id FROM gpus k WHERE k.uuid = r.uuid),
                 nextval(pg_get_serial_sequence('gpus', 'id'))),
        uuid, hostname, gpu_index, device, model, driver_version,
        'epoch'::timestamptz + first_us * interval '1 microsecond',
-       'epoch'::timestamptz + last_us * interval '1 microsecond'
+       'epoch'::timestamptz + last_us * interval '1 microsecond',
+       parent_uuid, mig_profile, mig_instance,
+       CASE WHEN cardinality(r.metrics) > 0 THEN
+           ARRAY(SELECT m.id FROM metrics m WHERE m.name = ANY(r.metrics) ORDER BY m.id) END
 FROM json_to_recordset(%s::json) AS r(uuid text, hostname text, gpu_index smallint,
-     device text, model text, driver_version text, first_us bigint, last_us bigint)
+     device text, model text, driver_version text, first_us bigint, last_us bigint,
+     parent_uuid text, mig_profile text, mig_instance smallint, metrics text[])
 ORDER BY uuid
 ON CONFLICT (uuid) DO UPDATE SET
     hostname = EXCLUDED.hostname,
@@ -73,6 +84,16 @@ ON CONFLICT (uuid) DO UPDATE SET
     device = EXCLUDED.device,
     model = EXCLUDED.model,
     driver_version = EXCLUDED.driver_version,
+    parent_uuid = EXCLUDED.parent_uuid,
+    mig_profile = EXCLUDED.mig_profile,
+    mig_instance = EXCLUDED.mig_instance,
+    -- The union, only ever growing: a list not known (NULL) stays so, as it may miss metrics
+    -- stored without one.
+    metric_ids = CASE
+        WHEN g.metric_ids IS NULL OR EXCLUDED.metric_ids IS NULL
+             OR EXCLUDED.metric_ids <@ g.metric_ids THEN g.metric_ids
+        ELSE ARRAY(SELECT DISTINCT x FROM unnest(g.metric_ids || EXCLUDED.metric_ids) AS x
+                   ORDER BY x) END,
     first_seen = LEAST(g.first_seen, EXCLUDED.first_seen),
     last_seen = GREATEST(g.last_seen, EXCLUDED.last_seen)
 """
@@ -91,7 +112,7 @@ ON CONFLICT (stream_id, seq, ts) DO NOTHING
 
 
 async def upsert_gpus(cur: Cursor, sightings: Iterable[GpuSighting]) -> None:
-    """Insert new GPUs and widen the first/last-seen range of known ones (in uuid order)."""
+    """Insert new GPUs and widen the seen range and the metric list of known ones (uuid order)."""
     rows = [
         {
             "uuid": s.uuid,
@@ -102,11 +123,41 @@ async def upsert_gpus(cur: Cursor, sightings: Iterable[GpuSighting]) -> None:
             "driver_version": s.driver_version,
             "first_us": s.first_us,
             "last_us": s.last_us,
+            "parent_uuid": s.parent_uuid,
+            "mig_profile": s.mig_profile,
+            "mig_instance": s.mig_instance,
+            "metrics": list(s.metrics),
         }
         for s in sightings
     ]
     if rows:
         await cur.execute(_UPSERT_GPUS, (orjson.dumps(rows).decode(),))
+
+
+# Only names missing from the snapshot reach the INSERT, so only they draw an id; a race
+# between two first registrations of one name spends one value, once.
+_ENSURE_METRICS = """
+INSERT INTO metrics (id, name, unit, description)
+SELECT nextval('metric_dynamic_ids'), f.name, f.unit, f.description
+FROM unnest(%s::text[], %s::text[], %s::text[]) AS f(name, unit, description)
+WHERE NOT EXISTS (SELECT 1 FROM metrics m WHERE m.name = f.name)
+ON CONFLICT (name) DO NOTHING
+"""
+
+
+async def ensure_metrics(cur: Cursor, fields: Mapping[str, tuple[str, str]]) -> None:
+    """Register metrics outside the catalog by name: ``{name: (unit, description)}``.
+
+    Known names are left as they are (and draw no id); a new one gets the next id from 10000
+    up. For the DCGM fields a streamer's allow-list keeps beyond the catalog.
+    """
+    if not fields:
+        return
+    names = sorted(fields)
+    await cur.execute(
+        _ENSURE_METRICS,
+        (names, [fields[n][0] for n in names], [fields[n][1] for n in names]),
+    )
 
 
 _BOUNDS: Final = (
@@ -159,7 +210,8 @@ async def store_datapoints(
     ``bounds`` are the transaction's own (``ingest_bounds``), read here when not given.
 
     Every datapoint's GPU and stream must already be registered (``upsert_gpus``,
-    ``streams.ensure_streams``), and its metric must be in the catalog.
+    ``streams.ensure_streams``), and its metric in the catalog or registered
+    (``ensure_metrics``).
     """
     if len(encoded) != len(ts_us):
         raise ValueError("encoded and ts_us differ in length")

@@ -1,4 +1,5 @@
-"""The CSV the streamer replays: loaded once at start, bad rows skipped and counted."""
+"""Where the streamer's data comes from: the CSV it replays (loaded once at start, bad rows
+skipped and counted), or the exporters it scrapes (``discovery``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from telemetry_model import CsvFormatError, DcgmCsvReader, open_csv
 
 from .metrics import StreamerMetrics
 from .replay import Row, prepare
+from .targets import Discovery, TargetError, parse_dns, split_list
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +20,29 @@ _LOGGED_ROWS: Final = 20
 
 
 class SourceError(Exception):
-    """The CSV cannot be replayed at all: unreadable, empty, a bad header, or no valid row."""
+    """The source cannot work at all: a CSV that is unreadable, empty, with a bad header or no
+    valid row; a scrape source without targets, or with a target that is not an address."""
+
+
+def discovery(
+    *, targets: str, targets_file: Path | None, dns: str, path: str = "/metrics"
+) -> Discovery:
+    """The scrape source's discovery; raise ``SourceError`` naming what is wrong."""
+    try:
+        found = Discovery(
+            static=split_list(targets),
+            file=targets_file,
+            dns=[parse_dns(d) for d in split_list(dns)],
+            path=path,
+        )
+    except TargetError as e:
+        raise SourceError(f"cannot scrape: {e}") from e
+    if not found.configured:
+        raise SourceError(
+            "cannot scrape: no targets (set STREAMER_SCRAPE_TARGETS, STREAMER_SCRAPE_TARGETS_FILE"
+            " or STREAMER_SCRAPE_DNS)"
+        )
+    return found
 
 
 def load(path: Path, metrics: StreamerMetrics) -> list[Row]:

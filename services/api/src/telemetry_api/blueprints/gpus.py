@@ -45,8 +45,25 @@ class GpuQuery(BaseModel):
     cursor: str | SkipJsonSchema[None] = Field(None, description=CURSOR_DOC)
 
 
+class MigInstance(BaseModel):
+    """Which GPU a MIG instance partitions, and how."""
+
+    parent_id: str | None = Field(
+        description="The id (uuid) of the physical GPU.", examples=[EXAMPLE_GPU]
+    )
+    profile: str | None = Field(
+        description="The GPU instance profile (dcgm-exporter's GPU_I_PROFILE).",
+        examples=["3g.40gb"],
+    )
+    instance: int = Field(description="The GPU instance id (GPU_I_ID).", examples=[1])
+
+
 class Gpu(BaseModel):
-    """A GPU: ``id`` is its uuid; ``index`` is only unique per host."""
+    """A GPU: ``id`` is its uuid; ``index`` is only unique per host.
+
+    A MIG instance is listed as a device of its own, next to its GPU: its id is the GPU's
+    uuid with ``:mig<GPU instance id>``, and it has ``mig``.
+    """
 
     id: str = Field(description="The GPU uuid, its identity.", examples=[EXAMPLE_GPU])
     hostname: str
@@ -56,6 +73,9 @@ class Gpu(BaseModel):
     driver_version: str | None
     first_seen: datetime = Field(description="Time of its first stored datapoint.")
     last_seen: datetime = Field(description="Time of its latest stored datapoint.")
+    mig: MigInstance | SkipJsonSchema[None] = Field(
+        None, description="Only for a MIG instance: its GPU, profile and instance id."
+    )
 
 
 class GpuPage(BaseModel):
