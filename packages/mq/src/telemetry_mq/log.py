@@ -561,42 +561,46 @@ class PartitionLog:
 
     # -- retention, close ------------------------------------------------------------------
 
-    def retain(
-        self, consumed: int, now_us: int, max_age_us: int | None, max_bytes: int | None
-    ) -> int:
-        """Delete old segments below ``consumed`` that are too old or over the size bound.
+    def first_consumed(self, consumed: int) -> Segment | None:
+        """The oldest segment if retention may delete it: closed, every record below
+        ``consumed`` and in the files (its buffered frames are written out first); else
+        ``None`` (the active, last segment never goes)."""
+        if len(self.segments) < 2 or self.segments[0].end_offset > consumed:
+            return None
+        seg = self.segments[0]
+        if seg.end_offset > self.written_offset:
+            self.write_out()  # a failed write keeps the frames, and the segment stays
+            if seg.end_offset > self.written_offset:
+                return None
+        return seg
 
-        The active (last) segment is never deleted, nor one with frames not written yet.
-        Returns the number of segments deleted.
-        """
+    def drop_first(self) -> Segment | None:
+        """Delete the oldest segment and its file (``first_consumed`` said it may go); ``None``
+        when the file could not be deleted (nothing is lost: the next round tries again)."""
         if self._pending:
             self.write_out()  # no buffered frame may recreate a deleted file later
-        deleted = 0
-        written = self.written_offset
-        while len(self.segments) > 1:
-            seg = self.segments[0]
-            if seg.end_offset > consumed or seg.end_offset > written:
-                break
-            too_old = max_age_us is not None and now_us - seg.last_ts > max_age_us
-            too_big = max_bytes is not None and self.size_bytes > max_bytes
-            if not (too_old or too_big):
-                break
-            seg.close()
-            try:
-                _fileio.remove(seg.path, missing_ok=True)
-            except OSError as e:  # nothing is lost: the next round tries again
-                log.error("retention could not delete %s: %s", seg.path, e)
-                break
-            self.segments.pop(0)
-            self._bases.pop(0)
-            deleted += 1
-            log.info(
-                "retention deleted %s (offsets %d-%d)",
-                seg.path,
-                seg.base_offset,
-                seg.end_offset - 1,
-            )
-        return deleted
+        seg = self.segments[0]
+        seg.close()
+        try:
+            _fileio.remove(seg.path, missing_ok=True)
+        except OSError as e:
+            log.error("retention could not delete %s: %s", seg.path, e)
+            return None
+        self.segments.pop(0)
+        self._bases.pop(0)
+        log.info(
+            "retention deleted %s (offsets %d-%d, %d bytes)",
+            seg.path,
+            seg.base_offset,
+            seg.end_offset - 1,
+            seg.size,
+        )
+        return seg
+
+    def roll_soon(self) -> None:
+        """Start a new segment at the next append, so the active one can be deleted once
+        consumed (retention under disk pressure asks for it)."""
+        self._roll_wanted = True
 
     def close(self) -> None:
         """Close every descriptor (after the committer has stopped, ``write_out`` and the
