@@ -41,7 +41,11 @@ def records_blueprint(runtime: Runtime, fast: FastPath) -> Blueprint:
 
     @fast.post(bp, "/<topic>/records/", PublishRequest, (PublishResponse, 200))
     async def publish(req: FastRequest, topic: str) -> FastResponse:
-        """Publish records; answered after they are durable. 429 + Retry-After when full."""
+        """Publish records; answered after they are durable.
+
+        429 + Retry-After when the topic's backlog (``BACKLOG_FULL``) or the broker's data
+        volume (``DISK_FULL``) is full.
+        """
         broker = runtime.broker
         try:
             records = decode_publish(req.body)
