@@ -100,3 +100,6 @@ refuse "collector.replicaCount is at most 10" --set collector.replicaCount=11 \
   --set connectionBudget.maxConnections=300
 refuse "externalDatabase.existingSecret is required" --set postgresql.enabled=false
 refuse "postgresql.auth.passwordKey is required" --set postgresql.auth.passwordKey=
+refuse "too small for the broker's disk budget" --set broker.persistence.size=1Gi
+refuse "does not fit broker.persistence.size" --set broker.storage.retentionBytes=4Gi
+refuse "slackPercent (5) must be at least" --set broker.storage.slackPercent=5
