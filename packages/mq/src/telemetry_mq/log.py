@@ -15,7 +15,7 @@ from typing import Final
 from . import _fileio
 from ._fileio import fsync_dir, write_all
 from .errors import CorruptLogError, StorageError
-from .protocol import BODY_HEAD, FRAME_HEAD, PREFIX, decode_frames
+from .protocol import BODY_HEAD, FRAME_HEAD, PREFIX, decode_frame_list
 from .segment import INDEX_BYTES, SUFFIX, Segment, load_segment, segment_name
 
 log = logging.getLogger(__name__)
@@ -236,18 +236,18 @@ class PartitionLog:
         self._remember(offset, seg.base_pos + pos)
         return pos
 
-    def _pos_bound(self, seg: Segment, offset: int) -> tuple[int, bool]:
-        """A position in ``seg``'s file at or past ``offset``'s, without a file read (the exact
-        one if known, else its index entry's or the next one's); whether it is exact."""
+    def _pos_bound(self, seg: Segment, offset: int) -> int:
+        """A position in ``seg``'s file at or past ``offset``'s, without a file read: the exact
+        one if known, else its index entry's or the next one's."""
         if offset >= seg.end_offset:
-            return seg.size, True
+            return seg.size
         tail_start = self._tail_start
         if offset >= tail_start:
-            return self._tail_pos[offset - tail_start] - seg.base_pos, True
+            return self._tail_pos[offset - tail_start] - seg.base_pos
         known = self._known.get(offset)
         if known is not None:
-            return known - seg.base_pos, True
-        return min(seg.pos_bound(offset), seg.written), False  # only what is in the file
+            return known - seg.base_pos
+        return min(seg.pos_bound(offset), seg.written)  # only what is in the file
 
     def _remember(self, offset: int, pos: int) -> None:
         if len(self._known) >= _KNOWN_POSITIONS:
@@ -516,19 +516,17 @@ class PartitionLog:
         stop = min(stop, tail_start)
         count = stop - start
         first = self._pos_in(seg, start)
-        end, exact = self._pos_bound(seg, stop)
+        end = self._pos_bound(seg, stop)
         if end - first > max_bytes:
             data = seg.read_at(first, max(max_bytes, PREFIX.size))
-            count, length = _whole_frames(data, count)
+            count = _whole_frames(data, count)
             if count == 0:  # the first record alone is larger: read it whole
-                length = PREFIX.size + PREFIX.unpack_from(data)[0]
-                data = seg.read_at(first, length)
+                data = seg.read_at(first, PREFIX.size + PREFIX.unpack_from(data)[0])
                 count = 1
-            end, exact = first + length, True
         else:  # (up to a few KiB past ``stop`` when its position is not known exactly)
             data = seg.read_at(first, end - first)
         try:
-            records = list(decode_frames(data, count))
+            records, length = decode_frame_list(data, count)
         except (ValueError, UnicodeDecodeError) as e:
             raise CorruptLogError(
                 str(e),
@@ -538,8 +536,9 @@ class PartitionLog:
                 partition=self.partition,
                 offset=start,
             ) from e
-        if exact:  # the next read starts here
-            self._remember(start + count, seg.base_pos + end)
+        # Where the next read starts, and where a committed offset often lands (a lease's end):
+        # remembered, so neither needs a walk from the index.
+        self._remember(start + count, seg.base_pos + first + length)
         return records
 
     def read_offsets(self, offsets: Sequence[int]) -> list[Record]:
@@ -612,8 +611,8 @@ class PartitionLog:
             self._wfd = None
 
 
-def _whole_frames(data: bytes, most: int) -> tuple[int, int]:
-    """How many whole frames (at most ``most``) ``data`` starts with, and their bytes."""
+def _whole_frames(data: bytes, most: int) -> int:
+    """How many whole frames (at most ``most``) ``data`` starts with."""
     unpack = PREFIX.unpack_from
     end = len(data)
     count = at = 0
@@ -623,4 +622,4 @@ def _whole_frames(data: bytes, most: int) -> tuple[int, int]:
             break
         at = nxt
         count += 1
-    return count, at
+    return count
