@@ -126,3 +126,28 @@ async def cur(pool: aiopg.Pool) -> AsyncIterator[object]:
             yield c
         finally:
             await c.execute("ROLLBACK")
+
+
+async def raw_partitions(cur, *times) -> None:
+    """Give the days of ``times`` (datetimes) raw partitions, for tests that insert rows by hand
+    (the write path creates the partitions it needs by itself)."""
+    from telemetry_model import to_micros
+    from telemetry_store import create_partitions
+
+    await create_partitions(cur, "telemetry", 86_400_000_000, [to_micros(t) for t in times])
+
+
+def is_raw_partition(relation: str | None) -> bool:
+    """Whether a plan's relation is a partition of telemetry (plans name partitions)."""
+    return relation is not None and (
+        relation.startswith("telemetry_p") or relation in ("telemetry_early", "telemetry_far")
+    )
+
+
+async def insert_old_schema(cur, encoded) -> int:
+    """The write path of the schema before telemetry was partitioned (migration 0020)."""
+    from telemetry_store.writes import _INSERT_TELEMETRY
+
+    sql = _INSERT_TELEMETRY.replace("ON CONFLICT (stream_id, seq, ts) DO NOTHING", "")
+    await cur.execute(sql, ((b"[" + b",".join(encoded) + b"]").decode(),))
+    return int(cur.rowcount)

@@ -85,6 +85,8 @@ refuse() {
 refuse "connection budget exceeded" --set api.autoscaling.enabled=true
 refuse "connection budget exceeded" --set collector.env.COLLECTOR_WORKERS=64
 refuse "connection budget exceeded" --set connectionBudget.reserved=95
+refuse "postgresql volume too small for the retention" --set postgresql.persistence.size=8Gi
+refuse "retention must not shrink" --set maintenance.rawRetentionDays=100
 # Ten collectors need a bigger connection budget than the default: keep it out of these cases.
 lag=(--set collector.autoscaling.enabled=true --set connectionBudget.maxConnections=300)
 keda=("${lag[@]}" --set collector.autoscaling.scaler=keda)

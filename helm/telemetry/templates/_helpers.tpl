@@ -606,8 +606,67 @@ rolling update's surge (25 %, rounded up).
 {{- $total = add $total $n }}
 {{- $parts = append $parts (printf "%s %d" $component $n) }}
 {{- end }}
+{{- if .Values.maintenance.enabled }}
+{{- /* The maintenance CronJob: one connection (concurrencyPolicy Forbid). */}}
+{{- $total = add $total 1 }}
+{{- $parts = append $parts "maintenance 1" }}
+{{- end }}
 {{- $allowed := sub (int $b.maxConnections) (int $b.reserved) }}
 {{- if gt $total $allowed }}
 {{- fail (printf "connection budget exceeded: the services may open %d PostgreSQL connections (%s) but connectionBudget allows %d (maxConnections %v - reserved %v); lower replicas, API_POOL_MAX_SIZE or COLLECTOR_WORKERS, or raise connectionBudget.maxConnections" $total (join ", " $parts) $allowed $b.maxConnections $b.reserved) }}
+{{- end }}
+{{- end }}
+
+{{/*
+A Kubernetes quantity (512Mi, 8Gi, 1Ti, 100G, bytes) in GiB, as a float.
+*/}}
+{{- define "telemetry.quantityGiB" -}}
+{{- $q := toString . }}
+{{- $digits := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- if not $digits }}{{ fail (printf "not a storage quantity: %q" $q) }}{{ end }}
+{{- $unit := trimPrefix $digits $q }}
+{{- $per := dict "" (divf 1.0 1073741824.0) "Ki" (divf 1.0 1048576.0) "Mi" (divf 1.0 1024.0) "Gi" 1.0 "Ti" 1024.0 "Pi" 1048576.0 "k" (divf 1000.0 1073741824.0) "M" (divf 1000000.0 1073741824.0) "G" (divf 1000000000.0 1073741824.0) "T" (divf 1000000000000.0 1073741824.0) }}
+{{- if not (hasKey $per $unit) }}{{ fail (printf "not a storage quantity: %q" $q) }}{{ end }}
+{{- mulf (float64 $digits) (index $per $unit) }}
+{{- end }}
+
+{{/*
+What the PostgreSQL volume must hold with the maintenance job's retention, in GiB (docs/deployment.md):
+raw datapoints for rawRetentionDays + 1 days (a day's partition is dropped once it is wholly past the
+retention), 1-minute rollups for their retention + one 7-day partition, 1-hour rollups for theirs +
+one 28-day partition, the WAL, and headroomPercent on top. Prints "total raw m1 h1" (GiB).
+*/}}
+{{- define "telemetry.postgresql.neededGiB" -}}
+{{- $s := .Values.postgresql.sizing }}
+{{- $m := .Values.maintenance }}
+{{- $gib := 1073741824.0 }}
+{{- $raw := divf (mulf (float64 $s.datapointsPerSecond) 86400.0 (float64 $s.bytesPerDatapoint) (addf (float64 $m.rawRetentionDays) 1.0)) $gib }}
+{{- $m1 := divf (mulf (float64 $s.series) 1440.0 (float64 $s.bytesPerRollupRow) (addf (float64 $m.rollup1mRetentionDays) 7.0)) $gib }}
+{{- $h1 := divf (mulf (float64 $s.series) 24.0 (float64 $s.bytesPerRollupRow) (addf (float64 $m.rollup1hRetentionDays) 28.0)) $gib }}
+{{- $total := mulf (addf $raw $m1 $h1 (float64 $s.walGiB)) (addf 1.0 (divf (float64 $s.headroomPercent) 100.0)) }}
+{{- printf "%d %.1f %.1f %.1f" (int (ceil $total)) $raw $m1 $h1 }}
+{{- end }}
+
+{{/*
+The PostgreSQL claim's size: persistence.size, checked against what the retention needs, or when
+empty exactly that. Without the maintenance job nothing is ever dropped and no size is enough: the
+size given is used as it is (and must be given).
+*/}}
+{{- define "telemetry.postgresql.size" -}}
+{{- $p := .Values.postgresql.persistence }}
+{{- if not .Values.maintenance.enabled }}
+{{- required "postgresql.persistence.size is required when maintenance.enabled is false" $p.size }}
+{{- else }}
+{{- $need := splitList " " (include "telemetry.postgresql.neededGiB" .) }}
+{{- $total := int (index $need 0) }}
+{{- if not $p.size }}
+{{- printf "%dGi" $total }}
+{{- else }}
+{{- $have := include "telemetry.quantityGiB" $p.size | float64 }}
+{{- if lt $have (float64 $total) }}
+{{- fail (printf "postgresql volume too small for the retention: persistence.size %s but the data needs %d GiB (raw %s GiB for %v days at %v datapoints/s, 1-minute rollups %s GiB, 1-hour rollups %s GiB, WAL %v GiB, +%v%%); raise the size, lower maintenance.*RetentionDays, or leave the size empty to have it computed (docs/deployment.md)" $p.size $total (index $need 1) .Values.maintenance.rawRetentionDays .Values.postgresql.sizing.datapointsPerSecond (index $need 2) (index $need 3) .Values.postgresql.sizing.walGiB .Values.postgresql.sizing.headroomPercent) }}
+{{- end }}
+{{- $p.size }}
+{{- end }}
 {{- end }}
 {{- end }}

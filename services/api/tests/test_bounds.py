@@ -18,6 +18,11 @@ from tests.helpers import wait_for
 from .conftest import Dataset, settings_for
 
 GPU = "GPU-5fd4f087-86f3-7a43-b711-4771313afc50"
+# The day's partition for rows inserted by hand (the write path creates what it needs).
+_PARTITION = (
+    "SELECT telemetry_create_partition('telemetry', 'telemetry_p20250718',"
+    " '2025-07-18 00:00+00', '2025-07-19 00:00+00');"
+)
 
 
 @pytest.fixture
@@ -29,6 +34,7 @@ async def small(db, fresh_database_url) -> str:
             " INSERT INTO gpus (uuid, hostname, gpu_index, device, model, first_seen, last_seen)"
             " VALUES ('GPU-1', 'host-1', 0, 'nvidia0', 'H100', '2025-07-18 20:00+00',"
             " '2025-07-18 20:00:30+00');"
+            f" {_PARTITION}"
             " INSERT INTO telemetry (gpu_id, ts, metric_id, value, stream_id, seq)"
             " SELECT g.id, '2025-07-18 20:00+00'::timestamptz + i * interval '10 s', 1, i, s.id, i"
             " FROM gpus g, streams s, generate_series(0, 3) i"
@@ -171,6 +177,7 @@ async def test_stored_times_outside_python_s_years_never_answer_500(db, fresh_da
             " INSERT INTO gpus (uuid, hostname, gpu_index, device, model, first_seen, last_seen)"
             " VALUES ('GPU-odd', 'host-odd', 0, 'nvidia0', 'H100', '2025-07-18 20:00+00',"
             " '20983-03-01 12:00:00.5+00');"
+            f" {_PARTITION}"
             " INSERT INTO telemetry (gpu_id, ts, metric_id, value, stream_id, seq)"
             " SELECT g.id, t, 1, 1.5, s.id, n FROM gpus g, streams s,"
             " unnest(ARRAY['0044-03-15 10:00+00 BC', '2025-07-18 20:00+00',"

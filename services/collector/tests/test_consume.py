@@ -132,3 +132,35 @@ async def test_batches_of_several_partitions_are_stored_together(mq, db):
         {"topic": "multi", "consumer_group": GROUP, "outcome": "stored"},
     ) == len(batches)
     assert await mq.fetch_many("multi", GROUP, max_wait=0.2, ack=batches) == []
+
+
+async def test_datapoints_past_the_horizon_are_acked_not_stored_and_late_ones_marked(
+    mq, db, consumer_factory
+):
+    # records() stamps times from 1_700_000_000 s on: put the raw retention's horizon after the
+    # first 100 and the rollups' sealed minute after all of them.
+    async with db.acquire() as conn, conn.cursor() as cur:
+        await cur.execute(
+            "UPDATE telemetry_bounds SET accept_from = 'epoch'::timestamptz"
+            " + (1700000000000000 + 100) * interval '1 microsecond',"
+            " sealed_to = 'epoch'::timestamptz + 1800000000 * interval '1 second'"
+        )
+    consumer, registry = consumer_factory()
+    await mq.publish(TOPIC, records(300))
+    batch = await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=2.0)
+    assert batch is not None and await consumer.handle(batch)
+    assert await count(db) == 200
+
+    def sample(name: str) -> float | None:
+        return registry.get_sample_value(
+            f"telemetry_collector_datapoints_{name}_total", {"topic": TOPIC}
+        )
+
+    assert (sample("stored"), sample("expired"), sample("duplicate"), sample("late")) == (
+        200, 100, 0, 200,
+    )  # fmt: skip
+    async with db.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT count(DISTINCT minute) FROM telemetry_late")
+        assert (await cur.fetchone())[0] == 1  # 200 datapoints a microsecond apart: one minute
+    # Acked like any stored batch: nothing comes back.
+    assert await mq.fetch(TOPIC, GROUP, max_records=1000, max_wait=0.2, ack=batch) is None

@@ -34,6 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=float(os.environ.get("DEV_RATE", "2470")),
         help="datapoints per second per streamer (0 = unlimited)",
     )
+    p.add_argument(
+        "--maintenance-every",
+        type=float,
+        default=float(os.environ.get("DEV_MAINTENANCE_EVERY", "60")),
+        help="seconds between runs of the storage maintenance job in the API (0 = never)",
+    )
     p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DEV_DATA_DIR", ".data")))
     p.add_argument(
         "--csv",
@@ -91,6 +97,7 @@ async def run(args: argparse.Namespace, dsn: str) -> int:
             collectors=args.collectors,
             api_port=args.api_port,
             rate=args.rate,
+            maintenance_interval=args.maintenance_every,
         )
     )
     stop = asyncio.Event()

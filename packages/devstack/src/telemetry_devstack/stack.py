@@ -27,6 +27,9 @@ class StackConfig:
     rate: float = 2470.0
     topic: str = "telemetry"
     log_format: str = "text"
+    # The API runs the storage's maintenance job (partitions ahead, rollups, retention) this
+    # often; 0 turns it off.
+    maintenance_interval: float = 60.0
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -81,7 +84,14 @@ class Stack:
         for _ in range(c.collectors):
             self.collectors.append(self._collector())
         self.api = self._service(
-            "api", "telemetry_api", "API", {"database_url": c.database_url}, c.api_port
+            "api",
+            "telemetry_api",
+            "API",
+            {
+                "database_url": c.database_url,
+                "maintenance_interval": str(c.maintenance_interval),
+            },
+            c.api_port,
         )
         for _ in range(c.streamers):
             self.streamers.append(self._streamer())

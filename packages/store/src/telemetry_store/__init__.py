@@ -7,6 +7,7 @@ from .errors import (
     StoreError,
     UnknownStreamError,
 )
+from .maintenance import JOB_LOCK, Policy, Report, run_maintenance
 from .migrate import (
     ADVISORY_LOCK_ID,
     Migration,
@@ -14,11 +15,17 @@ from .migrate import (
     migrate,
     migrate_when_reachable,
 )
+from .partitions import (
+    PARTITION_LOCK,
+    Partition,
+    create_partitions,
+    create_range,
+    ensure_raw_partitions,
+    list_partitions,
+)
 from .pool import Cursor, Probe, bounded, create_pool, cursor, describe, ping, transaction
 from .reads import (
     AGGREGATES,
-    BEGIN_US,
-    END_US,
     Aggregate,
     BucketJsonPage,
     BucketKey,
@@ -31,7 +38,6 @@ from .reads import (
     Point,
     PointKey,
     Window,
-    at,
     buckets_json_query,
     find_gpu,
     find_gpu_json,
@@ -45,6 +51,7 @@ from .reads import (
     window_json_query,
     window_query,
 )
+from .rollups import RollupState, Segment, cover, rollup_state
 from .streams import (
     Claim,
     claim,
@@ -55,10 +62,41 @@ from .streams import (
     release,
     renew,
 )
-from .writes import GpuSighting, insert_datapoints, upsert_gpus
+from .timesql import BEGIN_US, END_US, at
+from .writes import (
+    BEGIN_INGEST,
+    INGEST_LOCK,
+    GpuSighting,
+    IngestBounds,
+    Stored,
+    ingest_bounds,
+    insert_datapoints,
+    store_datapoints,
+    upsert_gpus,
+)
 
 __all__ = [
     "ADVISORY_LOCK_ID",
+    "BEGIN_INGEST",
+    "INGEST_LOCK",
+    "IngestBounds",
+    "ingest_bounds",
+    "JOB_LOCK",
+    "PARTITION_LOCK",
+    "Partition",
+    "Policy",
+    "Report",
+    "RollupState",
+    "Segment",
+    "Stored",
+    "cover",
+    "create_partitions",
+    "create_range",
+    "ensure_raw_partitions",
+    "list_partitions",
+    "rollup_state",
+    "run_maintenance",
+    "store_datapoints",
     "AGGREGATES",
     "BEGIN_US",
     "END_US",

@@ -99,14 +99,15 @@ def _cancelled_by_server(error: asyncio.CancelledError) -> QueryCancelledError |
 
 
 @asynccontextmanager
-async def transaction(pool: aiopg.Pool) -> AsyncIterator[Cursor]:
+async def transaction(pool: aiopg.Pool, *, begin: str = "BEGIN") -> AsyncIterator[Cursor]:
     """A cursor inside ``BEGIN``; ``COMMIT`` on success, ``ROLLBACK`` on any error.
 
-    When the rollback itself fails (the connection is gone), the connection is closed and
-    the original error raised.
+    ``begin`` may add statements to the same round trip (``"BEGIN; SELECT ..."``: the cursor
+    then holds the last one's rows). When the rollback itself fails (the connection is
+    gone), the connection is closed and the original error raised.
     """
     async with pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute("BEGIN")
+        await cur.execute(begin)
         try:
             try:
                 yield cur

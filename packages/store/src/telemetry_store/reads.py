@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -24,10 +25,12 @@ from typing import Any, Final, Literal
 
 import orjson
 import psycopg2.errors
-from psycopg2.extensions import TRANSACTION_STATUS_IDLE, ISQLQuote
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from telemetry_model import METRICS, to_micros
 
 from .pool import Cursor
+from .rollups import Segment, cover, rollup_state
+from .timesql import BEGIN_US, END_US, _micros, at
 
 Aggregate = Literal["avg", "min", "max"]
 AGGREGATES: Final[tuple[Aggregate, ...]] = ("avg", "min", "max")
@@ -123,60 +126,6 @@ class BucketKey:
     metric_id: int
 
 
-# PostgreSQL's timestamps run from 4714-11-24 BC to 294276-12-31 AD: in microseconds since
-# the Unix epoch, BEGIN_US <= t < END_US. Keys of ±infinity (a value only a hand-written
-# INSERT can store) are END_US and BEGIN_US - 1, just outside.
-BEGIN_US: Final = -210_866_803_200_000_000
-END_US: Final = 9_224_318_016_000_000_000
-_DAY_US: Final = 86_400_000_000
-
-
-class at:  # noqa: N801 - reads as SQL: at(key.ts_us)
-    """A time given in microseconds since the Unix epoch, as an SQL ``timestamptz`` parameter.
-
-    Any time PostgreSQL holds, and ±infinity for keys outside its range (see ``BEGIN_US``):
-    the SQL adds whole days and microseconds to the epoch as a plain timestamp, exact and
-    free of time zones, so no Python datetime (years 1-9999 only) is involved.
-    """
-
-    __slots__ = ("micros",)
-
-    def __init__(self, micros: int) -> None:
-        self.micros = micros
-
-    def __conform__(self, protocol: object) -> at | None:
-        return self if protocol is ISQLQuote else None
-
-    def getquoted(self) -> bytes:
-        """The SQL of this time (psycopg2's adaptation protocol)."""
-        if self.micros >= END_US:
-            return b"'infinity'::timestamptz"
-        if self.micros < BEGIN_US:
-            return b"'-infinity'::timestamptz"
-        days, micros = divmod(self.micros, _DAY_US)
-        return (
-            f"((timestamp '1970-01-01' + {days} * interval '1 day'"
-            f" + {micros} * interval '1 microsecond') AT TIME ZONE 'UTC')"
-        ).encode()
-
-    def __repr__(self) -> str:
-        return f"at({self.micros})"
-
-
-def _micros(column: str) -> str:
-    """SQL of the timestamptz ``column`` as microseconds since the Unix epoch (numeric:
-    exact for every time PostgreSQL holds; ±infinity as the keys ``at`` reads back).
-
-    Through an interval from 2000-01-01, PostgreSQL's own epoch: ``extract(epoch FROM ts)``
-    loses microseconds in the last decades of the range, where they overflow an int64."""
-    return (
-        f"CASE WHEN {column} = 'infinity' THEN {END_US}"
-        f" WHEN {column} = '-infinity' THEN {BEGIN_US - 1}"
-        f" ELSE extract(epoch FROM {column} - timestamptz '2000-01-01 00:00:00+00') * 1000000"
-        " + 946684800000000 END"
-    )
-
-
 _GPU_COLUMNS: Final = (
     "g.id, g.uuid, g.hostname, g.gpu_index, g.device, g.model, g.driver_version,"
     " g.first_seen, g.last_seen"
@@ -186,7 +135,11 @@ _GPU_COLUMNS: Final = (
 def _gpus_query(
     *, limit: int, hostname: str | None = None, after: GpuKey | None = None
 ) -> tuple[str, dict[str, Any]]:
-    where = ["EXISTS (SELECT 1 FROM telemetry t WHERE t.gpu_id = g.id)"]
+    # Raw datapoints, or (once those are past their retention) the hourly rollups.
+    where = [
+        "(EXISTS (SELECT 1 FROM telemetry t WHERE t.gpu_id = g.id)"
+        " OR EXISTS (SELECT 1 FROM telemetry_1h h WHERE h.gpu_id = g.id))"
+    ]
     params: dict[str, Any] = {"limit": limit}
     if hostname is not None:
         where.append("g.hostname = %(hostname)s")
@@ -527,7 +480,8 @@ async def read_window_json(
 class BucketJsonPage:
     """A page of a bucketed series rendered as JSON by PostgreSQL (see ``read_buckets_json``).
 
-    ``scanned`` is how many datapoints the page aggregated; more than the ``max_rows`` asked
+    ``scanned`` is how many rows the page read (datapoints, or rollup rows where rollups
+    serve); more than the ``max_rows`` asked
     for means the window holds more than that, and the page is incomplete.
     """
 
@@ -535,6 +489,18 @@ class BucketJsonPage:
     count: int
     last: BucketKey | None
     scanned: int
+
+
+def _window_us(window: Window, after: BucketKey | None) -> tuple[int, int]:
+    """The window as ``[lo, hi)`` in microseconds, narrowed to the buckets after ``after``."""
+    lo = to_micros(window.start) if window.start is not None else BEGIN_US
+    hi = to_micros(window.end) + 1 if window.end is not None else END_US
+    if after is not None:
+        lo = max(lo, after.start_us)
+    return lo, hi
+
+
+_AGGREGATE_SQL: Final = {"avg": "sum(s) / sum(n)", "min": "min(lo)", "max": "max(hi)"}
 
 
 def buckets_json_query(
@@ -546,8 +512,13 @@ def buckets_json_query(
     limit: int,
     max_rows: int,
     after: BucketKey | None = None,
+    segments: Sequence[Segment] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The SQL and parameters of ``read_buckets_json`` (exposed for ``EXPLAIN``)."""
+    """The SQL and parameters of ``read_buckets_json`` (exposed for ``EXPLAIN``).
+
+    ``segments`` say which source serves which part of the window (``rollups.cover``);
+    by default the raw datapoints serve all of it.
+    """
     if aggregate not in AGGREGATES:
         raise ValueError(f"unknown aggregate {aggregate!r}")
     if step <= timedelta(0):
@@ -557,37 +528,62 @@ def buckets_json_query(
         "step": step,
         "origin": origin,
         "scan": max_rows + 1,
+        "gpu_id": window.gpu_id,
     }
-    where = _window_filter(window, params)
+    if segments is None:
+        lo, hi = _window_us(window, after)
+        segments = [Segment("telemetry", lo, hi)]
     resume = ""
     if after is not None:
-        # The bound lets the index skip earlier rows; the row comparison is exact.
-        where.append("ts >= %(a_start)s")
         resume = "WHERE (bucket, metric_id) > (%(a_start)s, %(a_metric)s)"
         params.update(a_start=at(after.start_us), a_metric=after.metric_id)
-    columns = "ts, metric_id, value"
-    if window.metric_ids:
-        scan = _per_metric(columns, where, "", params, window.metric_ids)
-    else:
-        scan = f"SELECT {columns} FROM telemetry WHERE {' AND '.join(where)}"
-    # At most max_rows + 1 datapoints are read, whatever the window holds: one more than
-    # allowed tells the caller the window is too large. Only then are they aggregated.
+    parts = []
+    for i, seg in enumerate(segments):
+        params[f"lo{i}"], params[f"hi{i}"] = at(seg.lo_us), at(seg.hi_us)
+        if seg.source == "telemetry":
+            where = ["gpu_id = %(gpu_id)s", f"ts >= %(lo{i})s", f"ts < %(hi{i})s"]
+            columns = "ts AS t, metric_id, 1 AS n, value AS s, value AS lo, value AS hi"
+            if window.metric_ids:
+                parts.append(_per_metric(columns, where, "", params, window.metric_ids))
+            else:
+                parts.append(f"SELECT {columns} FROM telemetry WHERE {' AND '.join(where)}")
+        else:
+            metrics = ""
+            if window.metric_ids:
+                params["metric_ids"] = list(window.metric_ids)
+                metrics = " AND metric_id = ANY(%(metric_ids)s::smallint[])"
+            parts.append(
+                "SELECT bucket AS t, metric_id, count AS n, sum AS s, min AS lo, max AS hi"
+                f" FROM {seg.source} WHERE gpu_id = %(gpu_id)s"
+                f" AND bucket >= %(lo{i})s AND bucket < %(hi{i})s{metrics}"
+            )
+    union = (
+        " UNION ALL ".join(f"({p})" for p in parts)
+        if parts
+        else (
+            "SELECT NULL::timestamptz AS t, NULL::smallint AS metric_id, 0 AS n,"
+            " 0::float8 AS s, 0::float8 AS lo, 0::float8 AS hi WHERE false"
+        )
+    )
+    # At most max_rows + 1 rows (datapoints, or rollup rows where rollups serve) are read,
+    # whatever the window holds: one more than allowed tells the caller the window is too
+    # large. Only then are they aggregated.
     item = (
         f"replace({_POINT_HEAD}, chr(1), {_rfc3339('bucket')}) || {_value('value')}"
         " || ',\"count\":' || n || '}'"
     )
     last = "FILTER (WHERE k = %(page)s)"
     sql = (
-        "WITH b AS MATERIALIZED ("
-        f" SELECT date_bin(%(step)s, ts, %(origin)s) AS bucket, metric_id,"
-        f" {aggregate}(value) AS value, count(*) AS n"
-        f" FROM ({scan} LIMIT %(scan)s) s GROUP BY 1, 2),"
+        f"WITH s AS MATERIALIZED (SELECT * FROM ({union}) u LIMIT %(scan)s),"
+        " b AS MATERIALIZED ("
+        " SELECT date_bin(%(step)s, t, %(origin)s) AS bucket, metric_id,"
+        f" {_AGGREGATE_SQL[aggregate]} AS value, sum(n) AS n FROM s GROUP BY 1, 2),"
         " r AS (SELECT bucket, metric_id, value, n,"
         f" row_number() OVER (ORDER BY bucket, metric_id) AS k FROM b {resume})"
         f" SELECT coalesce(string_agg({item}, ',' ORDER BY k) FILTER (WHERE k <= %(page)s), ''),"
         " count(*) FILTER (WHERE k <= %(page)s),"
         f" {_micros(f'max(bucket) {last}')}, max(metric_id) {last}, max(k) > %(page)s,"
-        " (SELECT coalesce(sum(n), 0) FROM b)"
+        " (SELECT count(*) FROM s)"
         " FROM r"
     )
     return sql, params
@@ -608,8 +604,20 @@ async def read_buckets_json(
     PostgreSQL as the API serves them: ``{"time", "metric", "unit", "value", "count"}``.
 
     Buckets are ordered by start time, then metric; only non-empty buckets are returned,
-    up to ``limit``. At most ``max_rows`` + 1 datapoints are read (see ``BucketJsonPage``).
+    up to ``limit``. Each part of the window is read from the coarsest source that answers
+    it exactly (``rollups.cover``): the 1-hour or 1-minute rollups where the step and origin
+    allow and they are complete, raw datapoints for the rest. At most ``max_rows`` + 1 rows
+    are read (see ``BucketJsonPage``).
     """
+    lo, hi = _window_us(window, after)
+    state = await rollup_state(cur, lo, hi)
+    segments = cover(
+        lo,
+        hi,
+        step_us=step // timedelta(microseconds=1),
+        origin_us=to_micros(origin),
+        state=state,
+    )
     sql, params = buckets_json_query(
         window,
         step=step,
@@ -618,6 +626,7 @@ async def read_buckets_json(
         limit=limit,
         max_rows=max_rows,
         after=after,
+        segments=segments,
     )
     await cur.execute(sql, params)
     items, count, start_us, metric_id, more, scanned = await cur.fetchone()
@@ -673,7 +682,7 @@ _GPU_STATE: Final = (
     " FROM (SELECT m.id AS metric_id, l.ts, l.value FROM metrics m CROSS JOIN LATERAL ("
     "  SELECT t.ts, t.value FROM telemetry t WHERE t.gpu_id = g.id AND t.metric_id = m.id"
     "  ORDER BY t.ts DESC, t.stream_id DESC, t.seq DESC LIMIT 1) l) v), '') || ']}'"
-    " FROM gpus g WHERE g.uuid = %s"
+    " FROM gpus g WHERE g.uuid = %(uuid)s"
 )
 
 
@@ -685,7 +694,8 @@ async def find_gpu_json(cur: Cursor, uuid: str) -> str | None:
     "last_seen", "metrics": [{"metric", "unit", "value", "time"}, ...]}`` (catalog order),
     byte for byte what orjson makes of it; every time renders (see ``_rfc3339``).
     """
-    await cur.execute(_GPU_STATE, (uuid,))
+    # Prepared: planning ten lateral reads over every partition costs more than running them.
+    await _execute_prepared(cur, _GPU_STATE, {"uuid": uuid})
     row = await cur.fetchone()
     return None if row is None else str(row[0])
 

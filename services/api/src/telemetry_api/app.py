@@ -20,7 +20,8 @@ from telemetry_store import Probe, create_pool, ping
 
 from .blueprints import assets, catalog, gpus, telemetry
 from .db import STATE_KEY, ApiState
-from .metrics import ApiMetrics
+from .maintenance import MaintenanceSettings, run_every
+from .metrics import MAINTENANCE_REFRESH, ApiMetrics
 from .problems import register_error_handlers
 from .settings import Settings
 from .spec import ApiOpenAPIProvider
@@ -34,6 +35,10 @@ time windows of datapoints (raw or bucketed), and the metric catalog.
 
 Times are RFC 3339 with a UTC offset. Lists are paged: pass `next_cursor` back as
 `cursor`, or follow `next`. Errors are `application/problem+json` with a stable `code`.
+
+Retention (defaults; a deployment sets its own): raw datapoints are kept 7 days, 1-minute
+aggregates 90 days and 1-hour aggregates 2 years. Bucketed queries (`step`) of whole minutes
+or hours read the aggregates where they can, with the same answer as the raw datapoints.
 """
 TAGS: Final = [
     Tag(name="GPUs", description="The GPUs that have telemetry, and their latest state."),
@@ -57,8 +62,12 @@ class OrjsonProvider(DefaultJSONProvider):
         return Response(body, mimetype=self.mimetype)
 
 
-def create_app(settings: Settings) -> Quart:
-    """Build the API app; the database pool opens when serving starts."""
+def create_app(settings: Settings, *, maintenance: MaintenanceSettings | None = None) -> Quart:
+    """Build the API app; the database pool opens when serving starts.
+
+    With ``settings.maintenance_interval`` the app also runs the maintenance job that often,
+    with ``maintenance``'s policy (defaults when ``None``).
+    """
     registry = CollectorRegistry()
     api = ApiState(settings=settings, metrics=ApiMetrics(registry))
     app = base_app(
@@ -99,20 +108,58 @@ def create_app(settings: Settings) -> Quart:
             statement_timeout=settings.statement_timeout,
         )
         api.probe = Probe(dsn, timeout=settings.ready_timeout)
+        stopping = asyncio.Event()
         try:
             # Concurrent pings hold pool_min_size connections at once, so that many stay open.
             await asyncio.gather(*(ping(api.pool) for _ in range(settings.pool_min_size)))
         except (psycopg2.Error, OSError, TimeoutError) as e:
             log.warning("database not reachable at start: %s", e)
+        tasks: list[asyncio.Task[Any]] = [asyncio.create_task(_export_maintenance(api))]
+        if settings.maintenance_interval:
+            upkeep = maintenance or MaintenanceSettings()
+            dsn_m = upkeep.database_url.get_secret_value() if upkeep.database_url else dsn
+            tasks.append(
+                asyncio.create_task(
+                    run_every(
+                        dsn_m,
+                        upkeep.policy(),
+                        settings.maintenance_interval,
+                        stopping,
+                        after=lambda: _refresh_maintenance(api),
+                    )
+                )
+            )
         try:
             yield
         finally:
+            stopping.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             pool, api.pool = api.pool, None
             api.probe.close()
             pool.close()
             await pool.wait_closed()
 
     return app
+
+
+async def _export_maintenance(api: ApiState) -> None:
+    """Refresh the maintenance job's metrics from the database every MAINTENANCE_REFRESH s."""
+    while True:
+        await _refresh_maintenance(api)
+        await asyncio.sleep(MAINTENANCE_REFRESH)
+
+
+async def _refresh_maintenance(api: ApiState) -> None:
+    pool = api.pool
+    if pool is None:
+        return
+    try:
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await api.metrics.maintenance.refresh(cur)
+    except (psycopg2.Error, OSError, TimeoutError) as e:
+        log.debug("maintenance metrics not refreshed: %s", e)
 
 
 def require_token(app: Quart, token: str) -> None:

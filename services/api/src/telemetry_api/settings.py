@@ -55,6 +55,13 @@ class Settings(ServiceSettings):
         description="Bearer token required on /api routes when set (control routes stay open).",
     )
 
+    maintenance_interval: float = Field(
+        0,
+        ge=0,
+        description="Run the maintenance job (partitions, rollups, retention; MAINTENANCE_*"
+        " settings) in this process every this many seconds; 0 never (a CronJob runs it).",
+    )
+
     @model_validator(mode="after")
     def _limits_are_ordered(self) -> Self:
         if self.default_limit > self.max_limit:

@@ -55,7 +55,9 @@ class _Round:
     """What storing one round has done so far."""
 
     inserted: int = 0
-    stored: int = 0  # records in committed transactions (new or duplicate)
+    stored: int = 0  # records in committed transactions (new, duplicate or expired)
+    expired: int = 0  # older than the raw retention's horizon: refused, acked
+    late: int = 0
     transactions: int = 0
     poison: list[tuple[_Item, BaseException]] = field(default_factory=list)
 
@@ -202,7 +204,9 @@ class Consumer:
         for item, error in work.poison:
             rejected += await self._reject(item.batch, [item.offset], reason(error))
         self._metrics.stored.labels(self._topic).inc(work.inserted)
-        self._metrics.duplicates.labels(self._topic).inc(work.stored - work.inserted)
+        self._metrics.duplicates.labels(self._topic).inc(work.stored - work.inserted - work.expired)
+        self._metrics.expired.labels(self._topic).inc(work.expired)
+        self._metrics.late.labels(self._topic).inc(work.late)
         if outcome == "released":
             # Stored parts of the round come back too; the idempotent insert absorbs them.
             await self._release(batches)
@@ -244,7 +248,7 @@ class Consumer:
             return None
         work.transactions += 1
         try:
-            inserted = await store_batch(
+            result = await store_batch(
                 self._pool,
                 self._registry,
                 [i.point for i in items],
@@ -254,7 +258,9 @@ class Consumer:
             if classify(e) is Fault.TRANSIENT:
                 raise _UnavailableError(e) from e
             return e
-        work.inserted += inserted
+        work.inserted += result.inserted
+        work.expired += result.expired
+        work.late += result.late
         work.stored += len(items)
         return None
 
@@ -371,6 +377,7 @@ class Consumer:
                 "outcome": outcome,
                 "records": sum(len(b.records) for b in batches),
                 "inserted": work.inserted,
+                "expired": work.expired,
                 "rejected": rejected,
                 "duration_ms": round(duration * 1000, 1),
             },

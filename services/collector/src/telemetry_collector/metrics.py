@@ -14,6 +14,8 @@ class CollectorMetrics:
     stored: Counter
     duplicates: Counter
     rejected: Counter
+    expired: Counter
+    late: Counter
     released: Counter
     pauses: Counter
     database_up: Gauge
@@ -44,6 +46,23 @@ class CollectorMetrics:
             rejected=Counter(
                 "datapoints_rejected",
                 "Records sent to the dead-letter topic: undecodable, or refused by the database.",
+                ["topic"],
+                namespace=ns,
+                subsystem=sub,
+                registry=registry,
+            ),
+            expired=Counter(
+                "datapoints_expired",
+                "Datapoints refused as older than the raw retention's horizon (acked, not stored).",
+                ["topic"],
+                namespace=ns,
+                subsystem=sub,
+                registry=registry,
+            ),
+            late=Counter(
+                "datapoints_late",
+                "Datapoints stored into a minute already sealed for the rollups (marked for the"
+                " maintenance job to aggregate again).",
                 ["topic"],
                 namespace=ns,
                 subsystem=sub,

@@ -7,7 +7,16 @@ from dataclasses import dataclass, field
 
 import aiopg
 from telemetry_model import Datapoint, Gpu
-from telemetry_store import GpuSighting, ensure_streams, insert_datapoints, transaction, upsert_gpus
+from telemetry_store import (
+    BEGIN_INGEST,
+    GpuSighting,
+    Stored,
+    ensure_streams,
+    ingest_bounds,
+    store_datapoints,
+    transaction,
+    upsert_gpus,
+)
 
 # A known GPU's last_seen is refreshed at most this often per collector process, so
 # concurrent batches rarely contend on the gpus rows.
@@ -60,14 +69,16 @@ def _meta(s: GpuSighting) -> tuple[object, ...]:
 
 async def store_batch(
     pool: aiopg.Pool, registry: Registry, points: Sequence[Datapoint], encoded: Sequence[bytes]
-) -> int:
-    """Store a batch; return how many datapoints were new. Commits before returning."""
+) -> Stored:
+    """Store a batch; return what was new, expired and late. Commits before returning."""
     sightings = registry.stale_gpus(points)
     streams = {p.stream for p in points} - registry.streams
-    async with transaction(pool) as cur:
+    # The bounds of the insert (retention horizon, sealed minutes) come with the BEGIN.
+    async with transaction(pool, begin=BEGIN_INGEST) as cur:
+        bounds = await ingest_bounds(cur, fetched=True)
         if streams:
             await ensure_streams(cur, sorted(streams))
         await upsert_gpus(cur, sightings)
-        inserted = await insert_datapoints(cur, encoded)
+        stored = await store_datapoints(cur, encoded, [p.ts_us for p in points], bounds)
     registry.remember(sightings, streams)
-    return inserted
+    return stored

@@ -60,9 +60,15 @@ class TelemetryQuery(BaseModel):
         None,
         description="Bucket width (30s, 5m, 1h, 1d; at most 366d): aggregate per metric and"
         " bucket instead of listing datapoints. Buckets start at start_time (else the epoch)."
-        " The window may span at most API_MAX_BUCKETS buckets (default 10000) and hold at most"
-        " API_MAX_SCAN_ROWS datapoints (default 1000000): 400 TOO_MANY_BUCKETS or"
-        " TOO_MANY_ROWS past either.",
+        " The window may span at most API_MAX_BUCKETS buckets (default 10000) and read at most"
+        " API_MAX_SCAN_ROWS rows (default 1000000; datapoints, or rollup rows where rollups"
+        " serve): 400 TOO_MANY_BUCKETS or TOO_MANY_ROWS past either. Resolutions kept (the"
+        " defaults; a deployment sets its own): raw datapoints 7 days, 1-minute rollups 90"
+        " days, 1-hour rollups 2 years. A step of whole minutes (hours) whose buckets start on"
+        " a minute (hour) is served from the 1-minute (1-hour) rollups where they are complete,"
+        " with the answer the raw datapoints give; anything else, and the last minutes not"
+        " rolled up yet, from the raw datapoints. Data past a resolution's retention is gone"
+        " from it: steps under a minute reach back 7 days, whole-minute steps 90 days.",
         json_schema_extra={"pattern": "^[1-9][0-9]{0,7}[smhd]$", "examples": ["5m"]},
     )
     agg: Literal["avg", "min", "max"] | SkipJsonSchema[None] = Field(
