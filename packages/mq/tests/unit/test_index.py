@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import itertools
 import random
 
 import orjson
+import pytest
 from telemetry_mq import Broker
+from telemetry_mq.faults import Faults
 from telemetry_mq.log import TAIL_RECORDS, PartitionLog
 from telemetry_mq.protocol import FRAME_OVERHEAD
 from telemetry_mq.segment import INDEX_BYTES
@@ -93,3 +97,32 @@ async def test_index_memory_is_per_kib_of_log_not_per_record(open_broker: OpenBr
     plog = b.topic("t").logs[0]
     assert plog.index_bytes <= per_entry * (log_bytes // INDEX_BYTES + 2 * len(plog.segments))
     assert plog.read(n - 5, 5, 1 << 20)[4][3] == b"%d" % (n - 1)
+
+
+async def test_a_segment_split_by_a_failed_write_keeps_exact_positions(
+    open_broker: OpenBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write error in the middle of a segment ends it there (``PartitionLog._split``): the
+    index entries past the cut move to the new segment, rebased, and every position below the
+    tail stays exact, before and after a restart."""
+    b = await open_broker(segment_bytes=1024 * 1024, wal_segment_bytes=64 * 1024)
+    await b.create_topic("t", 1)
+    vals = values(TAIL_RECORDS * 3, seed=2)
+    with Faults() as faults:
+        fault = faults.fail("write", "*/partitions/0000/*.log", errno.EIO, nth=3)
+        for i in range(0, len(vals), 50):
+            await b.publish("t", [("k", v) for v in vals[i : i + 50]])
+            for t in b.topics.values():  # let each checkpoint write its chunks
+                if t.checkpointer is not None:
+                    await t.checkpointer
+    assert fault.fired == 1
+    assert "continues in" in caplog.text, "the failed write split a segment"
+    expected = list(itertools.accumulate((FRAME_OVERHEAD + 1 + len(v) for v in vals), initial=0))
+    plog = b.topic("t").logs[0]
+    first = plog.segments[0]
+    assert 0 < first.size < 1024 * 1024 // 2, "the first segment ended at the failed write"
+    assert plog.segments[1].base_pos == first.size
+    check_reads(plog, vals, expected)
+    await b.close()
+    b = await open_broker(segment_bytes=1024 * 1024)
+    check_reads(b.topic("t").logs[0], vals, expected)
