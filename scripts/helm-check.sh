@@ -103,3 +103,10 @@ refuse "collector.replicaCount is at most 10" --set collector.replicaCount=11 \
 refuse "externalDatabase.existingSecret is required" --set postgresql.enabled=false
 refuse "postgresql.auth.passwordKey is required" --set postgresql.auth.passwordKey=
 refuse "streamer.source is scrape: set streamer.scrape.dns" --set streamer.source=scrape
+refuse "too small for the broker's disk budget" --set broker.persistence.size=1Gi
+refuse "does not fit broker.persistence.size" --set broker.storage.retentionBytes=4Gi
+# 2700Mi fits 5Gi only when the dead-letter topic (letters, its two WAL segments, its segment) is
+# left out of the sum: 768 MiB slack + 1,808 MiB for telemetry:16 leave 2,544 MiB.
+refuse "does not fit broker.persistence.size" --set broker.storage.retentionBytes=2700Mi
+refuse "slackPercent (5) must be at least" --set broker.storage.slackPercent=5
+refuse "is not a size" --set broker.storage.segmentBytes=16MB

@@ -198,6 +198,75 @@ such as generated passwords); empty when absent or when rendering offline (helm 
 {{- end }}
 
 {{/*
+Bytes in a size such as "5Gi", "512Mi", "1G" or "1048576".
+Usage: include "telemetry.bytes" (dict "name" "broker.storage.segmentBytes" "value" $v)
+*/}}
+{{- define "telemetry.bytes" -}}
+{{- $s := .value | toString | trim }}
+{{- if kindIs "float64" .value }}{{ $s = .value | int64 | toString }}{{ end }}
+{{- $units := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "K" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 }}
+{{- $digits := regexFind "^[0-9]+" $s }}
+{{- $unit := trimPrefix $digits $s }}
+{{- if or (not $digits) (not (hasKey $units $unit)) }}
+{{- fail (printf "%s: %q is not a size (e.g. 5Gi, 512Mi, 1G or bytes)" .name $s) }}
+{{- end }}
+{{- mul (int64 $digits) (index $units $unit) }}
+{{- end }}
+
+{{/*
+The broker's disk budget (values broker.storage), checked against broker.persistence.size: the
+BROKER_* variables it sets, as YAML. Fails when the budget cannot fit the volume.
+*/}}
+{{- define "telemetry.brokerStorageEnv" -}}
+{{- $b := .Values.broker }}
+{{- $st := $b.storage }}
+{{- $size := include "telemetry.bytes" (dict "name" "broker.persistence.size" "value" $b.persistence.size) | int64 }}
+{{- $backlog := include "telemetry.bytes" (dict "name" "broker.storage.maxBacklogBytes" "value" $st.maxBacklogBytes) | int64 }}
+{{- $dead := include "telemetry.bytes" (dict "name" "broker.storage.maxDeadLetterBytes" "value" $st.maxDeadLetterBytes) | int64 }}
+{{- $segment := include "telemetry.bytes" (dict "name" "broker.storage.segmentBytes" "value" $st.segmentBytes) | int64 }}
+{{- $wal := include "telemetry.bytes" (dict "name" "broker.storage.walSegmentBytes" "value" $st.walSegmentBytes) | int64 }}
+{{- $watermark := float64 $st.diskHighWatermark }}
+{{- if or (le $watermark 0.0) (gt $watermark 1.0) }}
+{{- fail (printf "broker.storage.diskHighWatermark must be a fraction in (0, 1] (got %v)" $st.diskHighWatermark) }}
+{{- end }}
+{{- if lt (float64 $st.slackPercent) (mulf (subf 1.0 $watermark) 100.0) }}
+{{- fail (printf "broker.storage.slackPercent (%v) must be at least 100 x (1 - diskHighWatermark) = %v, or the budget reaches the watermark and publishes answer 429 DISK_FULL" $st.slackPercent (mulf (subf 1.0 $watermark) 100.0)) }}
+{{- end }}
+{{- $partitions := index $b.env "BROKER_PARTITIONS" | default 16 | int64 }}
+{{- $need := int64 0 }}
+{{- $topics := list }}
+{{- range $spec := splitList "," (index $b.env "BROKER_TOPICS" | default "" | toString) }}
+{{- $spec = trim $spec }}
+{{- if $spec }}
+{{- $p := $partitions }}
+{{- if contains ":" $spec }}{{ $p = splitList ":" $spec | last | int64 }}{{ end }}
+{{- /* the topic and its dead-letter topic (one partition): backlog, pending letters, logs */}}
+{{- $need = add $need $backlog $dead (mul 4 $wal) (mul (add $p 1) $segment) }}
+{{- $topics = append $topics (printf "%s (%d partitions)" (splitList ":" $spec | first) $p) }}
+{{- end }}
+{{- end }}
+{{- $slack := div (mul $size (int64 $st.slackPercent)) 100 }}
+{{- $retention := int64 0 }}
+{{- if eq (toString $st.retentionBytes) "auto" }}
+{{- $retention = sub (sub $size $slack) $need }}
+{{- if le $retention 0 }}
+{{- fail (printf "broker.persistence.size (%v = %d bytes) is too small for the broker's disk budget: topics %s need %d bytes (per topic maxBacklogBytes + maxDeadLetterBytes + 4 x walSegmentBytes + (partitions + 1) x segmentBytes), slack %d; nothing is left for retention. Raise the size or lower broker.storage." $b.persistence.size $size (join ", " $topics) $need $slack) }}
+{{- end }}
+{{- else }}
+{{- $retention = include "telemetry.bytes" (dict "name" "broker.storage.retentionBytes" "value" $st.retentionBytes) | int64 }}
+{{- if gt (add $need $retention $slack) $size }}
+{{- fail (printf "broker.storage does not fit broker.persistence.size (%v = %d bytes): topics %s need %d bytes (per topic maxBacklogBytes + maxDeadLetterBytes + 4 x walSegmentBytes + (partitions + 1) x segmentBytes) + retentionBytes %d + slack %d = %d bytes" $b.persistence.size $size (join ", " $topics) $need $retention $slack (add $need $retention $slack)) }}
+{{- end }}
+{{- end }}
+BROKER_MAX_BACKLOG_BYTES: {{ $backlog | quote }}
+BROKER_MAX_DEAD_LETTER_BYTES: {{ $dead | quote }}
+BROKER_SEGMENT_BYTES: {{ $segment | quote }}
+BROKER_WAL_SEGMENT_BYTES: {{ $wal | quote }}
+BROKER_RETENTION_BYTES: {{ $retention | quote }}
+BROKER_DISK_HIGH_WATERMARK: {{ $st.diskHighWatermark | toString | quote }}
+{{- end }}
+
+{{/*
 Environment of a service container. Chart-managed variables first (host, port, logging, shutdown
 timeouts, peers), then `<service>.env` over them; DSN and token come from Secrets.
 Usage: include "telemetry.env" (dict "root" $ "component" "collector" "prefix" "COLLECTOR" "cfg" $cfg
@@ -220,6 +289,9 @@ Usage: include "telemetry.env" (dict "root" $ "component" "collector" "prefix" "
 {{- end }}
 {{- if eq .component "broker" }}
 {{- $_ = set $env "BROKER_DATA_DIR" $v.dataDir }}
+{{- range $name, $value := include "telemetry.brokerStorageEnv" $root | fromYaml }}
+{{- $_ = set $env $name (toString $value) }}
+{{- end }}
 {{- end }}
 {{- if and (eq .component "streamer") (eq (toString $v.source) "scrape") }}
 {{- $s := $v.scrape }}

@@ -25,6 +25,7 @@ from .errors import (
     BacklogFullError,
     BrokerUnavailableError,
     DeadLetterError,
+    DiskFullError,
     GroupNotFoundError,
     LeaseExpiredError,
     LeaseLimitError,
@@ -453,6 +454,13 @@ def _error(
         )
     if status == 503 and code == "DEAD_LETTER_FAILED":
         return DeadLetterError(detail, topic=topic or "?")
+    if status == 429 and code == "DISK_FULL":
+        return DiskFullError(
+            topic or "?",
+            used_bytes=int(body.get("used_bytes", 0)),
+            watermark_bytes=int(body.get("watermark_bytes", 0)),
+            retry_after=float(retry_after or 1.0),
+        )
     if status == 429:
         return BacklogFullError(
             topic or "?",

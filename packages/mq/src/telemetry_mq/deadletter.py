@@ -334,8 +334,8 @@ class DeadLetters:
         """Re-publish up to ``max_records`` selected letters to ``topic``, then ack them.
 
         Returns ``(replayed, remaining)``: letters moved now, and selected ones still pending.
-        A failed publish (``BacklogFullError`` when ``topic`` is full) raises; the letters
-        replayed before it stay replayed.
+        A failed publish (``BacklogFullError`` when ``topic`` is full, ``DiskFullError`` past
+        the disk high watermark) raises; the letters replayed before it stay replayed.
         """
         async with self._lock(topic):
             chosen: list[DeadLetter] = []

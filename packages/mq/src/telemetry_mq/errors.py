@@ -4,7 +4,8 @@ MQError
  ├── BrokerUnavailableError   the broker cannot take the request now (connection, 503, closing)
  │    ├── BacklogFullError    the topic's unconsumed backlog is over its bound (429)
  │    ├── LeaseLimitError     the group has as many records in flight as it may (429)
- │    └── DeadLetterError     records could not be dead-lettered; they stay deliverable (503)
+ │    ├── DeadLetterError     records could not be dead-lettered; they stay deliverable (503)
+ │    └── DiskFullError       the data volume is past its high watermark (429)
  ├── ProtocolError            the request or the answer is malformed (400, unexpected status/body)
  │    ├── RequestTooLargeError  the request body is over the broker's limit (413)
  │    ├── UnauthorizedError     a bearer token is required or wrong (401)
@@ -60,6 +61,22 @@ class DeadLetterError(BrokerUnavailableError):
     def __init__(self, message: str, *, topic: str) -> None:
         super().__init__(message)
         self.topic = topic
+
+
+class DiskFullError(BrokerUnavailableError):
+    """Publish refused: the broker's data volume is past its high watermark; retry later."""
+
+    def __init__(
+        self, topic: str, *, used_bytes: int, watermark_bytes: int, retry_after: float
+    ) -> None:
+        super().__init__(
+            f"topic {topic!r}: the data volume holds {used_bytes} bytes, past its high "
+            f"watermark of {watermark_bytes} bytes"
+        )
+        self.topic = topic
+        self.used_bytes = used_bytes
+        self.watermark_bytes = watermark_bytes
+        self.retry_after = retry_after
 
 
 class ProtocolError(MQError):

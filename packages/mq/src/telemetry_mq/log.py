@@ -15,8 +15,8 @@ from typing import Final
 from . import _fileio
 from ._fileio import fsync_dir, write_all
 from .errors import CorruptLogError, StorageError
-from .protocol import BODY_HEAD, FRAME_HEAD, PREFIX, decode_frames
-from .segment import SUFFIX, Segment, load_segment, segment_name
+from .protocol import BODY_HEAD, FRAME_HEAD, PREFIX, decode_frame_list
+from .segment import INDEX_BYTES, SUFFIX, Segment, load_segment, segment_name
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ PENDING_BYTES: Final = 1024 * 1024
 """Frames a partition buffers at most before writing them to its segment file."""
 UNWRITTEN_LIMIT: Final = 16 * 1024 * 1024
 """Frames a partition may hold in memory after failed writes before its topic fails."""
+_KNOWN_POSITIONS: Final = 64
+"""Positions of file records a partition remembers (where reads ended, committed offsets)."""
 
 
 class PartitionLog:
@@ -117,10 +119,17 @@ class PartitionLog:
         self._wfd: int | None = None
         self.unsynced: set[Path] = set()
         """Segment files written since the last checkpoint (not fsynced yet)."""
+        self._roll_wanted = False
         # The newest records as appended, so a consumer keeping up reads them from memory
         # instead of reading and checking their frames again: offsets [_tail_start, next).
         self._tail: list[Record] = []
         self._tail_start = self.next_offset
+        # Cumulative byte position of each tail record: what reads and backlog sums of recent
+        # offsets need, without a file read.
+        self._tail_pos = array("Q")
+        # Positions of records below the tail found by a file read (segments index only one
+        # record per INDEX_BYTES): the next read usually starts where the last one ended.
+        self._known: dict[int, int] = {}
 
     @classmethod
     def open(
@@ -211,7 +220,45 @@ class PartitionLog:
         if offset <= self.start_offset:
             return self.segments[0].base_pos
         seg = self.segments[bisect_right(self._bases, offset) - 1]
-        return seg.base_pos + seg.pos_of(offset)
+        return seg.base_pos + self._pos_in(seg, offset)
+
+    def _pos_in(self, seg: Segment, offset: int) -> int:
+        """Byte position of ``offset`` in ``seg``'s file: from memory, or a short file read."""
+        if offset >= seg.end_offset:
+            return seg.size
+        tail_start = self._tail_start
+        if offset >= tail_start:
+            return self._tail_pos[offset - tail_start] - seg.base_pos
+        known = self._known.get(offset)
+        if known is not None:
+            return known - seg.base_pos
+        pos = seg.pos_of(offset)
+        self._remember(offset, seg.base_pos + pos)
+        return pos
+
+    def _pos_bound(self, seg: Segment, offset: int) -> int:
+        """A position in ``seg``'s file at or past ``offset``'s, without a file read: the exact
+        one if known, else its index entry's or the next one's."""
+        if offset >= seg.end_offset:
+            return seg.size
+        tail_start = self._tail_start
+        if offset >= tail_start:
+            return self._tail_pos[offset - tail_start] - seg.base_pos
+        known = self._known.get(offset)
+        if known is not None:
+            return known - seg.base_pos
+        return min(seg.pos_bound(offset), seg.written)  # only what is in the file
+
+    def _remember(self, offset: int, pos: int) -> None:
+        if len(self._known) >= _KNOWN_POSITIONS:
+            self._known.clear()
+        self._known[offset] = pos
+
+    @property
+    def index_bytes(self) -> int:
+        """Memory the position indexes take: the segments' sparse indexes and the tail's."""
+        tail = self._tail_pos
+        return sum(seg.index_bytes for seg in self.segments) + tail.itemsize * len(tail)
 
     # -- append (event loop) + write (committer thread) ----------------------------------
 
@@ -232,41 +279,53 @@ class PartitionLog:
         if not self.segments:
             self._add_segment(offset, 0)
         seg = self.segments[-1]
-        positions = seg.positions
         size = seg.size
+        base = seg.base_pos
+        indexed = seg.indexed_pos
         limit = self.segment_bytes
-        if not positions:
+        if self._roll_wanted:
+            self._roll_wanted = False
+            limit = 0  # roll before the first record (the loop sets the limit back)
+        if seg.end_offset == seg.base_offset:
             seg.first_ts = timestamp_us
         frames: list[bytes] = []  # of the current segment
         done: list[bytes] = []  # of earlier segments (a roll within this call)
         chunk_first = offset
         tail = self._tail
+        tail_pos = self._tail_pos
         head = BODY_HEAD.pack
         prefix = PREFIX.pack
         crc32 = zlib.crc32
         for key, kb, value in items:
-            if size >= limit and positions:
+            if size >= limit and offset > seg.base_offset:
                 seg.size = size
+                seg.end_offset = offset
                 seg.last_ts = timestamp_us
                 chunk = b"".join(frames)
                 self._buffer(seg, chunk_first, chunk)
                 done.append(chunk)
                 frames = []
-                seg = self._add_segment(offset, seg.base_pos + size)
+                seg = self._add_segment(offset, base + size)
                 seg.first_ts = timestamp_us
-                positions = seg.positions
+                limit = self.segment_bytes
+                base = seg.base_pos
+                indexed = seg.indexed_pos
                 size = 0
                 chunk_first = offset
             body = head(offset, timestamp_us, len(kb)) + kb + value
             frame = prefix(len(body), crc32(body)) + body
             frames.append(frame)
-            positions.append(size)
+            if size - indexed >= INDEX_BYTES:
+                seg.add(offset, size)
+                indexed = size
+            tail_pos.append(base + size)
             size += len(frame)
             tail.append((offset, timestamp_us, key, value))
             offset += 1
         chunk = b"".join(frames)
         self._buffer(seg, chunk_first, chunk)
         seg.size = size
+        seg.end_offset = offset
         seg.last_ts = timestamp_us
         self.next_offset = offset
         if len(tail) > TAIL_RECORDS or self._pending_bytes > PENDING_BYTES:
@@ -277,6 +336,7 @@ class PartitionLog:
                 drop = min(len(tail) - TAIL_RECORDS // 2, self.written_offset - self._tail_start)
                 if drop > 0:
                     del tail[:drop]
+                    del self._tail_pos[:drop]
                     self._tail_start += drop
         if done:
             done.append(chunk)
@@ -388,14 +448,11 @@ class PartitionLog:
 
     def _split(self, seg: Segment, first: int, data: bytearray) -> None:
         """End ``seg`` before ``first``; a new segment (and file) holds the rest."""
-        i = first - seg.base_offset
-        cut = seg.positions[i]
-        assert cut == seg.written, "chunks hold whole frames, written in order"
-        new = Segment(self.path / segment_name(first), first, seg.base_pos + cut)
-        new.positions = array("Q", [p - cut for p in seg.positions[i:]])
-        del seg.positions[i:]
-        new.size = seg.size - cut
-        seg.size = cut
+        cut = seg.written
+        assert self._tail_pos[first - self._tail_start] == seg.base_pos + cut, (
+            "chunks hold whole frames, written in order; unwritten records stay in the tail"
+        )
+        new = seg.split(first, cut)
         new.first_ts = FRAME_HEAD.unpack_from(data, 0)[3]
         new.last_ts = seg.last_ts
         seg.last_ts = new.first_ts  # at most a little late: retention keeps it a little longer
@@ -443,21 +500,33 @@ class PartitionLog:
         if start >= stop:
             return []
         tail_start = self._tail_start
-        if start < tail_start:
-            # From the files, which hold every record below the tail (not always the rest).
-            stop = min(stop, tail_start)
         seg = self.segments[bisect_right(self._bases, start) - 1]
         stop = min(stop, seg.end_offset)
-        first = seg.pos_of(start)
-        if seg.pos_of(stop) - first > max_bytes:
-            i0 = start - seg.base_offset
-            idx = bisect_right(seg.positions, first + max_bytes, i0 + 1, stop - seg.base_offset)
-            stop = seg.base_offset + max(idx - 1, i0 + 1)
         if start >= tail_start:
-            return self._tail[start - tail_start : stop - tail_start]
-        data = seg.read(start, stop)
+            tail_pos = self._tail_pos
+            i0, i1 = start - tail_start, stop - tail_start
+            first = tail_pos[i0]
+            end = tail_pos[i1] if i1 < len(tail_pos) else self.end_pos
+            if end - first > max_bytes:
+                # Record i ends where record i + 1 starts: keep those ending within max_bytes.
+                idx = bisect_right(tail_pos, first + max_bytes, i0 + 1, i1)
+                i1 = max(idx - 1, i0 + 1)
+            return self._tail[i0:i1]
+        # From the files, which hold every record below the tail (not always the rest).
+        stop = min(stop, tail_start)
+        count = stop - start
+        first = self._pos_in(seg, start)
+        end = self._pos_bound(seg, stop)
+        if end - first > max_bytes:
+            data = seg.read_at(first, max(max_bytes, PREFIX.size))
+            count = _whole_frames(data, count)
+            if count == 0:  # the first record alone is larger: read it whole
+                data = seg.read_at(first, PREFIX.size + PREFIX.unpack_from(data)[0])
+                count = 1
+        else:  # (up to a few KiB past ``stop`` when its position is not known exactly)
+            data = seg.read_at(first, end - first)
         try:
-            records = list(decode_frames(data, stop - start))
+            records, length = decode_frame_list(data, count)
         except (ValueError, UnicodeDecodeError) as e:
             raise CorruptLogError(
                 str(e),
@@ -467,6 +536,9 @@ class PartitionLog:
                 partition=self.partition,
                 offset=start,
             ) from e
+        # Where the next read starts, and where a committed offset often lands (a lease's end):
+        # remembered, so neither needs a walk from the index.
+        self._remember(start + count, seg.base_pos + first + length)
         return records
 
     def read_offsets(self, offsets: Sequence[int]) -> list[Record]:
@@ -488,42 +560,46 @@ class PartitionLog:
 
     # -- retention, close ------------------------------------------------------------------
 
-    def retain(
-        self, consumed: int, now_us: int, max_age_us: int | None, max_bytes: int | None
-    ) -> int:
-        """Delete old segments below ``consumed`` that are too old or over the size bound.
+    def first_consumed(self, consumed: int) -> Segment | None:
+        """The oldest segment if retention may delete it: closed, every record below
+        ``consumed`` and in the files (its buffered frames are written out first); else
+        ``None`` (the active, last segment never goes)."""
+        if len(self.segments) < 2 or self.segments[0].end_offset > consumed:
+            return None
+        seg = self.segments[0]
+        if seg.end_offset > self.written_offset:
+            self.write_out()  # a failed write keeps the frames, and the segment stays
+            if seg.end_offset > self.written_offset:
+                return None
+        return seg
 
-        The active (last) segment is never deleted, nor one with frames not written yet.
-        Returns the number of segments deleted.
-        """
+    def drop_first(self) -> Segment | None:
+        """Delete the oldest segment and its file (``first_consumed`` said it may go); ``None``
+        when the file could not be deleted (nothing is lost: the next round tries again)."""
         if self._pending:
             self.write_out()  # no buffered frame may recreate a deleted file later
-        deleted = 0
-        written = self.written_offset
-        while len(self.segments) > 1:
-            seg = self.segments[0]
-            if seg.end_offset > consumed or seg.end_offset > written:
-                break
-            too_old = max_age_us is not None and now_us - seg.last_ts > max_age_us
-            too_big = max_bytes is not None and self.size_bytes > max_bytes
-            if not (too_old or too_big):
-                break
-            seg.close()
-            try:
-                _fileio.remove(seg.path, missing_ok=True)
-            except OSError as e:  # nothing is lost: the next round tries again
-                log.error("retention could not delete %s: %s", seg.path, e)
-                break
-            self.segments.pop(0)
-            self._bases.pop(0)
-            deleted += 1
-            log.info(
-                "retention deleted %s (offsets %d-%d)",
-                seg.path,
-                seg.base_offset,
-                seg.end_offset - 1,
-            )
-        return deleted
+        seg = self.segments[0]
+        seg.close()
+        try:
+            _fileio.remove(seg.path, missing_ok=True)
+        except OSError as e:
+            log.error("retention could not delete %s: %s", seg.path, e)
+            return None
+        self.segments.pop(0)
+        self._bases.pop(0)
+        log.info(
+            "retention deleted %s (offsets %d-%d, %d bytes)",
+            seg.path,
+            seg.base_offset,
+            seg.end_offset - 1,
+            seg.size,
+        )
+        return seg
+
+    def roll_soon(self) -> None:
+        """Start a new segment at the next append, so the active one can be deleted once
+        consumed (retention under disk pressure asks for it)."""
+        self._roll_wanted = True
 
     def close(self) -> None:
         """Close every descriptor (after the committer has stopped, ``write_out`` and the
@@ -533,3 +609,17 @@ class PartitionLog:
         if self._wfd is not None:
             os.close(self._wfd)
             self._wfd = None
+
+
+def _whole_frames(data: bytes, most: int) -> int:
+    """How many whole frames (at most ``most``) ``data`` starts with."""
+    unpack = PREFIX.unpack_from
+    end = len(data)
+    count = at = 0
+    while count < most and at + PREFIX.size <= end:
+        nxt = at + PREFIX.size + unpack(data, at)[0]
+        if nxt > end:
+            break
+        at = nxt
+        count += 1
+    return count

@@ -80,6 +80,25 @@ def decode_frames(buf: bytes, count: int) -> Iterator[tuple[int, int, str, bytes
         pos = body_end
 
 
+def decode_frame_list(buf: bytes, count: int) -> tuple[list[tuple[int, int, str, bytes]], int]:
+    """``decode_frames`` as a list, and where the frame after them starts in ``buf``."""
+    out = []
+    pos = 0
+    unpack = FRAME_HEAD.unpack_from
+    crc32 = zlib.crc32
+    for _ in range(count):
+        size, crc, offset, ts, key_len = unpack(buf, pos)
+        body_end = pos + 8 + size
+        if body_end > len(buf) or crc32(buf[pos + 8 : body_end]) != crc:
+            raise ValueError(f"bad frame at buffer position {pos}")
+        key_end = pos + FRAME_OVERHEAD + key_len
+        out.append(
+            (offset, ts, buf[pos + FRAME_OVERHEAD : key_end].decode(), buf[key_end:body_end])
+        )
+        pos = body_end
+    return out, pos
+
+
 class Delivery(NamedTuple):
     """One fetched record: where it sits, what it holds, and how often it was delivered.
 

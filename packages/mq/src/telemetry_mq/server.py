@@ -46,9 +46,11 @@ from .deadletter import (
     is_dlq,
     pending_count,
 )
+from .disk import DiskWatch
 from .errors import (
     BacklogFullError,
     BrokerUnavailableError,
+    DiskFullError,
     LeaseExpiredError,
     LimitExceededError,
     MQError,
@@ -131,6 +133,11 @@ class Broker:
             on_roll=self._schedule_checkpoint,
             on_fail=self._fail_topic,
             check_open=self._check_open,
+        )
+        self.disk = (
+            DiskWatch(data_dir, config.disk_high_watermark, interval=config.disk_check_interval)
+            if config.disk_high_watermark is not None
+            else None
         )
 
     @classmethod
@@ -266,9 +273,11 @@ class Broker:
     ) -> list[tuple[int, int]]:
         """Append ``(key, value)`` records; return ``(partition, offset)`` once they are durable.
 
-        Raises ``BacklogFullError`` when the topic's backlog is over its bound (nothing is
-        appended then), ``ProtocolError`` for an oversized key or value, or for a dead-letter
-        topic (only the broker writes those; their bound is ``max_dead_letter_bytes``).
+        Raises ``BacklogFullError`` when the topic's backlog is over its bound and
+        ``DiskFullError`` when the data volume is past its high watermark (nothing is appended
+        then), ``ProtocolError`` for an oversized key or value, or for a dead-letter topic
+        (only the broker writes those; their bound is ``max_dead_letter_bytes``, and they pass
+        the watermark: dead-lettering is how records leave and room comes back).
         """
         self._check_open()
         t = self._live(topic)
@@ -282,8 +291,19 @@ class Broker:
         limit = cfg.max_dead_letter_bytes if _dead_letters else cfg.max_backlog_bytes
         backlog = self.backlog_bytes(t)
         if backlog >= limit:
+            self.observer.refused(topic, "backlog_full")
             raise BacklogFullError(
                 topic, backlog_bytes=backlog, limit=limit, retry_after=self.config.retry_after
+            )
+        disk = self.disk
+        if disk is not None and not _dead_letters and disk.full:
+            self.observer.refused(topic, "disk_full")
+            usage = disk.usage()
+            raise DiskFullError(
+                topic,
+                used_bytes=usage.used,
+                watermark_bytes=disk.watermark_bytes(usage),
+                retry_after=self.config.retry_after,
             )
         buckets: dict[int, list[tuple[str, bytes, bytes]]] = {}
         order: list[int] = []
@@ -605,7 +625,14 @@ class Broker:
                 if not g.idle and g.check_idle(self._clock(), idle_timeout):
                     log.info("consumer group %s of %s is idle", g.name, t.name)
                 await self._expiry.expire(t, g)
-            await retain(t, self._committer, self.config, self._wall)
+        await retain(
+            list(self.topics.values()),
+            self._committer,
+            self.config,
+            self._wall,
+            disk=self.disk,
+            observer=self.observer,
+        )
 
     async def _maintain_forever(self) -> None:
         assert self.config.maintenance_interval

@@ -52,6 +52,8 @@ class TopicStats:
     partitions: int
     records: int
     bytes: int
+    retained_bytes: int
+    """Bytes of records every group has consumed, still on disk (retention's to delete)."""
     backlog_bytes: int
     backlog_records: int
     max_backlog_bytes: int
@@ -88,3 +90,9 @@ class Observer:
 
     def fsync(self, seconds: float) -> None:
         """One fsync took ``seconds``."""
+
+    def refused(self, topic: str, reason: str) -> None:
+        """A publish was refused (``reason``: ``backlog_full`` or ``disk_full``)."""
+
+    def retention_deleted(self, topic: str, reason: str, nbytes: int) -> None:
+        """Retention deleted a segment (``reason``: ``age``, ``bytes`` or ``disk``)."""

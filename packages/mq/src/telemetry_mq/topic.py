@@ -179,6 +179,18 @@ class Topic:
             return [plog.start_offset for plog in self.logs]
         return [min(g.cursors[p].committed for g in holders) for p in range(self.partitions)]
 
+    def retained_bytes(self, consumed: list[int] | None = None) -> int:
+        """Bytes of records every group has consumed that are still on disk (what retention
+        deletes); 0 without groups. ``consumed``: ``self.consumed()``, if already at hand."""
+        if not self.groups:
+            return 0
+        if consumed is None:
+            consumed = self.consumed()
+        return sum(
+            plog.pos(c) - plog.pos(plog.start_offset)
+            for plog, c in zip(self.logs, consumed, strict=True)
+        )
+
     def group_stats(self, group: str) -> GroupStats:
         """Committed offsets, lag and in-flight records of one group."""
         g = self.groups.get(group)
@@ -214,6 +226,7 @@ class Topic:
             partitions=self.partitions,
             records=records,
             bytes=sum(s.bytes for s in parts),
+            retained_bytes=self.retained_bytes(),
             backlog_bytes=self.backlog_bytes(),
             backlog_records=self._backlog_records(groups, records),
             max_backlog_bytes=max_backlog_bytes,

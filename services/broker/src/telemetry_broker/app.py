@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator
 from importlib.metadata import version
 from typing import Final
@@ -25,10 +26,13 @@ from .spec import SECURITY, SECURITY_SCHEMES, TAGS, BrokerOpenAPIProvider
 
 log = logging.getLogger(__name__)
 
+EXIT_OPEN_FAILED: Final = 1
+"""Exit code when the broker cannot open its data (a corrupt log, an I/O error at recovery)."""
 EXIT_STORAGE_FAILED: Final = 74
 """Exit code after a storage error failed a topic (``EX_IOERR``): restart, recovery replays."""
 FAILED_GRACE: Final = 2.0
-"""Seconds open requests get to finish after a storage failure (the answers are quick 503s)."""
+"""Seconds open requests get to finish after a storage failure or a failed open (the answers
+are quick 503s)."""
 
 
 def create_app(settings: BrokerSettings) -> Quart:
@@ -39,7 +43,7 @@ def create_app(settings: BrokerSettings) -> Quart:
 
     async def readiness() -> str | None:
         broker = runtime.broker_or_none
-        return "the broker is not open" if broker is None else broker.healthy
+        return runtime.not_ready_reason() if broker is None else broker.healthy
 
     app = base_app(
         "broker",
@@ -68,28 +72,66 @@ def create_app(settings: BrokerSettings) -> Quart:
 
     @app.while_serving
     async def broker_lifespan() -> AsyncGenerator[None]:
-        broker = await Broker.open(settings.data_dir, settings.broker_config(), observer=metrics)
-        for name, partitions in settings.topic_specs():
-            await broker.create_topic(name, partitions)
-        runtime.broker_or_none = broker
-        log.info("broker open in %s", settings.data_dir)
-        # On SIGTERM, end the long-polls at once (204) rather than at their max_wait.
-        drain = asyncio.create_task(_drain_when(draining(app), broker))
-        failed = asyncio.create_task(_exit_when_failed(app, broker))
+        # Recovery reads every segment, which takes a while on a full volume: it runs while the
+        # app serves, so /healthz answers (the startup and liveness probes pass) and /readyz
+        # answers 503 until the broker is open.
+        runtime.opening = asyncio.create_task(_open_broker(app, settings, metrics, runtime))
+        watching = asyncio.create_task(_watch(app, runtime.opening))
         try:
             yield
         finally:
-            drain.cancel()
-            failed.cancel()
+            watching.cancel()
+            broker = await runtime.opening  # a recovery in progress runs to its end
             runtime.broker_or_none = None
-            await broker.close()
-            if broker.failure is not None:  # also when it came during the close itself
-                stop(app, exit_code=EXIT_STORAGE_FAILED)
+            if broker is not None:
+                await broker.close()
+                if broker.failure is not None:  # also when it came during the close itself
+                    stop(app, exit_code=EXIT_STORAGE_FAILED)
 
     return app
 
 
+async def _open_broker(
+    app: Quart, settings: BrokerSettings, metrics: BrokerMetrics, runtime: Runtime
+) -> Broker | None:
+    """Open (recover) the broker and create the configured topics; on failure, stop the app
+    (exit non-zero rather than answer /healthz while unable to work)."""
+    started = time.perf_counter()
+    try:
+        broker = await Broker.open(settings.data_dir, settings.broker_config(), observer=metrics)
+        try:
+            for name, partitions in settings.topic_specs():
+                await broker.create_topic(name, partitions)
+        except BaseException:
+            await broker.close()
+            raise
+    except Exception as e:
+        log.critical(
+            "the broker cannot open %s (exit %d): %s",
+            settings.data_dir,
+            EXIT_OPEN_FAILED,
+            e,
+            exc_info=e,
+        )
+        runtime.failure = e
+        stop(app, exit_code=EXIT_OPEN_FAILED, grace=FAILED_GRACE)
+        return None
+    if draining(app).is_set():  # a stop signal came during recovery
+        broker.drain()
+    runtime.broker_or_none = broker
+    log.info("broker open in %s after %.1f s", settings.data_dir, time.perf_counter() - started)
+    return broker
+
+
+async def _watch(app: Quart, opening: asyncio.Task[Broker | None]) -> None:
+    """Once the broker is open: drain it on a stop signal, stop the app on a storage error."""
+    broker = await asyncio.shield(opening)
+    if broker is not None:
+        await asyncio.gather(_drain_when(draining(app), broker), _exit_when_failed(app, broker))
+
+
 async def _drain_when(stopping: asyncio.Event, broker: Broker) -> None:
+    """On SIGTERM, end the long-polls at once (204) rather than at their max_wait."""
     await stopping.wait()
     broker.drain()
 

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from telemetry_mq import DLQ_SUFFIX, Broker, Observer
+from telemetry_mq.disk import disk_usage
 
 _NS = "telemetry"
 _SUB = "broker"
@@ -37,6 +38,16 @@ class BrokerMetrics(Observer):
         self.expired_total = counter("lease_expired_records", "Records whose lease expired.", group)
         self.dead_lettered_total = counter(
             "records_dead_lettered", "Records moved to the dead-letter topic.", [*group, "reason"]
+        )
+        self.refused_total = counter(
+            "publishes_refused",
+            "Publishes refused with 429 (reason: backlog_full or disk_full).",
+            ["topic", "reason"],
+        )
+        self.retention_deleted_total = counter(
+            "retention_deleted_bytes",
+            "Bytes of segments retention deleted (reason: age, bytes or disk).",
+            ["topic", "reason"],
         )
         self.fsync_seconds = Histogram(
             "fsync_duration_seconds",
@@ -73,9 +84,16 @@ class BrokerMetrics(Observer):
     def fsync(self, seconds: float) -> None:
         self.fsync_seconds.observe(seconds)
 
+    def refused(self, topic: str, reason: str) -> None:
+        self.refused_total.labels(topic, reason).inc()
+
+    def retention_deleted(self, topic: str, reason: str, nbytes: int) -> None:
+        self.retention_deleted_total.labels(topic, reason).inc(nbytes)
+
 
 class BacklogCollector(Collector):
-    """Backlog, log size, lag and in-flight records, read from the broker at scrape time."""
+    """Backlog, log size, lag, in-flight records, disk and index memory, read from the broker
+    at scrape time."""
 
     def __init__(self, broker: Callable[[], Broker | None]) -> None:
         self._broker = broker
@@ -99,6 +117,12 @@ class BacklogCollector(Collector):
         )
         log_bytes = gauge("log_bytes", "Bytes retained on disk.", ["topic"])
         log_records = gauge("log_records", "Records retained on disk.", ["topic"])
+        retained_bytes = gauge(
+            "retained_bytes",
+            "Bytes of records every group has consumed, still on disk (retention deletes them).",
+            ["topic"],
+        )
+        index_bytes = gauge("index_bytes", "Memory of the partitions' position indexes.", ["topic"])
         lag = gauge(
             "consumer_lag_records",
             "Records not yet acked by a group (end offset minus committed offset).",
@@ -125,6 +149,8 @@ class BacklogCollector(Collector):
             log_records.add_metric([name], stats.records)
             if not name.endswith(DLQ_SUFFIX):
                 dead_letters.add_metric([name], broker.dead_letter_depth(name))
+            retained_bytes.add_metric([name], stats.retained_bytes)
+            index_bytes.add_metric([name], sum(p.index_bytes for p in broker.topic(name).logs))
             for g in stats.groups:
                 in_flight.add_metric([name, g.group], g.in_flight)
                 idle.add_metric([name, g.group], int(g.idle))
@@ -135,8 +161,40 @@ class BacklogCollector(Collector):
             backlog_records,
             log_bytes,
             log_records,
+            retained_bytes,
+            index_bytes,
             lag,
             in_flight,
             idle,
             dead_letters,
+            *_disk_metrics(broker),
         ]
+
+
+def _disk_metrics(broker: Broker) -> list[Metric]:
+    """The data volume: bytes used and free, the high watermark and whether it is past it."""
+    watch = broker.disk
+    usage = watch.usage() if watch is not None else disk_usage(broker.data_dir)
+    out: list[Metric] = []
+    for name, doc, val in [
+        ("disk_used_bytes", "Bytes used on the data volume.", usage.used),
+        ("disk_free_bytes", "Bytes the broker can still write on the data volume.", usage.free),
+    ]:
+        out.append(GaugeMetricFamily(f"{_NS}_{_SUB}_{name}", doc, value=val))
+    if watch is not None:
+        mark = watch.watermark_bytes(usage)
+        out.append(
+            GaugeMetricFamily(
+                f"{_NS}_{_SUB}_disk_watermark_bytes",
+                "Bytes used past which publishes answer 429 DISK_FULL.",
+                value=mark,
+            )
+        )
+        out.append(
+            GaugeMetricFamily(
+                f"{_NS}_{_SUB}_disk_full",
+                "1 while the data volume is past its high watermark (publishes refused).",
+                value=int(usage.used >= mark),
+            )
+        )
+    return out

@@ -5,6 +5,7 @@ Used by the Quart routes and by the ASGI fast path alike, so both answer the sam
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Annotated, Any, Final
 
@@ -18,6 +19,7 @@ from telemetry_mq import (
     BrokerUnavailableError,
     CorruptLogError,
     DeadLetterError,
+    DiskFullError,
     GroupNotFoundError,
     LeaseExpiredError,
     LeaseLimitError,
@@ -57,19 +59,36 @@ class Body(BaseModel):
 
 
 class Runtime:
-    """Holds the broker while the app is serving."""
+    """Holds the broker while the app is serving (and its opening while it recovers)."""
 
     def __init__(self) -> None:
         self.broker_or_none: Broker | None = None
+        self.opening: asyncio.Task[Broker | None] | None = None
+        self.failure: BaseException | None = None
+        """Why the broker could not open (the process then stops and exits non-zero)."""
 
     @property
     def broker(self) -> Broker:
-        """The open broker, or a 503 problem while starting or stopping."""
+        """The open broker, or a 503 problem while starting (recovering) or stopping."""
         broker = self.broker_or_none
         if broker is None:
-            raise APIError(
-                503, "NOT_READY", "the broker is starting or stopping", headers={"Retry-After": "1"}
-            )
+            raise APIError(503, "NOT_READY", self.not_ready_reason(), headers={"Retry-After": "1"})
+        return broker
+
+    def not_ready_reason(self) -> str:
+        """Why there is no open broker."""
+        if self.failure is not None:
+            return f"the broker could not open its data: {self.failure}"
+        if self.opening is not None and not self.opening.done():
+            return "the broker is recovering its data"
+        return "the broker is starting or stopping"
+
+    async def wait_open(self) -> Broker:
+        """The broker once it is open (tests and tools); raises ``RuntimeError`` if it failed."""
+        assert self.opening is not None, "the app is not serving"
+        broker = await asyncio.shield(self.opening)
+        if broker is None:
+            raise RuntimeError(self.not_ready_reason())
         return broker
 
 
@@ -143,6 +162,15 @@ def mq_problem(error: MQError) -> Response:
         )
     if isinstance(error, GroupNotFoundError):
         return problem(404, "GROUP_NOT_FOUND", str(error))
+    if isinstance(error, DiskFullError):
+        return problem(
+            429,
+            "DISK_FULL",
+            str(error),
+            headers={"Retry-After": str(max(1, round(error.retry_after)))},
+            used_bytes=error.used_bytes,
+            watermark_bytes=error.watermark_bytes,
+        )
     if isinstance(error, TopicNotFoundError):
         return problem(404, "TOPIC_NOT_FOUND", str(error))
     if isinstance(error, LeaseExpiredError):

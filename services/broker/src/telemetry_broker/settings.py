@@ -32,7 +32,9 @@ class BrokerSettings(ServiceSettings):
     fsync_helper: bool = Field(
         True, description="fsync in a helper process (false: in worker threads)."
     )
-    segment_bytes: int = Field(64 * MiB, ge=4096, description="Segment file size before a roll.")
+    segment_bytes: int = Field(
+        64 * MiB, ge=4096, le=256 * MiB, description="Segment file size before a roll."
+    )
     wal_segment_bytes: int = Field(
         64 * MiB,
         ge=4096,
@@ -42,10 +44,20 @@ class BrokerSettings(ServiceSettings):
         3600.0, ge=0, description="Delete consumed segments older than this (s); 0: never."
     )
     retention_bytes: int = Field(
-        0, ge=0, description="Delete consumed segments past this size per partition; 0: never."
+        0,
+        ge=0,
+        description="Consumed bytes all topics keep; past it the oldest consumed segments go "
+        "(0: no byte bound).",
     )
     max_backlog_bytes: int = Field(
         1024 * MiB, ge=1, description="Unconsumed bytes per topic before publish answers 429."
+    )
+    disk_high_watermark: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Fraction of the data volume past which publishes answer 429 DISK_FULL and "
+        "consumed segments go early (1: off).",
     )
     max_request_bytes: int = Field(16 * MiB, ge=1024, description="Request body limit (413).")
     max_record_bytes: int = Field(1 * MiB, ge=16, description="Largest record value.")
@@ -97,6 +109,7 @@ class BrokerSettings(ServiceSettings):
             retention_age=self.retention_age or None,
             retention_bytes=self.retention_bytes or None,
             max_backlog_bytes=self.max_backlog_bytes,
+            disk_high_watermark=self.disk_high_watermark if self.disk_high_watermark < 1 else None,
             max_record_bytes=self.max_record_bytes,
             max_fetch_bytes=self.max_fetch_bytes,
             default_ack_wait=self.ack_wait,

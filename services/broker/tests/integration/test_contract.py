@@ -4,7 +4,8 @@ schemathesis runs every phase (examples, coverage, fuzzing, and the stateful pha
 follows the document's links: create a topic, publish to it, fetch, then ack, nack, release,
 reject or extend the lease...) with every check, and must find nothing. A typed client
 generated from docs/broker-openapi.json with openapi-python-client, with no warning, runs every
-operation and gets one problem of each kind the document declares but 503.
+operation and gets one problem of each kind the document declares but 503 (429 both
+TOO_MANY_LEASES and DISK_FULL).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from telemetry_mq.disk import disk_usage
 
 from conftest import ROOT, generate_client
 
@@ -231,3 +233,23 @@ async def test_problems_through_the_generated_client(
         assert answer.parsed.code == code and answer.parsed.status == status
     assert full.headers["Retry-After"]
     assert too_long.parsed.additional_properties["limit"] == 1.0
+
+
+async def test_disk_full_through_the_generated_client(
+    start_broker: StartBroker, broker_client: ModuleType, tmp_path: Path
+):
+    """The 429 the document declares beside BACKLOG_FULL: a broker past its disk watermark."""
+    usage = disk_usage(tmp_path)
+    watermark = usage.used / usage.capacity / 2  # the test filesystem is already past it
+    broker = await start_broker(BROKER_TOKEN=TOKEN, BROKER_DISK_HIGH_WATERMARK=str(watermark))
+    m = op(broker_client, "models")
+    publish = op(broker_client, "api.records.publish_records")
+    async with broker_client.AuthenticatedClient(base_url=broker.url, token=TOKEN) as client:
+        one = m.PublishRequest(records=[m.PublishRecord(key="k", value=1)])
+        full = await publish.asyncio_detailed("telemetry", client=client, body=one)
+    assert full.status_code == 429, full.content
+    assert isinstance(full.parsed, m.Problem)
+    assert full.parsed.code == "DISK_FULL" and full.parsed.status == 429
+    assert full.headers["Retry-After"] == "1"
+    extra = full.parsed.additional_properties
+    assert extra["used_bytes"] >= extra["watermark_bytes"] > 0

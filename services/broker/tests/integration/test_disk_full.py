@@ -88,6 +88,9 @@ async def test_a_full_disk_loses_no_acknowledged_record(
         # Small segments: checkpoints, rolls and partition writes happen within the 8 MiB.
         "BROKER_WAL_SEGMENT_BYTES": str(256 * 1024),
         "BROKER_SEGMENT_BYTES": str(256 * 1024),
+        # No high watermark: this is what a real ENOSPC does (with one, publishes get 429
+        # DISK_FULL first: tests/system/test_broker_disk.py).
+        "BROKER_DISK_HIGH_WATERMARK": "1",
     }
     proc = await start_broker(**env)
     filler = fill(small_fs, ROOM)

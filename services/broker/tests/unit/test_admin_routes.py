@@ -12,6 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from quart.typing import TestClientProtocol as Client
 from telemetry_broker import BrokerSettings, create_app
 
+from .test_routes import opened
+
 TOPIC = "/v1/topics/telemetry"
 GROUPS = f"{TOPIC}/groups"
 DEAD = f"{TOPIC}/dead-letters"
@@ -31,6 +33,7 @@ def settings(tmp_path: Path, **overrides: Any) -> BrokerSettings:
 async def client(tmp_path: Path) -> AsyncIterator[Client]:
     app = create_app(settings(tmp_path, max_groups_per_topic=3, max_in_flight_records=5))
     async with app.test_app() as test_app:
+        await opened(app)
         yield test_app.test_client()
 
 
@@ -72,6 +75,7 @@ async def test_delete_a_group(client: Client) -> None:
 async def test_admin_routes_require_the_token(tmp_path: Path) -> None:
     app = create_app(settings(tmp_path, token="s3cret"))
     async with app.test_app() as test_app:
+        await opened(app)
         client = test_app.test_client()
         await problem(await client.delete(f"{GROUPS}/g/"), 401, "UNAUTHORIZED")
         await problem(await client.get(f"{DEAD}/"), 401, "UNAUTHORIZED")
@@ -107,6 +111,7 @@ async def test_each_limit_has_its_problem_code(client: Client, tmp_path: Path) -
 async def test_too_many_topics_is_409(tmp_path: Path) -> None:
     app = create_app(settings(tmp_path, max_topics=1))
     async with app.test_app() as test_app:
+        await opened(app)
         client = test_app.test_client()
         resp = await client.post("/v1/topics/", json={"name": "more"})
         await problem(resp, 409, "TOO_MANY_TOPICS")

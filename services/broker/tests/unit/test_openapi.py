@@ -80,6 +80,14 @@ def test_the_contract_is_made_for_client_generators():
         "503",
     }
     assert set(fetch["responses"]["200"]["links"]) >= {"ackLease", "extendLease", "getGroup"}
+    # A publish (and a replay, which publishes) meets both of the broker's disk bounds.
+    for op_id in ("publishRecords", "replayDeadLetters"):
+        full = operations[op_id]["responses"]["429"]
+        assert set(full["content"]["application/problem+json"]["examples"]) == {
+            "BACKLOG_FULL",
+            "DISK_FULL",
+        }, op_id
+        assert "Retry-After" in full["headers"], op_id
     # [partition, offset] pairs: arrays of two integers, which every tool reads.
     position = schemas["PublishResponse"]["properties"]["positions"]["items"]
     assert position == {

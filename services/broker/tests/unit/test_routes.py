@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from quart import Quart
 from quart.typing import TestClientProtocol as Client
 from telemetry_broker import BrokerSettings, create_app
 from telemetry_broker.fastpath import FastPath
@@ -36,10 +37,16 @@ def settings(tmp_path: Path, **overrides: Any) -> BrokerSettings:
     return BrokerSettings(**values)
 
 
+async def opened(app: Quart) -> None:
+    """Wait until the broker is open: it recovers while the app already serves."""
+    await app.extensions["telemetry_broker"].wait_open()
+
+
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[Client]:
     app = create_app(settings(tmp_path))
     async with app.test_app() as test_app:
+        await opened(app)
         yield test_app.test_client()
 
 
@@ -86,6 +93,7 @@ async def assert_problem(resp: Any, status: int, code: str | None = None) -> dic
 async def test_control_routes(tmp_path: Path) -> None:
     app = create_app(settings(tmp_path))
     async with app.test_app() as test_app:
+        await opened(app)
         client = test_app.test_client()
         healthz = await client.get("/healthz")
         assert (healthz.status_code, await healthz.get_json()) == (200, {"status": "ok"})
@@ -257,6 +265,7 @@ async def test_full_backlog_is_429_with_retry_after(client: Client) -> None:
 async def test_token_is_required_on_v1_routes(tmp_path: Path) -> None:
     app = create_app(settings(tmp_path, token="s3cret"))
     async with app.test_app() as test_app:
+        await opened(app)
         client = test_app.test_client()
         resp = await client.get("/v1/topics/")
         await assert_problem(resp, 401, "UNAUTHORIZED")
@@ -366,6 +375,7 @@ async def test_hot_routes_are_served_by_the_fast_path(tmp_path: Path) -> None:
     assert fast.match("POST", "/v1/topics//records/") is None
 
     async with app.test_app() as test_app:
+        await opened(app)
         client = test_app.test_client()
         await publish(client, 3)
         await fetch(client)
@@ -395,6 +405,7 @@ async def test_hot_routes_are_served_by_the_fast_path(tmp_path: Path) -> None:
 async def test_a_long_poll_is_cancelled_when_the_client_goes_away(tmp_path: Path) -> None:
     app = create_app(settings(tmp_path, max_fetch_wait=60.0))
     async with app.test_app() as test_app:
+        await opened(app)
         client = test_app.test_client()
         async with client.request(FETCH, method="POST") as connection:
             await connection.send(orjson.dumps({"max_wait": 60}))

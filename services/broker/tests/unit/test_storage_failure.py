@@ -14,12 +14,13 @@ from telemetry_broker.app import EXIT_STORAGE_FAILED
 from telemetry_kit import exit_code
 from telemetry_mq.faults import Faults
 
-from .test_routes import FETCH, TOPIC, assert_problem, publish, records, settings
+from .test_routes import FETCH, TOPIC, assert_problem, opened, publish, records, settings
 
 
 async def test_a_failed_log_write_answers_503_and_stops_the_service(tmp_path: Path) -> None:
     app = create_app(settings(tmp_path))
     async with app.test_app() as test_app:
+        await opened(app)
         client = test_app.test_client()
         await publish(client, 10)
         with Faults() as faults:
@@ -43,6 +44,7 @@ async def test_a_failed_log_write_answers_503_and_stops_the_service(tmp_path: Pa
     # The records acknowledged before the failure are there after the restart.
     app = create_app(settings(tmp_path))
     async with app.test_app() as test_app:
+        await opened(app)
         client = test_app.test_client()
         resp = await client.post(FETCH, json={"max_records": 100, "multi": True})
         assert resp.status_code == 200

@@ -24,6 +24,8 @@ from telemetry_mq.protocol import (
     encode_batches_ndjson,
 )
 
+from .test_routes import opened
+
 TOPIC = "/v1/topics/telemetry"
 FETCH = f"{TOPIC}/groups/collectors/fetch"
 
@@ -42,6 +44,7 @@ async def app(tmp_path: Path) -> AsyncIterator[Quart]:
     )
     app = create_app(settings)
     async with app.test_app():
+        await opened(app)
         yield app
 
 

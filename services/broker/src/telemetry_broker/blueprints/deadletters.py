@@ -197,7 +197,7 @@ def dead_letters_blueprint(runtime: Runtime, token: str | None) -> Blueprint:
             **UNAUTHORIZED,
             **TOPIC_NOT_FOUND,
             **TOO_LARGE,
-            429: ["BACKLOG_FULL"],
+            429: ["BACKLOG_FULL", "DISK_FULL"],
             **UNAVAILABLE,
         }
     )
@@ -206,7 +206,8 @@ def dead_letters_blueprint(runtime: Runtime, token: str | None) -> Blueprint:
 
         Each is a new record (every group of the topic sees it again), durable before its
         letter stops being pending: a crash can duplicate a record, never lose it. 429 when
-        the topic's backlog is full (what was replayed before stays replayed).
+        the topic's backlog or the broker's data volume is full (what was replayed before
+        stays replayed).
         """
         data = parse(ReplayRequest, await request_body())
         selection = Selection(

@@ -93,12 +93,16 @@ def records_blueprint(runtime: Runtime, fast: FastPath) -> Blueprint:
             **GROUP_ACTIONS,
             **TOPIC_NOT_FOUND,
             **TOO_LARGE,
-            429: ["BACKLOG_FULL"],
+            429: ["BACKLOG_FULL", "DISK_FULL"],
             **UNAVAILABLE,
         }
     )
     async def publish(req: FastRequest, topic: str) -> FastResponse:
-        """Publish records; answered after they are durable. 429 + Retry-After when full."""
+        """Publish records; answered after they are durable.
+
+        429 + Retry-After when the topic's backlog (BACKLOG_FULL) or the broker's data volume
+        (DISK_FULL) is full.
+        """
         broker = runtime.broker
         try:
             records = decode_publish(req.body, MAX_PUBLISH_RECORDS)

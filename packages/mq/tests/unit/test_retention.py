@@ -1,0 +1,148 @@
+"""Retention by bytes across topics, and the disk high watermark: 429, early deletion, rolls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from telemetry_mq import Broker, DiskFullError
+from telemetry_mq.disk import DiskWatch, disk_usage
+
+from ..conftest import Clock, OpenBroker
+
+
+def value(i: int) -> bytes:
+    return orjson.dumps({"i": i, "pad": "x" * 100})
+
+
+async def fill(b: Broker, topic: str, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        await b.publish(topic, [("k", value(i))])
+    b.topic(topic).logs[0].write_out()  # the frames reach the files in large writes: now
+
+
+async def consume(b: Broker, topic: str, group: str = "g", most: int = 1 << 30) -> list[int]:
+    got: list[int] = []
+    while len(got) < most and (
+        batch := await b.fetch(topic, group, max_records=min(100, most - len(got)))
+    ):
+        got.extend(orjson.loads(d.value)["i"] for d in batch.records)
+        await b.ack(topic, group, batch.lease)
+    return got
+
+
+def files(tmp_path: Path, topic: str) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "data/topics" / topic / "partitions/0000").iterdir())
+
+
+async def test_byte_budget_holds_for_all_topics_together_oldest_first(
+    open_broker: OpenBroker, tmp_path: Path, wall: Clock
+) -> None:
+    budget = 3000
+    b = await open_broker(segment_bytes=512, retention_age=None, retention_bytes=budget)
+    for name in ("old", "new"):
+        await b.create_topic(name, 1)
+    await fill(b, "old", 40)
+    wall.advance(60)
+    await fill(b, "new", 40)
+    assert await consume(b, "old") == list(range(40))
+    assert await consume(b, "new") == list(range(40))
+    assert b.topic_stats("old").retained_bytes > budget
+    await b.maintain()
+    old, new = b.topic_stats("old"), b.topic_stats("new")
+    assert old.retained_bytes + new.retained_bytes <= budget  # not per partition: all together
+    # Oldest first: the newer topic keeps more, and its newest records are all there.
+    assert old.partition_stats[0].start_offset > new.partition_stats[0].start_offset
+    assert new.partition_stats[0].start_offset < 30
+    assert files(tmp_path, "old")[0] != "00000000000000000000.log"
+
+
+async def test_byte_budget_never_deletes_unconsumed_records(
+    open_broker: OpenBroker, wall: Clock
+) -> None:
+    b = await open_broker(segment_bytes=512, retention_age=None, retention_bytes=1)
+    await b.create_topic("t", 1)
+    await fill(b, "t", 40)
+    assert await consume(b, "t", "fast") == list(range(40))
+    assert await consume(b, "t", "slow", most=10) == list(range(10))
+    await b.maintain()
+    stats = b.topic_stats("t")
+    assert 0 < stats.partition_stats[0].start_offset <= 10  # consumed by both groups: gone
+    assert await consume(b, "t", "slow") == list(range(10, 40))  # the rest is all there
+    await b.maintain()
+    assert b.topic_stats("t").partition_stats[0].start_offset > 30
+
+
+def over_the_watermark(path: Path) -> float:
+    """A watermark the filesystem under ``path`` is already past (whatever else is on it)."""
+    usage = disk_usage(path)
+    if usage.used == 0:  # pragma: no cover - an empty filesystem
+        pytest.skip("the test filesystem reports no used blocks")
+    return usage.used / usage.capacity / 2
+
+
+async def test_past_the_watermark_publishes_get_disk_full_and_consumed_segments_go(
+    open_broker: OpenBroker, tmp_path: Path
+) -> None:
+    b = await open_broker(segment_bytes=512, retention_age=3600.0)
+    await b.create_topic("t", 1)
+    await fill(b, "t", 40)
+    assert await consume(b, "t", most=25) == list(range(25))
+    segments = len(files(tmp_path, "t"))
+    await b.close()
+
+    (tmp_path / "data").mkdir(exist_ok=True)
+    watermark = over_the_watermark(tmp_path / "data")
+    b = await open_broker(segment_bytes=512, retention_age=3600.0, disk_high_watermark=watermark)
+    with pytest.raises(DiskFullError) as info:
+        await b.publish("t", [("k", value(99))])
+    assert info.value.retry_after == 1.0
+    assert info.value.used_bytes >= info.value.watermark_bytes > 0
+    assert b.topic_stats("t").records == 40  # nothing of the refused batch was appended
+    # Fetches and acks go on past the watermark.
+    assert await consume(b, "t", most=5) == list(range(25, 30))
+    # Consumed segments go early, whatever their age (an hour's retention by age here).
+    await b.maintain()
+    start = b.topic_stats("t").partition_stats[0].start_offset
+    assert 0 < start <= 30
+    assert len(files(tmp_path, "t")) < segments
+    # Dead letters are not refused: a rejected record reaches the dead-letter topic.
+    batch = await b.fetch("t", "g", max_records=1)
+    assert batch is not None
+    assert await b.reject("t", "g", batch.lease) == 1
+    assert b.topic_stats("t.dlq").records == 1
+    assert await consume(b, "t") == list(range(31, 40))
+
+
+async def test_under_pressure_a_consumed_active_segment_rolls_and_goes(
+    open_broker: OpenBroker, tmp_path: Path
+) -> None:
+    (tmp_path / "data").mkdir()
+    watermark = over_the_watermark(tmp_path / "data")
+    # One large segment: the active one holds every record, consumed or not.
+    b = await open_broker(retention_age=None, disk_high_watermark=watermark)
+    await b.create_topic("t", 1)
+    assert b.disk is not None
+    b.disk.high_watermark = 1.0  # room to publish first
+    await fill(b, "t", 20)
+    assert await consume(b, "t") == list(range(20))
+    b.disk.high_watermark = watermark
+    await b.maintain()  # nothing closed to delete: the active segment rolls at the next append
+    assert files(tmp_path, "t") == ["00000000000000000000.log"]
+    b.disk.high_watermark = 1.0
+    await b.publish("t", [("k", value(20))])
+    b.disk.high_watermark = watermark
+    await b.maintain()
+    assert files(tmp_path, "t") == ["00000000000000000020.log"]
+    assert await consume(b, "t") == [20]
+
+
+async def test_the_disk_is_checked_at_most_once_per_interval(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    watch = DiskWatch(tmp_path, 0.9, interval=0.1, clock=clock)
+    first = watch.usage()
+    assert watch.usage() is first  # cached: no statvfs per call
+    clock.advance(0.1)
+    assert watch.usage() is not first
+    assert watch.usage().capacity > 0
