@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 import telemetry_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from telemetry_model import (
     DEFAULT_MAX_FUTURE_SKEW,
     EPOCH,
@@ -21,6 +23,7 @@ from telemetry_model import (
     read_samples,
     to_micros,
 )
+from telemetry_model.wire import _checked, _typical
 
 from conftest import CSV_PATH
 
@@ -201,3 +204,81 @@ def test_a_literal_backslash_u0000_is_text_not_a_nul():
     dp = decode(wire(model="model \\u0000"), now_us=NOW_US)  # the six characters \u0000
     assert dp.gpu.model == "model \\u0000"
     assert decode(wire(model="model \\u0000").decode(), now_us=NOW_US) == dp
+
+
+# --- the typical datapoint's fast path decides exactly as the full checks --------------------
+
+
+# Values around every edge the checks draw: lengths either side of the fast path's limit (a
+# quarter of the byte limit) and of the byte limit itself, in 1- and 4-byte characters, wrong
+# types, the integer ranges' ends, NUL.
+_TEXTS = st.sampled_from(
+    ["", "a", "a" * 64, "a" * 65, "a" * 256, "a" * 257, FOUR_BYTES * 64, FOUR_BYTES * 65,
+     "x\x00y", "\\u0000"]
+)  # fmt: skip
+_ODD = st.sampled_from([None, 0, 1, -1, True, 1.5, [], {}, "1"])
+_INTS = st.sampled_from(
+    [0, 1, -1, 32767, 32768, 2**63 - 1, 2**63, NOW_US, MAX_TS_US, MAX_TS_US + 1,
+     NOW_US + 86_400_000_000, NOW_US + 86_400_000_001]
+)  # fmt: skip
+_FIELDS = {
+    "stream": st.one_of(_TEXTS, _ODD, st.sampled_from(["s" * 50, "s" * 51, "s" * 200, "s" * 201])),
+    "seq": st.one_of(_INTS, _ODD),
+    "ts": st.one_of(_INTS, _ODD),
+    "metric": st.one_of(st.sampled_from(["DCGM_FI_DEV_GPU_UTIL", "NOT_A_METRIC"]), _ODD),
+    "value": st.one_of(st.sampled_from([0, 1, -0.0, 1e308, 2.5, 2**63 - 1]), _ODD),
+    "uuid": st.one_of(_TEXTS, _ODD),
+    "host": st.one_of(_TEXTS, _ODD),
+    "gpu": st.one_of(_INTS, _ODD),
+    "device": st.one_of(_TEXTS, _ODD),
+    "model": st.one_of(_TEXTS, _ODD),
+    "driver": st.one_of(_TEXTS, _ODD),
+    "container": st.one_of(_TEXTS, _ODD),
+    "pod": st.one_of(_TEXTS, _ODD),
+    "namespace": st.one_of(_TEXTS, _ODD),
+    "labels": st.one_of(
+        _ODD,
+        st.dictionaries(
+            _TEXTS, st.one_of(_TEXTS, _ODD, st.just("v" * 256), st.just("v" * 257)), max_size=3
+        ),
+        st.just({f"l{i}": "v" for i in range(64)}),
+        st.just({f"l{i}": "v" for i in range(65)}),
+    ),  # fmt: skip
+    "extra": st.one_of(_TEXTS, _ODD),
+}
+
+
+def _outcome(call):
+    try:
+        return ("datapoint", call())
+    except DecodeError as e:
+        return ("refused", str(e))
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    changes=st.fixed_dictionaries(
+        {}, optional={k: st.one_of(st.just(None), v) for k, v in _FIELDS.items()}
+    ),
+    skew=st.sampled_from([DEFAULT_MAX_FUTURE_SKEW, None, 0.0]),
+)
+def test_the_fast_path_decides_every_record_as_the_full_checks_do(changes, skew):
+    body = orjson.loads(encode(Datapoint("s", 1, NOW_US, "DCGM_FI_DEV_GPU_UTIL", 1.0, GPU)))
+    for key, value in changes.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    data = orjson.dumps(body)
+    fast = _outcome(lambda: decode(data, max_future_skew=skew, now_us=NOW_US))
+    full = _outcome(lambda: _checked(orjson.loads(data), data, skew, NOW_US))
+    assert fast == full
+
+
+def test_every_real_record_takes_the_fast_path():
+    stream = orjson.dumps("dcgm")
+    for i, sample in enumerate(read_samples(CSV_PATH)):
+        data = WireTemplate(sample).encode(stream, i, NOW_US)
+        point = _typical(orjson.loads(data), DEFAULT_MAX_FUTURE_SKEW, NOW_US)
+        assert point is not None, data
+        assert point == _checked(orjson.loads(data), data, DEFAULT_MAX_FUTURE_SKEW, NOW_US)

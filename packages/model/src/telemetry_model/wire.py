@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Final
+from typing import Any, Final, TypeIs
 
 import orjson
 
@@ -143,6 +143,106 @@ def decode(
         body = orjson.loads(data)
     except orjson.JSONDecodeError as e:
         raise DecodeError(f"not JSON: {e}") from e
+    if type(body) is dict:
+        escaped = b"\\u0000" in data if isinstance(data, bytes) else "\\u0000" in data
+        if not escaped:
+            point = _typical(body, max_future_skew, now_us)
+            if point is not None:
+                return point
+    return _checked(body, data, max_future_skew, now_us)
+
+
+# The typical datapoint, checked in one expression: every string short enough that it cannot
+# pass its byte limit (4 bytes of UTF-8 a code point at most), every field of its exact type.
+_STREAM_CHARS: Final = MAX_STREAM_BYTES // 4
+_TEXT_CHARS: Final = MAX_TEXT_BYTES // 4
+_LABEL_CHARS: Final = MAX_LABEL_VALUE_BYTES // 4
+# GPUs repeat in every batch: one frozen Gpu per distinct identity and metadata, shared.
+_GPUS: dict[tuple[str, str, int, str, str, str | None], Gpu] = {}
+_MAX_GPUS: Final = 100_000
+
+
+def _short(v: Any) -> TypeIs[str]:
+    return type(v) is str and 0 < len(v) <= _TEXT_CHARS
+
+
+def _typical(
+    body: dict[str, Any], max_future_skew: float | None, now_us: int | None
+) -> Datapoint | None:
+    """The datapoint of ``body`` when it is plainly valid; ``None`` when it needs the full
+    checks of ``_checked`` (which give the reason if it is invalid).
+
+    Accepts only what ``_checked`` accepts, and builds the same datapoint: a fast path for
+    the collector, which decodes every record it stores (about 3 µs a record against 9).
+    """
+    get = body.get
+    stream, seq, ts, metric, value = (
+        get("stream"),
+        get("seq"),
+        get("ts"),
+        get("metric"),
+        get("value"),
+    )
+    uuid, host, index, device, model = (
+        get("uuid"),
+        get("host"),
+        get("gpu"),
+        get("device"),
+        get("model"),
+    )
+    driver, container, pod, namespace = (
+        get("driver"),
+        get("container"),
+        get("pod"),
+        get("namespace"),
+    )
+    labels = get("labels", {})
+    if not (
+        type(stream) is str
+        and 0 < len(stream) <= _STREAM_CHARS
+        and type(seq) is int
+        and 0 <= seq <= MAX_SEQ
+        and type(ts) is int
+        and 0 <= ts <= MAX_TS_US
+        and type(metric) is str
+        and metric in METRICS_BY_NAME
+        and (type(value) is float or type(value) is int)
+        and math.isfinite(value)
+        and _short(uuid)
+        and _short(host)
+        and type(index) is int
+        and 0 <= index <= MAX_GPU_INDEX
+        and _short(device)
+        and _short(model)
+        and (driver is None or _short(driver))
+        and (container is None or _short(container))
+        and (pod is None or _short(pod))
+        and (namespace is None or _short(namespace))
+        and type(labels) is dict
+        and len(labels) <= MAX_LABELS
+        and all(
+            len(k) <= _TEXT_CHARS and type(v) is str and len(v) <= _LABEL_CHARS
+            for k, v in labels.items()
+        )
+    ):
+        return None
+    if max_future_skew is not None:
+        now = time.time_ns() // 1000 if now_us is None else now_us
+        if (ts - now) / 1e6 > max_future_skew:
+            return None
+    key = (uuid, host, index, device, model, driver)
+    gpu = _GPUS.get(key)
+    if gpu is None:
+        if len(_GPUS) >= _MAX_GPUS:
+            _GPUS.clear()
+        gpu = _GPUS[key] = Gpu(uuid, host, index, device, model, driver)
+    return Datapoint(stream, seq, ts, metric, float(value), gpu, container, pod, namespace, labels)
+
+
+def _checked(
+    body: Any, data: bytes | str, max_future_skew: float | None, now_us: int | None
+) -> Datapoint:
+    """``decode`` with every check spelled out, raising ``DecodeError`` with its reason."""
     if not isinstance(body, dict):
         raise DecodeError("a datapoint must be a JSON object")
     # JSON writes a NUL only as the escape \u0000; a cheap search first, the walk only then.
