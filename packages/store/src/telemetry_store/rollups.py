@@ -102,9 +102,10 @@ async def rollup_state(cur: Cursor, lo_us: int, hi_us: int) -> RollupState:
         f"SELECT {_micros('rollup_1m_to')}, {_micros('rollup_1h_to')},"
         " (SELECT coalesce(array_agg(DISTINCT"
         f"   {_micros('l.minute')}::bigint), '{{}}') FROM telemetry_late l"
-        "   WHERE l.minute >= %(lo)s - interval '1 hour' AND l.minute < %(hi)s)"
+        "   WHERE l.minute >= %(lo)s AND l.minute < %(hi)s)"
         " FROM telemetry_bounds",
-        {"lo": at(lo_us), "hi": at(hi_us)},
+        # an hour earlier, for the hour that holds lo; -infinity below PostgreSQL's range
+        {"lo": at(lo_us - HOUR_US), "hi": at(hi_us)},
     )
     row = await cur.fetchone()
     if row is None:
