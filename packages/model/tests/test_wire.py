@@ -23,7 +23,7 @@ from telemetry_model import (
     read_samples,
     to_micros,
 )
-from telemetry_model.wire import _checked, _typical
+from telemetry_model.wire import _checked, _stamped, _typical
 
 from conftest import CSV_PATH
 
@@ -282,3 +282,78 @@ def test_every_real_record_takes_the_fast_path():
         point = _typical(orjson.loads(data), DEFAULT_MAX_FUTURE_SKEW, NOW_US)
         assert point is not None, data
         assert point == _checked(orjson.loads(data), data, DEFAULT_MAX_FUTURE_SKEW, NOW_US)
+
+
+# --- a streamer's record: the stamp, then a static part checked once and kept ----------------
+
+_STREAMS = st.one_of(
+    st.sampled_from(["dcgm", "s" * 200, "s" * 201, "", 'a"b', "a\\b", "é", "a/b", "a\tb"]),
+    st.text(max_size=8),
+)
+_STAMP_INTS = st.one_of(_INTS, st.integers(min_value=-5, max_value=2**64))
+
+
+def _stamp(stream: str, seq: int, ts: int) -> bytes:
+    return b'{"stream":%b,"seq":%d,"ts":%d,' % (orjson.dumps(stream), seq, ts)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    stream=_STREAMS,
+    seq=_STAMP_INTS,
+    ts=_STAMP_INTS,
+    changes=st.fixed_dictionaries(
+        {}, optional={k: v for k, v in _FIELDS.items() if k not in ("stream", "seq", "ts")}
+    ),
+    again=st.sampled_from([b"", b'"ts":5,', b'"seq":5,', b'"stream":"x",', b'"t\\u0073":5,']),
+    skew=st.sampled_from([DEFAULT_MAX_FUTURE_SKEW, None, 0.0]),
+)
+def test_a_stamped_record_decodes_as_the_full_checks_decide(stream, seq, ts, changes, again, skew):
+    static = orjson.loads(encode(Datapoint("s", 1, NOW_US, "DCGM_FI_DEV_GPU_UTIL", 1.0, GPU)))
+    for key in ("stream", "seq", "ts"):
+        del static[key]
+    static.update(changes)
+    data = _stamp(stream, seq, ts) + again + orjson.dumps(static)[1:]
+    full = _outcome(lambda: _checked(orjson.loads(data), data, skew, NOW_US))
+    for _ in range(2):  # the static part unknown, then known
+        assert _outcome(lambda: decode(data, max_future_skew=skew, now_us=NOW_US)) == full
+
+
+def test_a_key_of_the_stamp_repeated_in_the_static_part_wins_as_in_json():
+    static = orjson.dumps({"metric": "DCGM_FI_DEV_GPU_UTIL", "value": 1.0, "uuid": "u",
+                           "host": "h", "gpu": 0, "device": "d", "model": "m"})  # fmt: skip
+    for again, field, expected in [
+        (b'"ts":5,', "ts_us", 5),
+        (b'"t\\u0073":6,', "ts_us", 6),
+        (b'"seq":7,', "seq", 7),
+        (b'"stream":"x",', "stream", "x"),
+    ]:
+        data = _stamp("dcgm", 1, NOW_US) + again + static[1:]
+        for _ in range(2):
+            assert getattr(decode(data, now_us=NOW_US), field) == expected
+
+
+def test_every_real_record_takes_the_stamped_path_once_its_template_is_known():
+    stream = orjson.dumps("dcgm")
+    for i, sample in enumerate(read_samples(CSV_PATH)):
+        data = WireTemplate(sample).encode(stream, i, NOW_US)
+        decode(data, now_us=NOW_US)  # learns the template's static part
+        point = _stamped(data, DEFAULT_MAX_FUTURE_SKEW, NOW_US)
+        assert point is not None, data
+        assert point == _checked(orjson.loads(data), data, DEFAULT_MAX_FUTURE_SKEW, NOW_US)
+        assert point == Datapoint(point.stream, point.seq, point.ts_us, point.metric,
+                                  point.value, point.gpu, point.container, point.pod,
+                                  point.namespace, point.labels)  # fmt: skip
+
+
+def test_a_stamp_out_of_range_is_refused_with_its_reason_after_the_template_is_known():
+    data = WireTemplate(read_samples(CSV_PATH)[0]).encode(orjson.dumps("dcgm"), 1, NOW_US)
+    decode(data, now_us=NOW_US)
+    for seq, ts, message in [
+        (2**63, NOW_US, "field 'seq' must be an integer"),
+        (1, MAX_TS_US + 1, "field 'ts' must be an integer"),
+        (1, NOW_US + 86_400_000_001, "ahead of the clock"),
+    ]:
+        bad = data.replace(b'"seq":1,"ts":%d' % NOW_US, b'"seq":%d,"ts":%d' % (seq, ts))
+        with pytest.raises(DecodeError, match=re.escape(message)):
+            decode(bad, now_us=NOW_US)

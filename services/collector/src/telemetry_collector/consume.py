@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import aiopg
 from telemetry_kit import wait_or_stop
@@ -40,9 +41,9 @@ log = logging.getLogger(__name__)
 _PROBE = "SELECT current_setting('transaction_read_only') = 'off'"
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
-    """One decoded record of a round."""
+class _Item(NamedTuple):
+    """One decoded record of a round (a tuple: built for every record, several times faster
+    than a frozen dataclass)."""
 
     batch: Batch
     offset: int
