@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import aiopg
 import pytest
@@ -20,6 +24,39 @@ from telemetry_store import create_pool, migrate
 
 ROOT = Path(__file__).resolve().parent
 CSV_PATH = ROOT / "data" / "dcgm_metrics_20250718_134233.csv"
+
+
+def generate_client(spec: Path, package: str, where: Path) -> ModuleType:
+    """Generate a typed client of ``spec`` with openapi-python-client (the ``clients`` group)
+    as the package ``package`` in ``where``, check the generator warned of nothing, import it.
+    """
+    bin_dir = Path(sys.executable).parent  # the generator, and the ruff it formats with
+    result = subprocess.run(
+        [
+            str(bin_dir / "openapi-python-client"),
+            "generate",
+            "--path",
+            str(spec),
+            "--meta",
+            "none",
+            "--output-path",
+            str(where / package),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "warning" not in output.lower(), output
+    assert "error" not in output.lower(), output
+    sys.path.insert(0, str(where))
+    try:
+        return importlib.import_module(package)
+    finally:
+        sys.path.remove(str(where))
 
 
 @pytest.fixture(scope="session")

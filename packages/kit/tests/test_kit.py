@@ -161,6 +161,8 @@ async def test_http_errors_are_problem_bodies(method, path, body, status, code):
     assert r.status_code == status
     assert r.content_type == PROBLEM_JSON
     assert (await r.get_json())["code"] == code
+    if status == 405:  # RFC 9110: the answer lists the methods the route takes
+        assert r.headers["Allow"] == "GET, HEAD, OPTIONS"
 
 
 async def test_unmatched_routes_share_one_metric_label():
@@ -224,7 +226,7 @@ def test_settings_and_hypercorn_config(monkeypatch):
 
 
 def test_public_surface():
-    modules = {"app", "control", "errors", "httpmetrics", "logs", "serve", "settings"}
+    modules = {"app", "contract", "control", "errors", "httpmetrics", "logs", "serve", "settings"}
     assert sorted(telemetry_kit.__all__) == sorted(
         n for n in dir(telemetry_kit) if not n.startswith("_") and n not in modules
     )
@@ -325,3 +327,86 @@ def test_listen_on_port_0_and_report_it(tmp_path):
         write_port_file(tmp_path / "port", port)
     assert (tmp_path / "port").read_text() == f"{port}\n"
     assert [p.name for p in tmp_path.iterdir()] == ["port"]  # no temporary file left
+
+
+def test_the_contract_provider_shapes_the_document():
+    from pydantic import BaseModel
+    from quart_schema import document_request, document_response, operation_id
+    from telemetry_kit import ContractProvider, empty_response, links, path_parameter, problems
+
+    class Item(BaseModel):
+        """An item."""
+
+        name: str
+
+    class Patch(BaseModel):
+        """Optional fields only: an empty body is a valid one."""
+
+        size: int = 0
+
+    class Provider(ContractProvider):
+        path_parameters = {"item": {"description": "An item name.", "example": "a"}}
+
+    registry = CollectorRegistry()
+
+    async def ready() -> str | None:
+        return None
+
+    app = base_app(
+        "demo",
+        title="Demo",
+        version="1",
+        registry=registry,
+        readiness=ready,
+        openapi_provider_class=Provider,
+    )
+
+    @app.post("/items/<item>")
+    @operation_id("putItem")
+    @document_request(Item)
+    @document_response(Item, 201)
+    @empty_response(204, "Nothing changed.")
+    @links(201, {"getItem": {"item": "$response.body#/name"}})
+    @problems({404: ["ITEM_NOT_FOUND"], 503: ["BUSY"]})
+    async def put_item(item: str) -> dict[str, str]:
+        """Put an item."""
+        return {}
+
+    @app.patch("/items/<item>")
+    @operation_id("patchItem")
+    @path_parameter("item", description="Another description.")
+    @document_request(Patch)
+    async def patch_item(item: str) -> dict[str, str]:
+        """Patch an item."""
+        return {}
+
+    doc = app.extensions["QUART_SCHEMA"].openapi_provider.schema()
+    put = doc["paths"]["/items/{item}"]["post"]
+    assert put["operationId"] == "putItem"
+    assert put["requestBody"] == {
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Item"}}},
+        "required": True,
+    }
+    assert list(put["responses"]) == ["201", "204", "404", "503"]
+    assert put["responses"]["204"] == {"description": "Nothing changed."}
+    assert put["responses"]["201"]["links"]["getItem"]["parameters"] == {
+        "item": "$response.body#/name"
+    }
+    missing = put["responses"]["404"]
+    assert missing["description"] == "Not Found: ITEM_NOT_FOUND."
+    media = missing["content"][PROBLEM_JSON]
+    assert media["schema"] == {"$ref": "#/components/schemas/Problem"}
+    assert media["examples"]["ITEM_NOT_FOUND"]["value"]["status"] == 404
+    assert put["responses"]["503"]["headers"]["Retry-After"]["required"] is True
+    assert put["parameters"][0]["description"] == "An item name."
+    patch = doc["paths"]["/items/{item}"]["patch"]
+    assert patch["parameters"][0]["description"] == "Another description."
+    assert "required" not in patch["requestBody"]
+    assert {"Item", "Patch", "Problem"} <= set(doc["components"]["schemas"])
+
+    @app.get("/anonymous")
+    async def anonymous() -> dict[str, str]:
+        return {}
+
+    with pytest.raises(LookupError, match="operation_id"):
+        app.extensions["QUART_SCHEMA"].openapi_provider.schema()

@@ -68,3 +68,45 @@ async def test_docs_page_uses_local_assets(client):
         assert len(await response.get_data()) > 100_000
     assert (await client.get("/docs/assets/..%2Fcore.py")).status_code == 404
     assert (await client.get("/docs/assets/swagger-editor.js")).status_code == 404
+
+
+def test_the_contract_is_made_for_client_generators():
+    doc = json.loads(render())
+    operations = {op["operationId"]: op for item in doc["paths"].values() for op in item.values()}
+    assert set(operations) == {"listGpus", "getGpu", "getGpuTelemetry", "listMetrics"}
+    assert {t["name"] for t in doc["tags"]} == {"gpus", "telemetry", "metrics"}
+    schemas = doc["components"]["schemas"]
+    for op_id, op in operations.items():
+        assert all(tag.isidentifier() for tag in op["tags"]), op_id
+        assert "401" in op["responses"], op_id  # the optional API_TOKEN
+        for status, response in op["responses"].items():
+            (media,) = response["content"].values()
+            ref = media["schema"]["$ref"]  # every body is a named component
+            assert ref.removeprefix("#/components/schemas/") in schemas
+            if int(status) >= 400:
+                assert ref == "#/components/schemas/Problem", (op_id, status)
+                assert media["examples"], (op_id, status)  # one per problem code
+            else:
+                assert media["example"], op_id
+        for parameter in op["parameters"]:
+            assert parameter.get("description"), (op_id, parameter["name"])
+    gpu_id = operations["getGpu"]["parameters"][0]
+    assert gpu_id["name"] == "gpu_id" and gpu_id["example"].startswith("GPU-")
+    assert operations["getGpuTelemetry"]["responses"]["503"]["headers"]["Retry-After"]
+    assert list(
+        operations["getGpuTelemetry"]["responses"]["400"]["content"]["application/problem+json"][
+            "examples"
+        ]
+    ) == [
+        "INVALID_TIME",
+        "NAIVE_TIME",
+        "INVALID_TIME_RANGE",
+        "INVALID_LIMIT",
+        "INVALID_CURSOR",
+        "UNKNOWN_METRIC",
+        "INVALID_STEP",
+        "INVALID_AGGREGATE",
+        "TOO_MANY_BUCKETS",
+        "TOO_MANY_ROWS",
+    ]
+    assert doc["security"] == [{}, {"bearer": []}]

@@ -114,6 +114,7 @@ async def run(args: argparse.Namespace, dsn: str) -> int:
         await stack.start()
         assert stack.api is not None
         lines = [
+            f"  Fleet view: {stack.api.url}/",
             f"  API:        {stack.api.url}/api/v1/gpus",
             f"  Docs:       {stack.api.url}/docs",
             f"  Broker:     {stack.broker.url if stack.broker else ''}/v1/topics",

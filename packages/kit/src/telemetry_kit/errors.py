@@ -10,7 +10,7 @@ import orjson
 from pydantic import ValidationError
 from quart import Quart, Response
 from quart_schema import RequestSchemaValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,7 @@ PROBLEM_JSON: Final = "application/problem+json"
 _HTTP_CODES: Final = {
     400: "BAD_REQUEST",
     401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     408: "REQUEST_TIMEOUT",
@@ -96,7 +97,10 @@ def register_error_handlers(app: Quart) -> None:
     async def _http_error(error: HTTPException) -> Response:
         status = error.code or 500
         code = _HTTP_CODES.get(status, HTTPStatus(status).name)
-        return problem(status, code, error.description)
+        headers = {}
+        if isinstance(error, MethodNotAllowed):  # RFC 9110: a 405 lists the allowed methods
+            headers["Allow"] = ", ".join(sorted(error.valid_methods or ()))
+        return problem(status, code, error.description, headers=headers)
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:

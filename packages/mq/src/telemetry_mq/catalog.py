@@ -30,7 +30,13 @@ from . import _fileio
 from .commit import Committer, Unit
 from .config import BrokerConfig
 from .deadletter import REPLAY_GROUP, check_group_name, check_topic_name, is_dlq
-from .errors import GroupNotFoundError, LimitExceededError, ProtocolError, StorageError
+from .errors import (
+    GroupNotFoundError,
+    LimitExceededError,
+    ProtocolError,
+    ReservedError,
+    StorageError,
+)
 from .groups import Group
 from .journal import GroupJournal
 from .recovery import FailTopic, new_group, open_topic, write_topic_dir
@@ -164,7 +170,7 @@ class Catalog:
         if g is None or g.deleted:
             raise GroupNotFoundError(t.name, group)
         if g.internal:
-            raise ProtocolError(f"group {group!r} is the broker's own")
+            raise ReservedError(f"group {group!r} is the broker's own")
         key = (t.name, group)
         done = self._deleting[key] = asyncio.get_running_loop().create_future()
         journal = g.delete()

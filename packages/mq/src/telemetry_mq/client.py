@@ -32,6 +32,7 @@ from .errors import (
     MQError,
     ProtocolError,
     RequestTooLargeError,
+    ReservedError,
     TopicNotFoundError,
     UnauthorizedError,
 )
@@ -427,12 +428,14 @@ def _error(
         body = {}
     code = body.get("code")
     detail = str(body.get("detail") or code or data[:200])
-    if code in ("TOO_MANY_TOPICS", "TOO_MANY_GROUPS", "NACK_DELAY_TOO_LONG"):
+    if code in ("TOO_MANY_TOPICS", "TOO_MANY_GROUPS", "NACK_DELAY_TOO_LONG", "FETCH_WAIT_TOO_LONG"):
         return LimitExceededError(code, detail, limit=float(body.get("limit", 0)))
     if status == 400:
         return ProtocolError(f"broker refused the request: {detail} {body.get('errors', '')}")
     if status == 401:
         return UnauthorizedError(detail)
+    if status == 403:
+        return ReservedError(detail)
     if status == 404 and code == "GROUP_NOT_FOUND":
         return GroupNotFoundError(topic or "?", group or "?")
     if status == 404:

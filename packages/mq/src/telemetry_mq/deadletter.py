@@ -27,7 +27,7 @@ from typing import Final
 import msgspec
 import orjson
 
-from .errors import ProtocolError
+from .errors import ProtocolError, ReservedError
 from .groups import Dead, Group
 from .log import Record
 from .protocol import check_name
@@ -73,7 +73,7 @@ def check_group_name(name: str) -> str:
     """``name`` if a client may use a group of that name, else raise ``ProtocolError``."""
     check_name("group", name)
     if name.startswith(INTERNAL_PREFIX):
-        raise ProtocolError(f"invalid group name {name!r}: {INTERNAL_PREFIX}* names are reserved")
+        raise ReservedError(f"invalid group name {name!r}: {INTERNAL_PREFIX}* names are reserved")
     return name
 
 

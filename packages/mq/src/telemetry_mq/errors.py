@@ -8,6 +8,7 @@ MQError
  ├── ProtocolError            the request or the answer is malformed (400, unexpected status/body)
  │    ├── RequestTooLargeError  the request body is over the broker's limit (413)
  │    ├── UnauthorizedError     a bearer token is required or wrong (401)
+ │    ├── ReservedError         the broker's own: a dead-letter topic, a _broker* group (403)
  │    └── LimitExceededError    past a configured limit: topics, groups, nack delay (409/400)
  ├── TopicNotFoundError       the topic does not exist (404)
  │    └── GroupNotFoundError  the consumer group does not exist (404)
@@ -71,6 +72,10 @@ class RequestTooLargeError(ProtocolError):
 
 class UnauthorizedError(ProtocolError):
     """The broker requires a bearer token and none, or a wrong one, was given."""
+
+
+class ReservedError(ProtocolError):
+    """The request would write a dead-letter topic or use a ``_broker*`` group: the broker's own."""
 
 
 class LimitExceededError(ProtocolError):

@@ -53,6 +53,7 @@ from .errors import (
     LimitExceededError,
     MQError,
     ProtocolError,
+    ReservedError,
     StorageError,
     TopicNotFoundError,
 )
@@ -272,7 +273,9 @@ class Broker:
         self._check_open()
         t = self._live(topic)
         if is_dlq(topic) != _dead_letters:
-            raise ProtocolError(f"{topic!r} is a dead-letter topic: only the broker writes it")
+            if not _dead_letters:
+                raise ReservedError(f"{topic!r} is a dead-letter topic: only the broker writes it")
+            raise ProtocolError(f"{topic!r} is not a dead-letter topic")
         if not records:
             return []
         cfg = self.config
@@ -521,7 +524,7 @@ class Broker:
         for redelivery), ``ProtocolError`` on a dead-letter topic (ack or replay those).
         """
         if is_dlq(topic):
-            raise ProtocolError(f"records of the dead-letter topic {topic!r} cannot be rejected")
+            raise ReservedError(f"records of the dead-letter topic {topic!r} cannot be rejected")
         t, g = await self._lease_context(topic, group)
         dead = g.reject(lease, offsets, error=error)
         if dead is None:

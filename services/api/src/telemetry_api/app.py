@@ -14,7 +14,6 @@ from prometheus_client import CollectorRegistry
 from pydantic_core import to_jsonable_python
 from quart import Quart, Response, request
 from quart.json.provider import DefaultJSONProvider
-from quart_schema import Tag
 from telemetry_kit import APIError, base_app
 from telemetry_store import (
     Probe,
@@ -24,13 +23,13 @@ from telemetry_store import (
     ping,
 )
 
-from .blueprints import assets, catalog, gpus, telemetry
+from .blueprints import assets, catalog, fleet, gpus, telemetry
 from .db import STATE_KEY, ApiState
 from .maintenance import MaintenanceSettings, run_every
 from .metrics import MAINTENANCE_REFRESH, ApiMetrics
 from .problems import register_error_handlers
 from .settings import Settings
-from .spec import ApiOpenAPIProvider
+from .spec import SECURITY, SECURITY_SCHEMES, TAGS, ApiOpenAPIProvider
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +44,9 @@ Times are RFC 3339 with a UTC offset. Lists are paged: pass `next_cursor` back a
 Retention (defaults; a deployment sets its own): raw datapoints are kept 7 days, 1-minute
 aggregates 90 days and 1-hour aggregates 2 years. Bucketed queries (`step`) of whole minutes
 or hours read the aggregates where they can, with the same answer as the raw datapoints.
+
+When the deployment sets `API_TOKEN`, the `/api` routes need `Authorization: Bearer <token>`.
 """
-TAGS: Final = [
-    Tag(name="GPUs", description="The GPUs that have telemetry, and their latest state."),
-    Tag(name="Telemetry", description="One GPU's datapoints over time."),
-    Tag(name="Metrics", description="The metric catalog: names, units, meanings."),
-]
 
 
 _OPTIONS: Final = orjson.OPT_NON_STR_KEYS
@@ -84,6 +80,8 @@ def create_app(settings: Settings, *, maintenance: MaintenanceSettings | None = 
         readiness=api.readiness,
         on_scrape=lambda: _refresh_newest(api),
         tags=TAGS,
+        security_schemes=SECURITY_SCHEMES,
+        security=SECURITY,
         openapi_provider_class=ApiOpenAPIProvider,
     )
     app.extensions[STATE_KEY] = api
@@ -95,7 +93,7 @@ def create_app(settings: Settings, *, maintenance: MaintenanceSettings | None = 
         QUART_SCHEMA_SWAGGER_CSS_URL=assets.CSS_URL,
     )
     register_error_handlers(app)
-    for blueprint in (gpus.bp, telemetry.bp, catalog.bp, assets.bp):
+    for blueprint in (gpus.bp, telemetry.bp, catalog.bp, assets.bp, fleet.bp):
         app.register_blueprint(blueprint)
     if settings.token is not None:
         require_token(app, settings.token.get_secret_value())

@@ -1,4 +1,4 @@
-"""The API's error vocabulary: the problem body's schema and the mapping of schema errors.
+"""The API's error vocabulary and the mapping of schema errors to it.
 
 Every error is ``application/problem+json`` (RFC 9457) with a stable ``code``:
 
@@ -16,12 +16,15 @@ Every error is ``application/problem+json`` (RFC 9457) with a stable ``code``:
 | 400 | INVALID_PARAMETER | a value PostgreSQL refuses (a backstop: none is known) |
 | 400 | TOO_MANY_BUCKETS | a ``step`` query's window spans more buckets than ``API_MAX_BUCKETS`` |
 | 400 | TOO_MANY_ROWS | a ``step`` query would aggregate over ``API_MAX_SCAN_ROWS`` datapoints |
+| 401 | UNAUTHORIZED | ``API_TOKEN`` is set and the request does not carry it |
 | 404 | GPU_NOT_FOUND | no GPU has this id |
 | 404 | NOT_FOUND | no such route |
 | 405 | METHOD_NOT_ALLOWED | the route does not take this method |
 | 503 | DATABASE_UNAVAILABLE | the database did not answer (``Retry-After``) |
 | 503 | DATABASE_BUSY | no database connection came free in time (``Retry-After``) |
 | 503 | QUERY_TIMEOUT | the query ran too long and was cancelled (``Retry-After``) |
+
+The body's schema is telemetry-kit's ``Problem`` (one component in the OpenAPI document).
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ from __future__ import annotations
 from typing import Any, Final
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
 from quart import Quart, Response
 from quart_schema import RequestSchemaValidationError
-from telemetry_kit import problem
-from werkzeug.exceptions import MethodNotAllowed
+from telemetry_kit import Problem, problem
+
+__all__ = ["Problem", "register_error_handlers"]
 
 # Which code a schema error gets, by the query parameter it is about.
 _CODES_BY_FIELD: Final = {
@@ -47,22 +50,8 @@ _CODES_BY_FIELD: Final = {
 }
 
 
-class Problem(BaseModel):
-    """An error: RFC 9457 problem details with a stable machine-readable ``code``."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str = Field("about:blank", description="Always about:blank: see code.")
-    title: str = Field(description="The HTTP status phrase.")
-    status: int = Field(description="The HTTP status code.")
-    code: str = Field(
-        description="Stable SCREAMING_SNAKE_CASE error code.", examples=["NAIVE_TIME"]
-    )
-    detail: str | None = Field(None, description="What was wrong, for humans.")
-
-
 def register_error_handlers(app: Quart) -> None:
-    """Refine telemetry-kit's handlers: per-parameter codes, and ``Allow`` on 405."""
+    """Refine telemetry-kit's handler of schema errors: a code per query parameter."""
 
     @app.errorhandler(RequestSchemaValidationError)
     async def _schema_error(error: RequestSchemaValidationError) -> Response:
@@ -77,8 +66,3 @@ def register_error_handlers(app: Quart) -> None:
                     code = _CODES_BY_FIELD[loc[0]]
                     break
         return problem(400, code, "a query parameter is invalid", errors=errors)
-
-    @app.errorhandler(MethodNotAllowed)
-    async def _method_not_allowed(error: MethodNotAllowed) -> Response:
-        allowed = ", ".join(sorted(error.valid_methods or ()))
-        return problem(405, "METHOD_NOT_ALLOWED", error.description, headers={"Allow": allowed})

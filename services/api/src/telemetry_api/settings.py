@@ -49,6 +49,11 @@ class Settings(ServiceSettings):
     max_scan_rows: int = Field(
         1_000_000, ge=1, description="Most datapoints one step query may aggregate."
     )
+    fleet_stale_after: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds without a datapoint after which the fleet view marks a GPU stale.",
+    )
     token: SecretStr | None = Field(
         None,
         min_length=1,

@@ -1,44 +1,41 @@
-"""quart-schema's OpenAPI provider, adjusted: errors are ``application/problem+json``."""
+"""The API's OpenAPI contract: telemetry-kit's provider with this API's path parameters."""
 
 from __future__ import annotations
 
-from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
-from quart_schema import OpenAPIProvider
-from telemetry_kit import PROBLEM_JSON
+from quart_schema import Tag
+from telemetry_kit import ContractProvider
 
-from .problems import Problem
+EXAMPLE_GPU: Final = "GPU-5fd4f087-86f3-7a43-b711-4771313afc50"
+
+TAGS: Final = [
+    Tag(name="gpus", description="The GPUs that have telemetry, and their latest state."),
+    Tag(name="telemetry", description="One GPU's datapoints over time, raw or bucketed."),
+    Tag(name="metrics", description="The metric catalog: names, units, meanings."),
+]
+# The optional API_TOKEN: no security ({}) or a bearer token, as the deployment says.
+SECURITY_SCHEMES: Final[dict[str, Any]] = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+    }
+}
+SECURITY: Final[list[dict[str, list[str]]]] = [{}, {"bearer": []}]
+
+# Problem codes every data route may answer besides its own.
+UNAUTHORIZED: Final = {401: ["UNAUTHORIZED"]}
+UNAVAILABLE: Final = {503: ["DATABASE_UNAVAILABLE", "DATABASE_BUSY", "QUERY_TIMEOUT"]}
+GPU_NOT_FOUND: Final = {404: ["GPU_NOT_FOUND"]}
 
 
-class ApiOpenAPIProvider(OpenAPIProvider):
-    """quart-schema's provider, with error responses typed ``application/problem+json``."""
+class ApiOpenAPIProvider(ContractProvider):
+    """The contract provider, knowing the API's one path parameter."""
 
-    def build_response_object(
-        self, model: type[Any], headers_model: type[Any] | None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        response, components = super().build_response_object(model, headers_model)
-        if model is Problem:
-            response["content"] = {PROBLEM_JSON: response["content"]["application/json"]}
-        return response, components
-
-    def build_querystring_parameters(
-        self, model: type[Any]
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        parameters, components = super().build_querystring_parameters(model)
-        for parameter in parameters:
-            # An absent parameter is not a null one: drop pydantic's "default": null.
-            if parameter["schema"].get("default", ...) is None:
-                del parameter["schema"]["default"]
-        return parameters, components
-
-    def schema(self) -> dict[str, Any]:
-        document = super().schema()
-        for path in document["paths"].values():
-            for operation in path.values():
-                responses = {str(k): v for k, v in sorted(operation["responses"].items())}
-                for status, response in responses.items():
-                    if int(status) >= 400:
-                        response["description"] = HTTPStatus(int(status)).phrase
-                operation["responses"] = responses
-        return document
+    path_parameters = {
+        "gpu_id": {
+            "description": "The GPU's uuid, as listed by listGpus.",
+            "schema": {"type": "string", "examples": [EXAMPLE_GPU]},
+            "example": EXAMPLE_GPU,
+        }
+    }

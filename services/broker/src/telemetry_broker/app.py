@@ -21,6 +21,7 @@ from .fastpath import FastPath
 from .metrics import BacklogCollector, BrokerMetrics
 from .runtime import Runtime, register_mq_errors
 from .settings import BrokerSettings
+from .spec import SECURITY, SECURITY_SCHEMES, TAGS, BrokerOpenAPIProvider
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,10 @@ def create_app(settings: BrokerSettings) -> Quart:
         version=version("telemetry-broker"),
         registry=registry,
         readiness=readiness,
-        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
-        security=[{"bearer": []}],
+        tags=TAGS,
+        security_schemes=SECURITY_SCHEMES,
+        security=SECURITY if settings.token is None else [{"bearer": []}],
+        openapi_provider_class=BrokerOpenAPIProvider,
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     register_mq_errors(app)
@@ -57,7 +60,9 @@ def create_app(settings: BrokerSettings) -> Quart:
     fast = FastPath(app, token=token, max_body=settings.max_request_bytes)
     app.register_blueprint(topics_blueprint(runtime, token))
     app.register_blueprint(records_blueprint(runtime, fast))
-    app.register_blueprint(groups_blueprint(runtime, token, fast, settings.max_fetch_wait))
+    app.register_blueprint(
+        groups_blueprint(runtime, token, fast, settings.max_fetch_wait, settings.max_nack_delay)
+    )
     app.register_blueprint(dead_letters_blueprint(runtime, token))
     app.extensions["telemetry_broker"] = runtime
 

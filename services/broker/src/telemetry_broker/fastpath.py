@@ -292,6 +292,9 @@ def _documentation(
     async def view(**params: str) -> Response:
         raise RuntimeError(f"POST {rule} is served by FastPath, never by this view")
 
+    # What the handler's decorators declared (operationId, problems, links) documents it.
+    for name, value in vars(handler).items():
+        setattr(view, name, value)
     view.__name__ = handler.__name__
     view.__qualname__ = handler.__qualname__
     view.__doc__ = handler.__doc__

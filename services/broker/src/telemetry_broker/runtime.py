@@ -6,10 +6,10 @@ Used by the Quart routes and by the ASGI fast path alike, so both answer the sam
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import Annotated, Any, Final
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from quart import Blueprint, Quart, Response, request
 from telemetry_kit import APIError, problem
 from telemetry_mq import (
@@ -24,12 +24,36 @@ from telemetry_mq import (
     LimitExceededError,
     MQError,
     ProtocolError,
+    ReservedError,
     StorageError,
     TopicNotFoundError,
 )
 
 _LIMIT_STATUS = {"NACK_DELAY_TOO_LONG": 400}
 """The status of a ``LimitExceededError`` by code; 409 otherwise (the broker holds too many)."""
+
+
+def _integral(value: object) -> object:
+    # JSON Schema's integer is any number without a fraction: 2.0 is the integer 2.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+INTEGRAL: Final = BeforeValidator(_integral)
+"""Marks an ``int`` of a request body as JSON Schema's integer: ``2`` or ``2.0``, never
+``"2"`` or ``true``. After any ``Field`` constraints: ``Annotated[int, Field(ge=1), INTEGRAL]``
+(before them, pydantic leaves the constraints out of the schema)."""
+
+Integer = Annotated[int, INTEGRAL]
+
+
+class Body(BaseModel):
+    """A JSON request body, validated as its schema says: no ``"2"`` for 2, no ``0`` for false.
+
+    pydantic's lax mode would take those, which the schema (and a client reading it) does not.
+    """
+
+    # python-re: the name patterns look ahead (no ".dlq" topic, no "_broker" group).
+    model_config = ConfigDict(strict=True, regex_engine="python-re")
 
 
 class Runtime:
@@ -86,7 +110,10 @@ def parse[M: BaseModel](model: type[M], body: bytes) -> M:
             400,
             "INVALID_REQUEST",
             "the request does not match the schema",
-            errors=orjson.loads(e.json(include_url=False, include_context=False)),
+            # Without the input: a body that is not UTF-8 cannot be rendered in JSON (a 500).
+            errors=orjson.loads(
+                e.json(include_url=False, include_context=False, include_input=False)
+            ),
         ) from e
 
 
@@ -123,6 +150,8 @@ def mq_problem(error: MQError) -> Response:
     if isinstance(error, LimitExceededError):
         status = _LIMIT_STATUS.get(error.code, 409)
         return problem(status, error.code, str(error), limit=error.limit)
+    if isinstance(error, ReservedError):
+        return problem(403, "RESERVED", str(error))
     if isinstance(error, ProtocolError):
         return problem(400, "INVALID_REQUEST", str(error))
     if isinstance(error, StorageError | BrokerUnavailableError):

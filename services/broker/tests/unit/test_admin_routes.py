@@ -101,7 +101,7 @@ async def test_each_limit_has_its_problem_code(client: Client, tmp_path: Path) -
     resp = await client.post("/v1/topics/", json={"name": "telemetry.dlq"})
     await problem(resp, 400, "INVALID_REQUEST")
     resp = await client.post(f"{GROUPS}/_broker-replay/fetch", json={})
-    await problem(resp, 400, "INVALID_REQUEST")
+    await problem(resp, 403, "RESERVED")  # the broker's own group
 
 
 async def test_too_many_topics_is_409(tmp_path: Path) -> None:

@@ -441,10 +441,50 @@ async def test_multi_fetch_as_ndjson_and_bounded(client: Client) -> None:
 async def test_openapi_documents_multi_fetch(client: Client) -> None:
     spec = await (await client.get("/openapi.json")).get_json()
     op = spec["paths"]["/v1/topics/{topic}/groups/{group}/fetch"]["post"]
+    schemas = spec["components"]["schemas"]
     answer = op["responses"]["200"]["content"]["application/json"]["schema"]
-    assert {ref["$ref"].rsplit("/", 1)[1] for ref in answer["anyOf"]} == {
+    assert answer == {"$ref": "#/components/schemas/FetchAnswer"}
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in schemas["FetchAnswer"]["anyOf"]} == {
         "FetchResponse",
         "MultiFetchResponse",
     }
     request = op["requestBody"]["content"]["application/json"]["schema"]
-    assert "multi" in request["properties"]
+    assert "multi" in schemas[request["$ref"].rsplit("/", 1)[1]]["properties"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/topics/", b'{"name": "\xff\xfe"}'),
+        (FETCH, b'{"max_records": "\xff"}'),
+        (f"{TOPIC}/groups/collectors/leases/l-1/extend", b"\xc3"),
+    ],
+)
+async def test_a_body_that_is_not_utf8_is_a_400(client: Client, path: str, body: bytes) -> None:
+    # The schema error used to render the raw input, which JSON cannot hold: a 500.
+    resp = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+    await assert_problem(resp, 400, "INVALID_REQUEST")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"max_records": "10"},  # a string is not an integer
+        {"max_records": True},
+        {"multi": 0},  # nor 0 a boolean
+        {"max_wait": "1"},
+        {"max_wait": 31.0},  # past BROKER_MAX_FETCH_WAIT: its own code
+    ],
+)
+async def test_a_fetch_body_is_held_to_its_schema(client: Client, body: dict[str, Any]) -> None:
+    resp = await client.post(FETCH, json=body)
+    code = "FETCH_WAIT_TOO_LONG" if body.get("max_wait") == 31.0 else "INVALID_REQUEST"
+    doc = await assert_problem(resp, 400, code)
+    if code == "FETCH_WAIT_TOO_LONG":
+        assert doc["limit"] == 30.0
+
+
+async def test_an_integral_float_is_an_integer(client: Client) -> None:
+    await publish(client, 2)
+    resp = await client.post(FETCH, json={"max_records": 1.0})  # JSON Schema: 1.0 is 1
+    assert resp.status_code == 200 and len((await resp.get_json())["records"]) == 1

@@ -6,23 +6,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 import orjson
-from pydantic import BaseModel, Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from quart import Blueprint, Response
-from quart_schema import tag_blueprint, validate_querystring
-from telemetry_kit import APIError
+from quart_schema import operation_id, tag_blueprint, validate_querystring
+from telemetry_kit import APIError, problems
 from telemetry_model import EPOCH, METRICS, METRICS_BY_NAME, to_micros
 from telemetry_store import BucketKey, Window, find_gpu_span, read_buckets_json, read_window_json
 
 from ..cursors import decode_bucket, decode_point, encode_bucket, encode_point
 from ..db import db, state
 from ..params import CURSOR_DOC, LIMIT_DOC, Limit, next_link, page_limit, parse_step, parse_time
-from ..problems import Problem
 from ..responses import documents, json_response
+from ..spec import EXAMPLE_GPU, GPU_NOT_FOUND, UNAUTHORIZED, UNAVAILABLE
 from .gpus import not_found
 
 bp = Blueprint("telemetry", __name__, url_prefix="/api/v1/gpus")
-tag_blueprint(bp, ["Telemetry"])
+tag_blueprint(bp, ["telemetry"])
 
 _TIME_DOC: Final = (
     "RFC 3339 time with a UTC offset (Z or +HH:MM) and optional fractional seconds;"
@@ -52,9 +52,12 @@ class TelemetryQuery(BaseModel):
     metric: list[str] = Field(
         default_factory=list,
         description="Only these metrics (repeat the parameter for several); default all.",
-        json_schema_extra={"items": {"type": "string", "enum": _METRIC_NAMES}},
+        json_schema_extra={
+            "items": {"type": "string", "enum": _METRIC_NAMES},
+            "examples": [["DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE"]],
+        },
     )
-    limit: Limit | SkipJsonSchema[None] = Field(None, description=LIMIT_DOC)
+    limit: Limit | SkipJsonSchema[None] = Field(None, description=LIMIT_DOC, examples=[100])
     cursor: str | SkipJsonSchema[None] = Field(None, description=CURSOR_DOC)
     step: str | SkipJsonSchema[None] = Field(
         None,
@@ -72,7 +75,7 @@ class TelemetryQuery(BaseModel):
         json_schema_extra={"pattern": "^[1-9][0-9]{0,7}[smhd]$", "examples": ["5m"]},
     )
     agg: Literal["avg", "min", "max"] | SkipJsonSchema[None] = Field(
-        None, description="Aggregate of each bucket (needs step). Default avg."
+        None, description="Aggregate of each bucket (needs step). Default avg.", examples=["max"]
     )
 
     @field_validator("metric", mode="before")
@@ -88,9 +91,9 @@ class Datapoint(BaseModel):
     metric: str = Field(examples=["DCGM_FI_DEV_GPU_UTIL"])
     unit: str = Field(examples=["%"])
     value: float
-    container: str | None = None
-    pod: str | None = None
-    namespace: str | None = None
+    container: str | None = Field(description="The Kubernetes container, if any.")
+    pod: str | None = Field(description="The Kubernetes pod, if any.")
+    namespace: str | None = Field(description="The Kubernetes namespace, if any.")
 
 
 class Bucket(BaseModel):
@@ -106,10 +109,34 @@ class Bucket(BaseModel):
 class TelemetryPage(BaseModel):
     """One page of a GPU's telemetry, oldest first: datapoints, or buckets when step is set."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "gpu_id": EXAMPLE_GPU,
+                    "step": "1m",
+                    "agg": "max",
+                    "items": [
+                        {
+                            "time": "2025-07-18T20:42:00Z",
+                            "metric": "DCGM_FI_DEV_POWER_USAGE",
+                            "unit": "W",
+                            "value": 156.596,
+                            "count": 2,
+                        }
+                    ],
+                    "next_cursor": None,
+                    "next": None,
+                }
+            ]
+        }
+    )
+
     gpu_id: str
     step: str | None = Field(description="The bucket width, or null for raw datapoints.")
     agg: str | None = Field(description="The bucket aggregate, or null for raw datapoints.")
-    items: list[Datapoint] | list[Bucket]
+    # Buckets first: a generated client tries the members in order, and a bucket has count.
+    items: list[Bucket] | list[Datapoint]
     next_cursor: str | None = Field(
         description="Pass as cursor for the next page; null at the end."
     )
@@ -140,19 +167,34 @@ def _bounds(query: TelemetryQuery) -> tuple[datetime | None, datetime | None, tu
 
 
 @bp.get("/<gpu_id>/telemetry")
+@operation_id("getGpuTelemetry")
 @validate_querystring(TelemetryQuery)
 @documents(TelemetryPage)
-@documents(Problem, 400)
-@documents(Problem, 404)
-@documents(Problem, 503)
+@problems(
+    {
+        400: [
+            "INVALID_TIME",
+            "NAIVE_TIME",
+            "INVALID_TIME_RANGE",
+            "INVALID_LIMIT",
+            "INVALID_CURSOR",
+            "UNKNOWN_METRIC",
+            "INVALID_STEP",
+            "INVALID_AGGREGATE",
+            "TOO_MANY_BUCKETS",
+            "TOO_MANY_ROWS",
+        ],
+        **UNAUTHORIZED,
+        **GPU_NOT_FOUND,
+        **UNAVAILABLE,
+    }
+)
 async def series(gpu_id: str, query_args: TelemetryQuery) -> Response:
     """List a GPU's datapoints in a time window, oldest first, or aggregate them into buckets.
 
     start_time and end_time are inclusive. Page with limit and cursor (or follow next):
     every datapoint is on exactly one page. A known GPU with nothing in the window gives
-    an empty list; an unknown GPU a 404. Errors: 400 INVALID_TIME, NAIVE_TIME,
-    INVALID_TIME_RANGE, INVALID_LIMIT, INVALID_CURSOR, UNKNOWN_METRIC, INVALID_STEP,
-    INVALID_AGGREGATE, TOO_MANY_BUCKETS, TOO_MANY_ROWS; 404 GPU_NOT_FOUND.
+    an empty list; an unknown GPU a 404.
     """
     limit = page_limit(query_args.limit)
     start, end, metric_ids = _bounds(query_args)

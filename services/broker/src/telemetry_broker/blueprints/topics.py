@@ -2,23 +2,55 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, Response
-from quart_schema import document_request, document_response, tag_blueprint
+from quart_schema import document_request, document_response, operation_id, tag_blueprint
+from telemetry_kit import empty_response, links, problems
 from telemetry_mq import TopicStats
 
-from ..runtime import Runtime, json_response, parse, request_body, require_token
+from ..runtime import INTEGRAL, Body, Runtime, json_response, parse, request_body, require_token
+from ..spec import (
+    GROUP_ACTIONS,
+    INVALID,
+    NEW_TOPIC_PATTERN,
+    TOO_LARGE,
+    TOPIC_NOT_FOUND,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+)
+
+# Where a topic leads: its stats, a publish, a fetch and its dead letters.
+_TOPIC_LINKS = {
+    "getTopic": {"topic": "$response.body#/name"},
+    "publishRecords": {"topic": "$response.body#/name"},
+    "fetchRecords": {"topic": "$response.body#/name"},
+    "listDeadLetters": {"topic": "$response.body#/name"},
+}
 
 
-class TopicCreate(BaseModel):
+class TopicCreate(Body):
     """A topic to create."""
 
-    name: str = Field(description="1-200 of [A-Za-z0-9._-].")
-    partitions: int | None = Field(None, ge=1, le=1024, description="Default: BROKER_PARTITIONS.")
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "telemetry"}]})
+
+    name: str = Field(
+        description="1-196 of [A-Za-z0-9._-], not starting with . or -, not ending in .dlq"
+        " (the dead-letter topics' names).",
+        pattern=NEW_TOPIC_PATTERN,
+    )
+    partitions: Annotated[int, Field(ge=1, le=1024), INTEGRAL] | None = Field(
+        None, description="Default: BROKER_PARTITIONS.", examples=[16]
+    )
 
 
 class TopicCreated(BaseModel):
     """The topic as it exists now."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "telemetry", "partitions": 16, "created": True}]}
+    )
 
     name: str
     partitions: int
@@ -38,9 +70,21 @@ def topics_blueprint(runtime: Runtime, token: str | None) -> Blueprint:
     require_token(bp, token)
 
     @bp.post("/")
+    @operation_id("createTopic")
     @document_request(TopicCreate)
     @document_response(TopicCreated, 201)
     @document_response(TopicCreated, 200)
+    @links(201, _TOPIC_LINKS)
+    @links(200, _TOPIC_LINKS)
+    @problems(
+        {
+            **INVALID,
+            **UNAUTHORIZED,
+            409: ["TOO_MANY_TOPICS"],
+            **TOO_LARGE,
+            **UNAVAILABLE,
+        }
+    )
     async def create_topic() -> Response:
         """Create a topic (idempotent: an existing topic is returned unchanged, status 200)."""
         data = parse(TopicCreate, await request_body())
@@ -49,19 +93,35 @@ def topics_blueprint(runtime: Runtime, token: str | None) -> Blueprint:
         return json_response(body.model_dump(), 201 if created else 200)
 
     @bp.get("/")
+    @operation_id("listTopics")
     @document_response(TopicList)
+    @problems({**UNAUTHORIZED, **UNAVAILABLE})
     async def list_topics() -> Response:
         """List topics with partitions, groups, lag and backlog."""
         broker = runtime.broker
         return json_response({"topics": [broker.topic_stats(n) for n in sorted(broker.topics)]})
 
     @bp.get("/<topic>")
+    @operation_id("getTopic")
     @document_response(TopicStats)
+    @problems({**UNAUTHORIZED, **TOPIC_NOT_FOUND, **UNAVAILABLE})
     async def get_topic(topic: str) -> Response:
         """One topic: partitions (offsets, bytes), groups (committed, lag), backlog."""
         return json_response(runtime.broker.topic_stats(topic))
 
     @bp.delete("/<topic>/groups/<group>/")
+    @operation_id("deleteGroup")
+    @empty_response(204, "The group is gone, durably.")
+    @links(204, {"getGroup": {"topic": "$request.path.topic", "group": "$request.path.group"}})
+    @problems(
+        {
+            **INVALID,
+            **UNAUTHORIZED,
+            **GROUP_ACTIONS,
+            404: ["TOPIC_NOT_FOUND", "GROUP_NOT_FOUND"],
+            **UNAVAILABLE,
+        }
+    )
     async def delete_group(topic: str, group: str) -> Response:
         """Delete a consumer group: its leases, state and journal (durably). 204; 404 if unknown.
 
