@@ -749,7 +749,7 @@ async def bench(args: argparse.Namespace, admin: str, tmp: Path) -> str:
             throughput.append(run)
             log(f"{kind} ({run.code}): {run.stored_per_s:,.0f} stored/s (load {_load(run.load)})",
                 flush=True)  # fmt: skip
-    full = [r for r in throughput if r.kind == "full"]
+    full = [r for r in throughput if r.kind == "full" and r.code == "this tree"]
     ceiling = [r for r in throughput if r.kind == "ceiling"]
     ref = [r for r in throughput if r.code != "this tree"]
     med_full = statistics.median(r.stored_per_s for r in full)
