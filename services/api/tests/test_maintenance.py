@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import psycopg2
 from telemetry_api import Settings, create_app
+from telemetry_api.maintenance import MaintenanceSettings, run_every
 from telemetry_model import read_samples, to_micros
 from telemetry_store import GpuSighting, ensure_streams, store_datapoints, transaction, upsert_gpus
 
@@ -228,3 +231,26 @@ async def test_the_api_exports_the_jobs_metrics_and_can_run_it(db, fresh_databas
         assert abs(value - time.time()) < 120
         assert 'telemetry_maintenance_rollup_lag_seconds{resolution="1m"}' in body
         assert 'telemetry_maintenance_partitions_total{action="created"}' in body
+
+
+async def test_a_database_outage_is_one_warning_per_run_and_the_loop_goes_on(caplog):
+    # A port bound but never listening: every connection is refused, as by a stopped server.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        dsn = f"host=127.0.0.1 port={held.getsockname()[1]} dbname=x user=x connect_timeout=2"
+        stop = asyncio.Event()
+        caplog.set_level(logging.INFO, logger="telemetry_api.maintenance")
+        loop = asyncio.create_task(run_every(dsn, MaintenanceSettings().policy(), 0.05, stop))
+
+        def failed_runs() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "database unavailable" in r.getMessage()]
+
+        deadline = time.monotonic() + 60
+        while len(failed_runs()) < 3 and time.monotonic() < deadline and not loop.done():
+            await asyncio.sleep(0.05)
+        stop.set()
+        assert await asyncio.wait_for(loop, 30) == 0
+    runs = failed_runs()
+    assert len(runs) >= 3, caplog.text
+    assert all(r.levelname == "WARNING" and r.exc_info is None for r in runs)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -20,12 +20,17 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Literal
 
+import psycopg2
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from telemetry_kit import logging_config, wait_or_stop
 from telemetry_store import Policy, Report, create_pool, run_maintenance
 
 log = logging.getLogger(__name__)
+
+# The database being away (refused, lost, timed out): expected during an outage, and said in
+# one line; anything else is logged with its traceback.
+_UNAVAILABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, OSError, TimeoutError)
 
 
 class MaintenanceSettings(BaseSettings):
@@ -99,6 +104,9 @@ async def run_every(
     while not stop.is_set():
         try:
             log.info("maintenance %s", describe(await run_once(dsn, policy)))
+        except _UNAVAILABLE as e:
+            first = str(e).strip().split("\n")[0] or type(e).__name__
+            log.warning("maintenance: database unavailable (%s); next run in %.0fs", first, every)
         except Exception:
             log.exception("maintenance failed; next run in %.0fs", every)
         if after is not None:
