@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 import telemetry_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from telemetry_model import (
     DEFAULT_MAX_FUTURE_SKEW,
     EPOCH,
@@ -21,6 +23,7 @@ from telemetry_model import (
     read_samples,
     to_micros,
 )
+from telemetry_model.wire import _checked, _stamped, _typical
 
 from conftest import CSV_PATH
 
@@ -241,3 +244,156 @@ def test_a_literal_backslash_u0000_is_text_not_a_nul():
     dp = decode(wire(model="model \\u0000"), now_us=NOW_US)  # the six characters \u0000
     assert dp.gpu.model == "model \\u0000"
     assert decode(wire(model="model \\u0000").decode(), now_us=NOW_US) == dp
+
+
+# --- the typical datapoint's fast path decides exactly as the full checks --------------------
+
+
+# Values around every edge the checks draw: lengths either side of the fast path's limit (a
+# quarter of the byte limit) and of the byte limit itself, in 1- and 4-byte characters, wrong
+# types, the integer ranges' ends, NUL.
+_TEXTS = st.sampled_from(
+    ["", "a", "a" * 64, "a" * 65, "a" * 256, "a" * 257, FOUR_BYTES * 64, FOUR_BYTES * 65,
+     "x\x00y", "\\u0000"]
+)  # fmt: skip
+_ODD = st.sampled_from([None, 0, 1, -1, True, 1.5, [], {}, "1"])
+_INTS = st.sampled_from(
+    [0, 1, -1, 32767, 32768, 2**63 - 1, 2**63, NOW_US, MAX_TS_US, MAX_TS_US + 1,
+     NOW_US + 86_400_000_000, NOW_US + 86_400_000_001]
+)  # fmt: skip
+_FIELDS = {
+    "stream": st.one_of(_TEXTS, _ODD, st.sampled_from(["s" * 50, "s" * 51, "s" * 200, "s" * 201])),
+    "seq": st.one_of(_INTS, _ODD),
+    "ts": st.one_of(_INTS, _ODD),
+    "metric": st.one_of(st.sampled_from(["DCGM_FI_DEV_GPU_UTIL", "NOT_A_METRIC"]), _ODD),
+    "value": st.one_of(st.sampled_from([0, 1, -0.0, 1e308, 2.5, 2**63 - 1]), _ODD),
+    "uuid": st.one_of(_TEXTS, _ODD),
+    "host": st.one_of(_TEXTS, _ODD),
+    "gpu": st.one_of(_INTS, _ODD),
+    "device": st.one_of(_TEXTS, _ODD),
+    "model": st.one_of(_TEXTS, _ODD),
+    "driver": st.one_of(_TEXTS, _ODD),
+    "container": st.one_of(_TEXTS, _ODD),
+    "pod": st.one_of(_TEXTS, _ODD),
+    "namespace": st.one_of(_TEXTS, _ODD),
+    "labels": st.one_of(
+        _ODD,
+        st.dictionaries(
+            _TEXTS, st.one_of(_TEXTS, _ODD, st.just("v" * 256), st.just("v" * 257)), max_size=3
+        ),
+        st.just({f"l{i}": "v" for i in range(64)}),
+        st.just({f"l{i}": "v" for i in range(65)}),
+    ),  # fmt: skip
+    "extra": st.one_of(_TEXTS, _ODD),
+}
+
+
+def _outcome(call):
+    try:
+        return ("datapoint", call())
+    except DecodeError as e:
+        return ("refused", str(e))
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    changes=st.fixed_dictionaries(
+        {}, optional={k: st.one_of(st.just(None), v) for k, v in _FIELDS.items()}
+    ),
+    skew=st.sampled_from([DEFAULT_MAX_FUTURE_SKEW, None, 0.0]),
+)
+def test_the_fast_path_decides_every_record_as_the_full_checks_do(changes, skew):
+    body = orjson.loads(encode(Datapoint("s", 1, NOW_US, "DCGM_FI_DEV_GPU_UTIL", 1.0, GPU)))
+    for key, value in changes.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    data = orjson.dumps(body)
+    fast = _outcome(lambda: decode(data, max_future_skew=skew, now_us=NOW_US))
+    full = _outcome(lambda: _checked(orjson.loads(data), data, skew, NOW_US))
+    assert fast == full
+
+
+def test_every_real_record_takes_the_fast_path():
+    stream = orjson.dumps("dcgm")
+    for i, sample in enumerate(read_samples(CSV_PATH)):
+        data = WireTemplate(sample).encode(stream, i, NOW_US)
+        point = _typical(orjson.loads(data), DEFAULT_MAX_FUTURE_SKEW, NOW_US)
+        assert point is not None, data
+        assert point == _checked(orjson.loads(data), data, DEFAULT_MAX_FUTURE_SKEW, NOW_US)
+
+
+# --- a streamer's record: the stamp, then a static part checked once and kept ----------------
+
+_STREAMS = st.one_of(
+    st.sampled_from(["dcgm", "s" * 200, "s" * 201, "", 'a"b', "a\\b", "é", "a/b", "a\tb"]),
+    st.text(max_size=8),
+)
+_STAMP_INTS = st.one_of(_INTS, st.integers(min_value=-5, max_value=2**64))
+
+
+def _stamp(stream: str, seq: int, ts: int) -> bytes:
+    return b'{"stream":%b,"seq":%d,"ts":%d,' % (orjson.dumps(stream), seq, ts)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    stream=_STREAMS,
+    seq=_STAMP_INTS,
+    ts=_STAMP_INTS,
+    changes=st.fixed_dictionaries(
+        {}, optional={k: v for k, v in _FIELDS.items() if k not in ("stream", "seq", "ts")}
+    ),
+    again=st.sampled_from([b"", b'"ts":5,', b'"seq":5,', b'"stream":"x",', b'"t\\u0073":5,']),
+    skew=st.sampled_from([DEFAULT_MAX_FUTURE_SKEW, None, 0.0]),
+)
+def test_a_stamped_record_decodes_as_the_full_checks_decide(stream, seq, ts, changes, again, skew):
+    static = orjson.loads(encode(Datapoint("s", 1, NOW_US, "DCGM_FI_DEV_GPU_UTIL", 1.0, GPU)))
+    for key in ("stream", "seq", "ts"):
+        del static[key]
+    static.update(changes)
+    data = _stamp(stream, seq, ts) + again + orjson.dumps(static)[1:]
+    full = _outcome(lambda: _checked(orjson.loads(data), data, skew, NOW_US))
+    for _ in range(2):  # the static part unknown, then known
+        assert _outcome(lambda: decode(data, max_future_skew=skew, now_us=NOW_US)) == full
+
+
+def test_a_key_of_the_stamp_repeated_in_the_static_part_wins_as_in_json():
+    static = orjson.dumps({"metric": "DCGM_FI_DEV_GPU_UTIL", "value": 1.0, "uuid": "u",
+                           "host": "h", "gpu": 0, "device": "d", "model": "m"})  # fmt: skip
+    for again, field, expected in [
+        (b'"ts":5,', "ts_us", 5),
+        (b'"t\\u0073":6,', "ts_us", 6),
+        (b'"seq":7,', "seq", 7),
+        (b'"stream":"x",', "stream", "x"),
+    ]:
+        data = _stamp("dcgm", 1, NOW_US) + again + static[1:]
+        for _ in range(2):
+            assert getattr(decode(data, now_us=NOW_US), field) == expected
+
+
+def test_every_real_record_takes_the_stamped_path_once_its_template_is_known():
+    stream = orjson.dumps("dcgm")
+    for i, sample in enumerate(read_samples(CSV_PATH)):
+        data = WireTemplate(sample).encode(stream, i, NOW_US)
+        decode(data, now_us=NOW_US)  # learns the template's static part
+        point = _stamped(data, DEFAULT_MAX_FUTURE_SKEW, NOW_US)
+        assert point is not None, data
+        assert point == _checked(orjson.loads(data), data, DEFAULT_MAX_FUTURE_SKEW, NOW_US)
+        assert point == Datapoint(point.stream, point.seq, point.ts_us, point.metric,
+                                  point.value, point.gpu, point.container, point.pod,
+                                  point.namespace, point.labels)  # fmt: skip
+
+
+def test_a_stamp_out_of_range_is_refused_with_its_reason_after_the_template_is_known():
+    data = WireTemplate(read_samples(CSV_PATH)[0]).encode(orjson.dumps("dcgm"), 1, NOW_US)
+    decode(data, now_us=NOW_US)
+    for seq, ts, message in [
+        (2**63, NOW_US, "field 'seq' must be an integer"),
+        (1, MAX_TS_US + 1, "field 'ts' must be an integer"),
+        (1, NOW_US + 86_400_000_001, "ahead of the clock"),
+    ]:
+        bad = data.replace(b'"seq":1,"ts":%d' % NOW_US, b'"seq":%d,"ts":%d' % (seq, ts))
+        with pytest.raises(DecodeError, match=re.escape(message)):
+            decode(bad, now_us=NOW_US)

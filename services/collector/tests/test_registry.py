@@ -47,7 +47,7 @@ async def test_a_field_outside_the_catalog_and_a_mig_instance_are_stored(db):
     ]
     reg = Registry()
     assert reg.unknown_metrics(points) == {"DCGM_FI_DEV_PCIE_TX_THROUGHPUT"}
-    assert (await store_batch(db, reg, points, [encode(p) for p in points])).inserted == 3
+    assert (await store_batch(db, reg, points, [encode(p) for p in points])).stored.inserted == 3
     assert reg.unknown_metrics(points) == set()  # registered once per process
     async with db.acquire() as conn, conn.cursor() as cur:
         await cur.execute(
@@ -87,7 +87,7 @@ async def test_a_gpus_latest_state_lists_its_metrics_and_one_first_reported_late
         Datapoint("s", 3, now_us + 1, "DCGM_FI_PROF_SM_ACTIVE", 0.5, GPU),
     ]
     for batch in (first, later):
-        assert (await store_batch(db, reg, batch, [encode(p) for p in batch])).inserted
+        assert (await store_batch(db, reg, batch, [encode(p) for p in batch])).stored.inserted
     async with cursor(db) as cur:
         await cur.execute("SELECT metric_ids FROM gpus WHERE uuid = %s", (GPU.uuid,))
         assert (await cur.fetchone())[0] == sorted(

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from quart import Quart
 from quart_schema import Info, QuartSchema
 
-from .control import ReadinessCheck, control_blueprint
+from .control import ReadinessCheck, ScrapeHook, control_blueprint
 from .errors import register_error_handlers
 from .httpmetrics import instrument
 
@@ -20,9 +20,13 @@ def base_app(
     version: str,
     registry: CollectorRegistry,
     readiness: ReadinessCheck,
+    on_scrape: ScrapeHook | None = None,
     **schema: Any,
 ) -> Quart:
-    """A Quart app with OpenAPI, problem errors, request and process metrics, control routes."""
+    """A Quart app with OpenAPI, problem errors, request and process metrics, control routes.
+
+    ``on_scrape`` runs before each scrape of ``/metrics`` (``control_blueprint``).
+    """
     app = Quart(f"telemetry_{service}")
     app.config["QUART_SCHEMA_CONVERT_CASING"] = False
     QuartSchema(app, info=Info(title=title, version=version), **schema)
@@ -31,5 +35,7 @@ def base_app(
     # process_cpu_seconds_total, process_resident_memory_bytes, ...: the registry is the app's own,
     # so the default registry's process metrics would not reach /metrics.
     ProcessCollector(registry=registry)
-    app.register_blueprint(control_blueprint(registry, readiness, service=service))
+    app.register_blueprint(
+        control_blueprint(registry, readiness, service=service, on_scrape=on_scrape)
+    )
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -12,20 +13,29 @@ from quart_schema import hide
 
 from .errors import problem
 
+log = logging.getLogger(__name__)
+
 ReadinessCheck = Callable[[], Awaitable[str | None]]
+ScrapeHook = Callable[[], Awaitable[None]]
 
 # Longest a scrape waits for the readiness check (well inside Prometheus' scrape timeout).
 READY_CHECK_TIMEOUT: Final = 3.0
 
 
 def control_blueprint(
-    registry: CollectorRegistry, readiness: ReadinessCheck, *, service: str | None = None
+    registry: CollectorRegistry,
+    readiness: ReadinessCheck,
+    *,
+    service: str | None = None,
+    on_scrape: ScrapeHook | None = None,
 ) -> Blueprint:
     """Build the control blueprint.
 
     ``readiness`` returns ``None`` when the service can do its work, or the reason it cannot.
     With ``service``, every scrape of ``/metrics`` runs it and exports the answer as the gauge
     ``telemetry_<service>_ready``, so Prometheus sees what the readiness probe sees.
+    ``on_scrape`` runs before each scrape too (refresh what a collector exports); it bounds
+    its own work, and what it raises is logged, never the scrape's failure.
     """
     bp = Blueprint("control", __name__)
     ready = (
@@ -63,6 +73,11 @@ def control_blueprint(
             except TimeoutError:
                 reason = "the readiness check timed out"
             ready.set(reason is None)
+        if on_scrape is not None:
+            try:
+                await on_scrape()
+            except Exception:
+                log.warning("refreshing metrics before a scrape failed", exc_info=True)
         return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
     return bp

@@ -9,8 +9,9 @@ the Unix epoch.
 from __future__ import annotations
 
 import math
+import re
 import time
-from typing import Any, Final
+from typing import Any, Final, TypeIs
 
 import orjson
 
@@ -153,10 +154,218 @@ def decode(
     ``max_future_skew`` seconds ahead of ``now_us`` (this clock by default; ``None`` allows
     any time up to year 9999).
     """
+    if type(data) is bytes and (point := _stamped(data, max_future_skew, now_us)) is not None:
+        return point
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError as e:
         raise DecodeError(f"not JSON: {e}") from e
+    if type(body) is dict:
+        escaped = b"\\u0000" in data if isinstance(data, bytes) else "\\u0000" in data
+        if not escaped:
+            point = _typical(body, max_future_skew, now_us)
+            if point is not None:
+                return point
+    return _checked(body, data, max_future_skew, now_us)
+
+
+# The typical datapoint, checked in one expression: every string short enough that it cannot
+# pass its byte limit (4 bytes of UTF-8 a code point at most), every field of its exact type.
+_STREAM_CHARS: Final = MAX_STREAM_BYTES // 4
+_TEXT_CHARS: Final = MAX_TEXT_BYTES // 4
+_LABEL_CHARS: Final = MAX_LABEL_VALUE_BYTES // 4
+# GPUs repeat in every batch: one frozen Gpu per distinct identity and metadata, shared.
+_GPUS: dict[tuple[str, str, int, str, str, str | None], Gpu] = {}
+_MAX_GPUS: Final = 100_000
+
+
+def _short(v: Any) -> TypeIs[str]:
+    return type(v) is str and 0 < len(v) <= _TEXT_CHARS
+
+
+def _typical(
+    body: dict[str, Any], max_future_skew: float | None, now_us: int | None
+) -> Datapoint | None:
+    """The datapoint of ``body`` when it is plainly valid; ``None`` when it needs the full
+    checks of ``_checked`` (which give the reason if it is invalid).
+
+    Accepts only what ``_checked`` accepts, and builds the same datapoint: a fast path for
+    the collector, which decodes every record it stores (about 3 µs a record against 9).
+    """
+    get = body.get
+    stream, seq, ts, metric, value = (
+        get("stream"),
+        get("seq"),
+        get("ts"),
+        get("metric"),
+        get("value"),
+    )
+    uuid, host, index, device, model = (
+        get("uuid"),
+        get("host"),
+        get("gpu"),
+        get("device"),
+        get("model"),
+    )
+    driver, container, pod, namespace = (
+        get("driver"),
+        get("container"),
+        get("pod"),
+        get("namespace"),
+    )
+    labels = get("labels", {})
+    if not (
+        # a MIG instance (``mig_profile`` and ``mig``) takes the full checks
+        get("mig") is None
+        and get("mig_profile") is None
+        and type(stream) is str
+        and 0 < len(stream) <= _STREAM_CHARS
+        and type(seq) is int
+        and 0 <= seq <= MAX_SEQ
+        and type(ts) is int
+        and 0 <= ts <= MAX_TS_US
+        and type(metric) is str
+        and metric in METRICS_BY_NAME
+        and (type(value) is float or type(value) is int)
+        and math.isfinite(value)
+        and _short(uuid)
+        and _short(host)
+        and type(index) is int
+        and 0 <= index <= MAX_GPU_INDEX
+        and _short(device)
+        and _short(model)
+        and (driver is None or _short(driver))
+        and (container is None or _short(container))
+        and (pod is None or _short(pod))
+        and (namespace is None or _short(namespace))
+        and type(labels) is dict
+        and len(labels) <= MAX_LABELS
+        and all(
+            len(k) <= _TEXT_CHARS and type(v) is str and len(v) <= _LABEL_CHARS
+            for k, v in labels.items()
+        )
+    ):
+        return None
+    if max_future_skew is not None:
+        now = time.time_ns() // 1000 if now_us is None else now_us
+        if (ts - now) / 1e6 > max_future_skew:
+            return None
+    key = (uuid, host, index, device, model, driver)
+    gpu = _GPUS.get(key)
+    if gpu is None:
+        if len(_GPUS) >= _MAX_GPUS:
+            _GPUS.clear()
+        gpu = _GPUS[key] = Gpu(uuid, host, index, device, model, driver)
+    return Datapoint(stream, seq, ts, metric, float(value), gpu, container, pod, namespace, labels)
+
+
+# A streamer's record is its template's stamp (stream, seq, ts; ``WireTemplate.encode``) before
+# the static part the template repeats byte for byte. The static part is checked once, the full
+# way, and kept; a record whose static part is known then costs a match and a lookup. The stamp
+# is matched strictly: ASCII stream names without escapes, JSON integers without sign or leading
+# zeros; anything else takes the paths above.
+_STAMP: Final = re.compile(
+    rb'\{"stream":"([ !#-\[\]-~]{1,%d})","seq":(0|[1-9][0-9]{0,18}),"ts":(0|[1-9][0-9]{0,17}),'
+    % MAX_STREAM_BYTES
+)
+_PROBE: Final = b'{"stream":"s","seq":0,"ts":0,'
+# static part -> (metric, value, gpu, container, pod, namespace, labels); the labels are shared
+# by every datapoint of the template (nothing changes a decoded datapoint's labels).
+_STATIC: dict[bytes, tuple[str, float, Gpu, str | None, str | None, str | None, Any]] = {}
+_MAX_STATIC: Final = 10_000
+_STREAM_NAMES: dict[bytes, str] = {}
+
+
+def _stamped(data: bytes, max_future_skew: float | None, now_us: int | None) -> Datapoint | None:
+    """The datapoint of a template-encoded record whose static part is known valid, else
+    ``None`` (the full decode then decides, and learns the static part if it is valid)."""
+    m = _STAMP.match(data)
+    if m is None:
+        return None
+    rest = data[m.end() :]
+    static = _STATIC.get(rest)
+    if static is None:
+        static = _learn(rest)
+        if static is None:
+            return None
+    raw_stream, raw_seq, raw_ts = m.groups()
+    seq, ts = int(raw_seq), int(raw_ts)
+    if seq > MAX_SEQ or ts > MAX_TS_US:
+        return None
+    if max_future_skew is not None:
+        now = time.time_ns() // 1000 if now_us is None else now_us
+        if (ts - now) / 1e6 > max_future_skew:
+            return None
+    stream = _STREAM_NAMES.get(raw_stream)
+    if stream is None:
+        if len(_STREAM_NAMES) >= _MAX_STATIC:
+            _STREAM_NAMES.clear()
+        stream = _STREAM_NAMES[raw_stream] = raw_stream.decode("ascii")
+    metric, value, gpu, container, pod, namespace, labels = static
+    return _new_datapoint(stream, seq, ts, metric, value, gpu, container, pod, namespace, labels)
+
+
+def _learn(rest: bytes) -> tuple[str, float, Gpu, str | None, str | None, str | None, Any] | None:
+    """Check a static part once (after a neutral stamp); keep and return it if valid."""
+    # A key of the stamp again would override it (the last of a duplicate key wins); an escape
+    # could spell one (``"t\u0073"``): such records are rare, leave them to the full decode.
+    if b"\\" in rest or b'"stream"' in rest or b'"seq"' in rest or b'"ts"' in rest:
+        return None
+    probe = _PROBE + rest
+    try:
+        dp = _checked(orjson.loads(probe), probe, None, None)
+    except (orjson.JSONDecodeError, DecodeError):
+        return None
+    if len(_STATIC) >= _MAX_STATIC:
+        _STATIC.clear()
+    static = (dp.metric, dp.value, dp.gpu, dp.container, dp.pod, dp.namespace, dp.labels)
+    _STATIC[rest] = static
+    return static
+
+
+# A frozen dataclass's __init__ sets each field through object.__setattr__ (2 µs for the ten of
+# a Datapoint); its slots' own setters do the same in half the time.
+_SLOTS: Final = tuple(
+    getattr(Datapoint, name).__set__
+    for name in (
+        "stream", "seq", "ts_us", "metric", "value", "gpu", "container", "pod", "namespace",
+        "labels",
+    )
+)  # fmt: skip
+
+
+def _new_datapoint(
+    stream: str,
+    seq: int,
+    ts_us: int,
+    metric: str,
+    value: float,
+    gpu: Gpu,
+    container: str | None,
+    pod: str | None,
+    namespace: str | None,
+    labels: Any,
+) -> Datapoint:
+    """``Datapoint(...)`` of values already checked, built faster."""
+    dp = object.__new__(Datapoint)
+    s_stream, s_seq, s_ts, s_metric, s_value, s_gpu, s_container, s_pod, s_ns, s_labels = _SLOTS
+    s_stream(dp, stream)
+    s_seq(dp, seq)
+    s_ts(dp, ts_us)
+    s_metric(dp, metric)
+    s_value(dp, value)
+    s_gpu(dp, gpu)
+    s_container(dp, container)
+    s_pod(dp, pod)
+    s_ns(dp, namespace)
+    s_labels(dp, labels)
+    return dp
+
+
+def _checked(
+    body: Any, data: bytes | str, max_future_skew: float | None, now_us: int | None
+) -> Datapoint:
+    """``decode`` with every check spelled out, raising ``DecodeError`` with its reason."""
     if not isinstance(body, dict):
         raise DecodeError("a datapoint must be a JSON object")
     # JSON writes a NUL only as the escape \u0000; a cheap search first, the walk only then.

@@ -15,7 +15,13 @@ from pydantic_core import to_jsonable_python
 from quart import Quart, Response, request
 from quart.json.provider import DefaultJSONProvider
 from telemetry_kit import APIError, base_app
-from telemetry_store import Probe, create_pool, ping
+from telemetry_store import (
+    Probe,
+    QueryCancelledError,
+    QueryTimeoutError,
+    create_pool,
+    ping,
+)
 
 from .blueprints import assets, catalog, fleet, gpus, telemetry
 from .db import STATE_KEY, ApiState
@@ -72,6 +78,7 @@ def create_app(settings: Settings, *, maintenance: MaintenanceSettings | None = 
         version=API_VERSION,
         registry=registry,
         readiness=api.readiness,
+        on_scrape=lambda: _refresh_newest(api),
         tags=TAGS,
         security_schemes=SECURITY_SCHEMES,
         security=SECURITY,
@@ -158,6 +165,27 @@ async def _refresh_maintenance(api: ApiState) -> None:
             await api.metrics.maintenance.refresh(cur)
     except (psycopg2.Error, OSError, TimeoutError) as e:
         log.debug("maintenance metrics not refreshed: %s", e)
+
+
+async def _refresh_newest(api: ApiState) -> None:
+    """Before a scrape: read the newest datapoint the API can serve (bounded; skipped when no
+    connection comes free within the pool timeout: the last value then stands)."""
+    pool = api.pool
+    if pool is None:
+        return
+    try:
+        async with asyncio.timeout(api.settings.pool_timeout):
+            conn = await pool.acquire()
+    except (psycopg2.Error, OSError, TimeoutError) as e:
+        log.debug("newest datapoint not refreshed: %s", e)
+        return
+    try:
+        async with conn.cursor() as cur:
+            await api.metrics.newest.refresh(cur)
+    except (psycopg2.Error, OSError, TimeoutError, QueryCancelledError, QueryTimeoutError) as e:
+        log.debug("newest datapoint not refreshed: %s", e)
+    finally:
+        await pool.release(conn)
 
 
 def require_token(app: Quart, token: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from telemetry_store import Cursor, bounded
 from telemetry_store.timesql import _micros
 
 _BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -21,6 +22,8 @@ class ApiMetrics:
         self.registry = registry
         self.maintenance = MaintenanceCollector()
         registry.register(self.maintenance)
+        self.newest = NewestCollector()
+        registry.register(self.newest)
         self.db_query_duration = Histogram(
             "db_query_duration_seconds",
             "Database query latency by query.",
@@ -134,3 +137,55 @@ class MaintenanceCollector(Collector):
                 "Raw datapoints older than this are refused at insert and dropped.",
                 value=float(horizon) / 1e6,
             )
+
+
+# The newest datapoint the API can serve: for each GPU its newest row, read backward through the
+# (gpu_id, ts) index of the newest partition that has one (partitions ahead and an idle GPU's
+# empty ones cost one index probe each), then the newest of those. No index leads with ts (it
+# would slow every insert), so this is one short index probe per known GPU: a few milliseconds
+# for hundreds of GPUs. Rows stamped more than a day ahead (refused by the collectors; only a
+# hand-written INSERT stores them) are left out, and so are the partitions that hold only such.
+_NEWEST: Final = f"""
+SELECT {_micros("max(n.ts)")} FROM gpus g
+CROSS JOIN LATERAL (
+    SELECT t.ts FROM telemetry t
+    WHERE t.gpu_id = g.id AND t.ts <= now() + interval '1 day'
+    ORDER BY t.ts DESC LIMIT 1
+) n
+"""
+# The refresh runs at each scrape, well inside Prometheus' scrape timeout.
+NEWEST_TIMEOUT: Final = 2.0
+
+
+class NewestCollector(Collector):
+    """``telemetry_api_newest_datapoint_age_seconds``: how old the newest datapoint the API can
+    serve is, at the scrape (refreshed before each one)."""
+
+    def __init__(self) -> None:
+        self.newest_us: int | None = None
+        self.refreshed = False
+
+    async def refresh(self, cur: Cursor, timeout: float = NEWEST_TIMEOUT) -> None:
+        """Read the newest datapoint's time (cancelled on the server past ``timeout``)."""
+
+        async def newest(c: Cursor) -> Any:
+            await c.execute(_NEWEST)
+            return (await c.fetchone())[0]
+
+        value = await bounded(cur, newest, timeout=timeout)
+        self.newest_us = None if value is None else int(value)
+        self.refreshed = True
+
+    def collect(self) -> Iterator[Metric]:
+        """The age at this moment (-1: no datapoint yet; none before the first refresh).
+
+        A refresh that failed leaves the last time read: the age then keeps growing, which is
+        all the API knows.
+        """
+        if not self.refreshed:
+            return
+        yield GaugeMetricFamily(
+            "telemetry_api_newest_datapoint_age_seconds",
+            "Age of the newest datapoint the API can serve, at the scrape (-1: none yet).",
+            value=-1 if self.newest_us is None else time.time() - self.newest_us / 1e6,
+        )

@@ -20,8 +20,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import aiopg
 from telemetry_kit import wait_or_stop
@@ -40,9 +41,9 @@ log = logging.getLogger(__name__)
 _PROBE = "SELECT current_setting('transaction_read_only') = 'off'"
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
-    """One decoded record of a round."""
+class _Item(NamedTuple):
+    """One decoded record of a round (a tuple: built for every record, several times faster
+    than a frozen dataclass)."""
 
     batch: Batch
     offset: int
@@ -59,6 +60,7 @@ class _Round:
     expired: int = 0  # older than the raw retention's horizon: refused, acked
     late: int = 0
     transactions: int = 0
+    oldest_age_us: int | None = None  # of the oldest datapoint committed, at its commit
     poison: list[tuple[_Item, BaseException]] = field(default_factory=list)
 
 
@@ -87,7 +89,9 @@ class Consumer:
         probe_timeout: float = 5.0,
         max_backoff: float = 5.0,
         max_future_skew: float | None = 86_400.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` (seconds since the epoch) times each commit for the freshness metrics."""
         self._broker = broker
         self._pool = pool
         self._metrics = metrics
@@ -99,6 +103,7 @@ class Consumer:
         self._probe_timeout = probe_timeout
         self._max_backoff = max_backoff
         self._max_future_skew = max_future_skew
+        self._clock = clock
         self._registry = Registry()
         # Set while the workers may fetch; cleared by a transient fault until the database is back.
         self._available = asyncio.Event()
@@ -248,7 +253,7 @@ class Consumer:
             return None
         work.transactions += 1
         try:
-            result = await store_batch(
+            committed = await store_batch(
                 self._pool,
                 self._registry,
                 [i.point for i in items],
@@ -258,11 +263,31 @@ class Consumer:
             if classify(e) is Fault.TRANSIENT:
                 raise _UnavailableError(e) from e
             return e
+        self._observe_commit(items, committed.bounds.accept_us, work)
+        result = committed.stored
         work.inserted += result.inserted
         work.expired += result.expired
         work.late += result.late
         work.stored += len(items)
         return None
+
+    def _observe_commit(self, items: Sequence[_Item], accept_us: int, work: _Round) -> None:
+        """Freshness: the commit just now, minus each stored datapoint's processing time.
+
+        Datapoints refused as past the retention's horizon were not stored and do not count.
+        A redelivered datapoint counts again, at its later commit: its first commit is not
+        known here (the insert only reports how many rows were new).
+        """
+        commit_us = round(self._clock() * 1_000_000)
+        times = [i.point.ts_us for i in items]
+        if min(times) < accept_us:
+            times = [t for t in times if t >= accept_us]
+            if not times:
+                return
+        self._metrics.freshness.observe_committed(self._topic, times, commit_us)
+        oldest = max(0, commit_us - min(times))
+        self._metrics.round_oldest_age.labels(self._topic).observe(oldest / 1_000_000)
+        work.oldest_age_us = max(oldest, work.oldest_age_us or 0)
 
     async def _isolate(self, items: Sequence[_Item], error: BaseException, work: _Round) -> None:
         """``items`` failed with ``error``: bisect until each failing record stands alone."""
@@ -379,6 +404,10 @@ class Consumer:
                 "inserted": work.inserted,
                 "expired": work.expired,
                 "rejected": rejected,
+                # freshness of the round's oldest stored datapoint (None: nothing stored)
+                "oldest_age_ms": None
+                if work.oldest_age_us is None
+                else round(work.oldest_age_us / 1000, 1),
                 "duration_ms": round(duration * 1000, 1),
             },
         )

@@ -11,6 +11,7 @@ from telemetry_model import METRICS_BY_NAME, Datapoint, Gpu
 from telemetry_store import (
     BEGIN_INGEST,
     GpuSighting,
+    IngestBounds,
     Stored,
     ensure_metrics,
     ensure_streams,
@@ -101,9 +102,17 @@ def _meta(s: GpuSighting) -> tuple[object, ...]:
     return (s.hostname, s.index, s.device, s.model, s.driver_version, s.mig_profile)
 
 
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What a committed batch did, and the bounds its transaction stored it under."""
+
+    stored: Stored
+    bounds: IngestBounds
+
+
 async def store_batch(
     pool: aiopg.Pool, registry: Registry, points: Sequence[Datapoint], encoded: Sequence[bytes]
-) -> Stored:
+) -> Committed:
     """Store a batch; return what was new, expired and late. Commits before returning."""
     sightings = registry.stale_gpus(points)
     streams = {p.stream for p in points} - registry.streams
@@ -120,4 +129,4 @@ async def store_batch(
         await upsert_gpus(cur, sightings)
         stored = await store_datapoints(cur, encoded, [p.ts_us for p in points], bounds)
     registry.remember(sightings, streams, metrics)
-    return stored
+    return Committed(stored, bounds)
