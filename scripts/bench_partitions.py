@@ -278,10 +278,10 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({model}), {mem_kib / 2**20:.1f} GiB RAM, {platform.release()}"
 
 
-def write_section(text: str) -> None:
-    """Replace the Pipeline section of docs/benchmarks.md (or append it)."""
+def write_section(text: str, heading: str = SECTION) -> None:
+    """Replace the section under ``heading`` of docs/benchmarks.md (or append it)."""
     doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(doc):
         doc = pattern.sub(lambda _: text.rstrip("\n") + "\n\n", doc)
     else:

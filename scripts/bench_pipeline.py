@@ -48,7 +48,6 @@ import datetime as dt
 import json
 import math
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -72,7 +71,7 @@ from telemetry_devstack import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_partitions import baseline_tree, machine, migrate_with  # noqa: E402
+from bench_partitions import baseline_tree, machine, migrate_with, write_section  # noqa: E402
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 CSV: Final = ROOT / "data" / "dcgm_metrics_20250718_134233.csv"
@@ -700,17 +699,6 @@ def highest_fresh(runs: Sequence[Run]) -> float | None:
     return max(passed, default=None)
 
 
-def write_section(text: str) -> None:
-    """Replace the Pipeline section of docs/benchmarks.md (or append it)."""
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _: text.rstrip("\n") + "\n\n", doc)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    DOC.write_text(doc.rstrip("\n") + "\n")
-
-
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -894,7 +882,7 @@ def main() -> None:
                 text = asyncio.run(bench(args, admin, Path(tmp)))
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(text, SECTION)
         print(f"wrote the {SECTION!r} section of {DOC}")
 
 

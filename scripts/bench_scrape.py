@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import datetime as dt
 import os
-import re
 import sys
 import tempfile
 import time
@@ -29,23 +28,12 @@ from telemetry_devstack import Stack, StackConfig, create_database, embedded_ser
 from telemetry_store import create_pool, cursor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_partitions import lag, machine, migrate_with  # noqa: E402
+from bench_partitions import lag, machine, migrate_with, write_section  # noqa: E402
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 CSV: Final = ROOT / "data" / "dcgm_metrics_20250718_134233.csv"
 DOC: Final = ROOT / "docs" / "benchmarks.md"
 SCRAPE_SECTION: Final = "## Scrape source"
-
-
-def write_section(text: str) -> None:
-    """Replace the Scrape source section of docs/benchmarks.md (or append it)."""
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SCRAPE_SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _: text.rstrip("\n") + "\n\n", doc)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    DOC.write_text(doc.rstrip("\n") + "\n")
 
 
 async def scrape_counts(dsn: str) -> tuple[int, int, int]:
@@ -216,7 +204,7 @@ interval (the interval divided by the CPU per slot of the largest sustained flee
 """
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(text, SCRAPE_SECTION)
         print(f"wrote the {SCRAPE_SECTION!r} section of {DOC}")
 
 
