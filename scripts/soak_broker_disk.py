@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import os
@@ -164,6 +165,7 @@ class Soak:
         self.acknowledged_at_first_refusal: int | None = None
         self.errors: list[str] = []
         self.enospc: list[str] = []
+        self.log_tail: collections.deque[str] = collections.deque(maxlen=40)
         self.min_free = 1 << 62
         self.stop = asyncio.Event()
         self._next_id = 0
@@ -171,6 +173,7 @@ class Soak:
 
     def on_log(self, _name: str, line: str) -> None:
         """A broker log line: any mention of a full disk counts as an ENOSPC."""
+        self.log_tail.append(line[:500])
         if any(mark in line for mark in ENOSPC_MARKS):
             self.enospc.append(line[:300])
 
@@ -336,12 +339,15 @@ def broker_process(opts: Options, data: Path, soak: Soak) -> ServiceProcess:
     )
 
 
-async def _until_ok(session: aiohttp.ClientSession, url: str, proc: ServiceProcess) -> float:
+async def _until_ok(
+    session: aiohttp.ClientSession, url: str, proc: ServiceProcess, soak: Soak
+) -> float:
     """Poll ``url`` until it answers 200; the monotonic time it did."""
     async with asyncio.timeout(600):
         while True:
             if proc.returncode is not None:
-                raise RuntimeError(f"the broker exited with {proc.returncode}")
+                tail = "\n".join(soak.log_tail)
+                raise RuntimeError(f"the broker exited with {proc.returncode}; its log:\n{tail}")
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
                     if r.status == 200:
@@ -396,8 +402,8 @@ async def run_soak(opts: Options, mount: Path, log: Callable[[str], None] = prin
             proc = broker_process(opts, mount / "broker", soak)
             t0 = time.monotonic()
             await proc.start()
-            healthz_s = await _until_ok(session, f"{proc.url}/healthz", proc) - t0
-            ready_s = await _until_ok(session, f"{proc.url}/readyz", proc) - t0
+            healthz_s = await _until_ok(session, f"{proc.url}/healthz", proc, soak) - t0
+            ready_s = await _until_ok(session, f"{proc.url}/readyz", proc, soak) - t0
             log(
                 f"restart after kill -9 with {used / MiB:.0f} MiB used: /healthz after"
                 f" {healthz_s:.1f} s, /readyz after {ready_s:.1f} s"

@@ -42,8 +42,13 @@ async def test_watermark_answers_before_enospc_and_nothing_acknowledged_is_lost(
         stop_when=room_came_back,
     )
     lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        print(line)  # shown when the run fails before its report
+
     with tmpfs(opts.size_bytes, tmp_path) as mount:
-        result = await run_soak(opts, mount, lines.append)
+        result = await run_soak(opts, mount, log)
     report = "\n".join(lines)
     assert result.refused_disk > 0, report  # the watermark answered...
     assert result.enospc == [] and result.min_free_bytes > 0, report  # ...before ENOSPC

@@ -9,8 +9,11 @@ Invariants:
 - Capacity is what the broker's user can fill: used + available blocks (as ``df`` counts),
   so blocks an ext4 volume reserves for root do not count as room.
 - The check is cheap: one ``statvfs`` at most every ``interval`` seconds, whatever the publish
-  rate; in between, the last figures stand. The watermark's room absorbs what is written in one
-  interval, and writes that must not be refused (acks, dead letters, checkpoints) go on past it.
+  rate; in between, the last figures stand, plus every byte accepted since (``wrote``: a
+  publish counts its frames twice, for the write-ahead log and the partition file). So the
+  watermark holds at any write rate, however small its room: a volume written faster than its
+  room per interval is refused at the watermark, not at ENOSPC. Writes that must not be
+  refused (acks, dead letters, checkpoints) go on past it.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class DiskWatch:
         self._clock = clock
         self._checked = -float("inf")
         self._usage = DiskUsage(0, 0)
+        self._written = 0
 
     def usage(self) -> DiskUsage:
         """The volume's usage, at most ``interval`` seconds old."""
@@ -74,18 +78,26 @@ class DiskWatch:
     def refresh(self, now: float | None = None) -> DiskUsage:
         """Read the volume's usage now (after deleting files, for instance)."""
         self._usage = disk_usage(self.path)
+        self._written = 0
         self._checked = self._clock() if now is None else now
         return self._usage
+
+    def wrote(self, size: int) -> None:
+        """``size`` bytes were accepted for writing: they count as used until the next check."""
+        self._written += size
 
     def watermark_bytes(self, usage: DiskUsage) -> int:
         """Bytes used at which the volume counts as full."""
         return int(usage.capacity * self.high_watermark)
 
+    def used(self) -> int:
+        """Bytes used as last read, plus those accepted for writing since."""
+        return self.usage().used + self._written
+
     @property
     def full(self) -> bool:
         """Whether the volume is at or past its high watermark (publishes are refused)."""
-        usage = self.usage()
-        return usage.used >= self.watermark_bytes(usage)
+        return self.used() >= self.watermark_bytes(self.usage())
 
     def excess(self) -> int:
         """Bytes to free to get back under the watermark with margin (0 when not full)."""

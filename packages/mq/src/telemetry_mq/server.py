@@ -298,11 +298,10 @@ class Broker:
         disk = self.disk
         if disk is not None and not _dead_letters and disk.full:
             self.observer.refused(topic, "disk_full")
-            usage = disk.usage()
             raise DiskFullError(
                 topic,
-                used_bytes=usage.used,
-                watermark_bytes=disk.watermark_bytes(usage),
+                used_bytes=disk.used(),
+                watermark_bytes=disk.watermark_bytes(disk.usage()),
                 retry_after=self.config.retry_after,
             )
         buckets: dict[int, list[tuple[str, bytes, bytes]]] = {}
@@ -323,9 +322,13 @@ class Broker:
         ts = int(self._wall() * 1_000_000)
         next_of: dict[int, int] = {}
         wal = t.wal
+        size = 0
         for p, items in buckets.items():
             next_of[p], frames = t.logs[p].append(items, ts)
             wal.add(p, frames)
+            size += len(frames)
+        if disk is not None:
+            disk.wrote(2 * size)  # the write-ahead log's copy and the partition file's
         await self._commit([wal], topic)
         positions: list[tuple[int, int]] = []
         for p in order:

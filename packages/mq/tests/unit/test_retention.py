@@ -146,3 +146,30 @@ async def test_the_disk_is_checked_at_most_once_per_interval(tmp_path: Path) -> 
     clock.advance(0.1)
     assert watch.usage() is not first
     assert watch.usage().capacity > 0
+
+
+async def test_bytes_published_since_the_last_check_count_toward_the_watermark(
+    open_broker: OpenBroker,
+) -> None:
+    # The volume is read once: no statvfs sees what follows, yet the watermark holds, as it
+    # must when publishes outrun the interval between two checks.
+    b = await open_broker(disk_high_watermark=0.99, disk_check_interval=3600.0)
+    await b.create_topic("t", 1)
+    assert b.disk is not None
+    room = 256 * 1024
+    usage = b.disk.refresh()
+    b.disk.high_watermark = (usage.used + room) / usage.capacity
+    batch = [("k", value(i)) for i in range(100)]
+    accepted = 0
+    with pytest.raises(DiskFullError) as info:
+        for _ in range(1000):  # far more than the room holds
+            await b.publish("t", batch)
+            accepted += 1
+    frame_bytes = b.topic("t").logs[0].segments[-1].size
+    assert accepted > 0
+    # Refused at the watermark: twice the frames (the log's copy and the partition file's)
+    # fit the room, and one more batch would not have.
+    assert 2 * frame_bytes <= room + 2 * frame_bytes // accepted
+    assert 2 * frame_bytes * (accepted + 1) // accepted >= room
+    assert info.value.used_bytes >= info.value.watermark_bytes
+    assert b.disk.usage() is usage  # still the one reading
