@@ -54,17 +54,47 @@ def _take_unsynced(logs: Sequence[PartitionLog]) -> list[set[Path]]:
     return unsynced
 
 
-def checkpoint_recovered(path: Path, wal: TopicWal, logs: Sequence[PartitionLog]) -> None:
+def checkpoint_recovered(path: Path, wal: TopicWal, logs: Sequence[PartitionLog]) -> bool:
     """Checkpoint a topic just recovered: everything replayed goes into the partition files.
 
-    Raises ``OSError`` if that fails (the broker does not open; nothing was deleted).
+    Returns whether it did: not while a partition could not write every replayed frame (a
+    full disk: the frames stay in memory, the log keeps every segment, and a maintenance
+    round writes them out and checkpoints once there is room). Raises ``OSError`` if the
+    checkpoint fails (the broker does not open; nothing was deleted).
     """
     unsynced = _take_unsynced(logs)
-    for plog in logs:
-        if plog.write_error is not None:
-            raise plog.write_error
+    behind = [plog.partition for plog in logs if plog.write_error is not None]
+    if behind:
+        name = logs[0].topic
+        log.warning(
+            "no checkpoint of %s after recovery: partitions %s could not write every replayed "
+            "frame (%s); they stay in memory and its write-ahead log keeps every segment",
+            name,
+            behind,
+            logs[behind[0]].write_error,
+        )
+        for plog, paths in zip(logs, unsynced, strict=True):
+            plog.unsynced |= paths
+        return False
     offsets = [plog.next_offset for plog in logs]
     checkpoint(path, wal.path, logs, wal.active, offsets, unsynced)
+    return True
+
+
+def write_out_unwritten(t: Topic) -> bool:
+    """Try again to write the frames a failed partition-file write left in memory.
+
+    Returns whether ``t`` had some and all are written now; then a checkpoint follows, which
+    drops the log segments kept for them (room comes back on a full disk).
+    """
+    stuck = [plog for plog in t.logs if plog.write_error is not None]
+    if not stuck or t.failed is not None:
+        return False
+    for plog in stuck:
+        plog.write_out()
+    if any(plog.write_error is not None for plog in stuck):
+        return False
+    return True
 
 
 def schedule(t: Topic, closing: Callable[[], bool]) -> None:

@@ -330,6 +330,8 @@ class PartitionLog:
         self.next_offset = offset
         if len(tail) > TAIL_RECORDS or self._pending_bytes > PENDING_BYTES:
             self.write_out()  # first: records below the tail are read from the files
+            if self.write_error is not None and self._pending_bytes > UNWRITTEN_LIMIT:
+                self.on_fail(self.write_error)  # memory is bounded (not so a retry's)
             if len(tail) > TAIL_RECORDS:
                 # Never past the written records (a write may have failed): the records below
                 # the tail are read from the files.
@@ -442,9 +444,6 @@ class PartitionLog:
                 e,
             )
             self.on_fail(e)
-            return
-        if self._pending_bytes > UNWRITTEN_LIMIT:
-            self.on_fail(error)
 
     def _split(self, seg: Segment, first: int, data: bytearray) -> None:
         """End ``seg`` before ``first``; a new segment (and file) holds the rest."""

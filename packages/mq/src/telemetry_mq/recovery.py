@@ -17,6 +17,9 @@ Invariants:
   offset; everything from there on is cut off as never fsynced), replays every log segment
   from the checkpoint's ``wal`` on into the partitions, then checkpoints
   (``checkpoints.checkpoint_recovered``) unless the log was empty and a checkpoint exists.
+  On a full disk, replayed frames the partition files cannot take stay in memory and no
+  checkpoint is taken: the broker opens, and a maintenance round writes them out once
+  retention has made room (``Broker.open``).
   Replaying everything past the checkpoint, rather than trusting what the partition files
   hold there, is what makes a restart after an fsync error safe: the kernel may still serve
   pages it failed to write, which would read back intact yet be lost at the next power cut.

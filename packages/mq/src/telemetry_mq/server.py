@@ -175,6 +175,10 @@ class Broker:
                 broker._catalog.adopt(t, g)
         broker._committer.start()
         if broker.config.maintenance_interval:
+            if broker._under_pressure():
+                # A full volume: make room before the first request (an ack needs some), or
+                # the broker could only fail again; a restart must be able to heal it.
+                await broker._maintain_round()
             broker._maintenance = asyncio.create_task(broker._maintain_forever())
         return broker
 
@@ -636,15 +640,29 @@ class Broker:
             disk=self.disk,
             observer=self.observer,
         )
+        # After retention (it may have made room): frames a failed partition-file write left
+        # in memory, then the checkpoint that drops the log segments kept for them.
+        for t in list(self.topics.values()):
+            if checkpoints.write_out_unwritten(t):
+                self._schedule_checkpoint(t)
+
+    def _under_pressure(self) -> bool:
+        """Past the disk watermark, or frames a failed write left in memory."""
+        return (self.disk is not None and self.disk.full) or any(
+            plog.write_error is not None for t in self.topics.values() for plog in t.logs
+        )
+
+    async def _maintain_round(self) -> None:
+        try:
+            await self.maintain()
+        except MQError as e:  # keep serving; the next round retries
+            log.error("maintenance failed: %s", e)
 
     async def _maintain_forever(self) -> None:
         assert self.config.maintenance_interval
         while True:
             await asyncio.sleep(self.config.maintenance_interval)
-            try:
-                await self.maintain()
-            except MQError as e:  # keep serving; the next round retries
-                log.error("maintenance failed: %s", e)
+            await self._maintain_round()
 
     # -- stats -------------------------------------------------------------------------------
 

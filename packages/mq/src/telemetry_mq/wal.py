@@ -245,8 +245,10 @@ class TopicWal(AppendFile):
         """Replay the segments from ``start`` on into ``logs``; return the log and the count.
 
         The replayed frames are written to the partition files (not fsynced: the caller
-        checkpoints). A bad entry at the tail of the last segment is a torn write and is cut
-        off; anywhere else it raises ``CorruptLogError``, as does a gap in a partition.
+        checkpoints); those a failed write (a full disk) leaves out stay buffered, as at run
+        time (``PartitionLog.write_error``). A bad entry at the tail of the last segment is a
+        torn write and is cut off; anywhere else it raises ``CorruptLogError``, as does a gap
+        in a partition.
         """
         _fileio.make_dirs(path)
         files = sorted(path.glob(f"*{SUFFIX}"))
@@ -260,9 +262,7 @@ class TopicWal(AppendFile):
             replayed += _replay_file(topic, file, logs, last=i == len(files) - 1)
             last = segment
         for plog in logs:
-            plog.write_out()
-            if plog.write_error is not None:
-                raise plog.write_error
+            plog.write_out()  # a failed write keeps the frames in memory: the log has them
             plog.made_durable(plog.next_offset)
         return cls(topic, path, logs, active=last + 1, segment_bytes=segment_bytes), replayed
 

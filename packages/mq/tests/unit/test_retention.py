@@ -173,3 +173,25 @@ async def test_bytes_published_since_the_last_check_count_toward_the_watermark(
     assert 2 * frame_bytes * (accepted + 1) // accepted >= room
     assert info.value.used_bytes >= info.value.watermark_bytes
     assert b.disk.usage() is usage  # still the one reading
+
+
+async def test_a_broker_opening_past_its_watermark_makes_room_before_it_serves(
+    open_broker: OpenBroker, tmp_path: Path
+) -> None:
+    b = await open_broker(segment_bytes=512, retention_age=None)
+    await b.create_topic("t", 1)
+    await fill(b, "t", 40)
+    assert await consume(b, "t", most=30) == list(range(30))
+    segments = len(files(tmp_path, "t"))
+    await b.close()
+    # The background rounds wait an hour: only the round at open can delete anything.
+    watermark = over_the_watermark(tmp_path / "data")
+    b = await open_broker(
+        segment_bytes=512,
+        retention_age=None,
+        maintenance_interval=3600.0,
+        disk_high_watermark=watermark,
+    )
+    assert len(files(tmp_path, "t")) < segments
+    assert b.topic_stats("t").partition_stats[0].start_offset > 0
+    assert await consume(b, "t") == list(range(30, 40))

@@ -255,6 +255,68 @@ async def test_partition_writes_failing_for_a_while_keep_the_log_until_they_work
     assert await read_all(b, "after") == {value(i) for i in range(5300)}
 
 
+async def test_a_restart_on_a_full_disk_opens_and_writes_the_frames_once_there_is_room(
+    open_broker: OpenBroker, tmp_path: Path, faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    b = await open_broker(wal_segment_bytes=4096, segment_bytes=16 * 1024)
+    await b.create_topic("t", 2)
+    await publish(b, 0, 200)
+    await settle(b)
+    before = checkpointed(data)
+    faults.fail("write", "*/partitions/*.log", errno.ENOSPC, times=None)  # a full disk
+    for start in range(200, 2200, 100):
+        await publish(b, start, 100)
+        await settle(b)
+    await crash(b, data)
+    kept = len(wal_files(data))
+    assert checkpointed(data) == before and kept > 5
+    # Still full: the replayed frames cannot reach the partition files. The broker opens all
+    # the same (a restart must be able to heal a full disk), the frames in memory.
+    b = await open_broker(maintenance_interval=3600.0)
+    plogs = b.topic("t").logs
+    assert all(plog.write_error is not None for plog in plogs)
+    assert b.healthy is None
+    assert checkpointed(data) == before and len(wal_files(data)) == kept  # nothing deleted
+    published = {value(i) for i in range(2200)}
+    assert await read_all(b) == published
+    # A retry that fails again holds no more memory: past the bound on what a partition
+    # may hold unwritten, it still does not fail the topic.
+    monkeypatch.setattr("telemetry_mq.log.UNWRITTEN_LIMIT", 1024)
+    await b.maintain()
+    assert b.failure is None and all(plog.write_error is not None for plog in plogs)
+    faults.clear()  # room again: the next maintenance round writes them, then checkpoints
+    await b.maintain()
+    await settle(b)
+    assert all(plog.write_error is None for plog in plogs)
+    assert checkpointed(data) == [plog.next_offset for plog in plogs]
+    assert len(wal_files(data)) < kept
+    await crash(b, data)
+    b = await open_broker()
+    assert await read_all(b, "after") == published
+
+
+async def test_frames_held_in_memory_are_bounded(
+    open_broker: OpenBroker, tmp_path: Path, faults: Faults, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("telemetry_mq.log.UNWRITTEN_LIMIT", 16 * 1024)
+    data = tmp_path / "data"
+    b = await open_broker(wal_segment_bytes=1 << 20)
+    await b.create_topic("t", 1)
+    faults.fail("write", "*/partitions/*.log", errno.ENOSPC, times=None)
+    acked: set[bytes] = set()
+    with pytest.raises(StorageError):
+        for start in range(0, 100_000, 100):
+            await publish(b, start, 100)
+            acked.update(value(i) for i in range(start, start + 100))
+    assert b.failure is not None
+    assert 16 * 1024 < len(acked) * len(value(0)) < 1 << 20  # failed soon past the bound
+    await crash(b, data)
+    faults.clear()
+    b = await open_broker()
+    assert acked <= await read_all(b)
+
+
 # -- fsync errors and short writes on the write-ahead log (defect 3) -------------------------
 
 
