@@ -21,11 +21,15 @@ segments below the cut are below those offsets.
 Storage errors (docs/broker.md, "Storage errors"):
 
 - A checkpoint never passes a partition's ``written_offset``: while frames stay unwritten after
-  a failed partition-file write, no checkpoint is taken and every log segment stays (the next
-  roll, or the close, tries again once the frames are written).
-- A checkpoint that fails (an fsync, or writing ``checkpoint.json``) fails the topic: nothing
-  is fsynced again, since a second fsync can succeed over pages the first one lost, and no
-  log segment is deleted. The restart replays the log over everything past the last
+  a failed partition-file write, no checkpoint is taken and every log segment stays; the
+  topic owes one (``Topic.checkpoint_owed``), and the next roll, maintenance round
+  (``write_out_unwritten``) or close takes it once the frames are written.
+- No room for the new ``checkpoint.json`` (``wal.NoRoomError``: ENOSPC or EDQUOT writing it
+  aside) changes nothing: the old one stands, every log segment stays, the topic owes the
+  checkpoint.
+- A checkpoint that fails otherwise (an fsync, renaming ``checkpoint.json``) fails the topic:
+  nothing is fsynced again, since a second fsync can succeed over pages the first one lost,
+  and no log segment is deleted. The restart replays the log over everything past the last
   checkpoint (``recovery``).
 - A failed topic is never checkpointed again.
 """
@@ -39,7 +43,7 @@ from pathlib import Path
 
 from .log import PartitionLog
 from .topic import Topic
-from .wal import TopicWal, checkpoint
+from .wal import NoRoomError, TopicWal, checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -57,44 +61,55 @@ def _take_unsynced(logs: Sequence[PartitionLog]) -> list[set[Path]]:
 def checkpoint_recovered(path: Path, wal: TopicWal, logs: Sequence[PartitionLog]) -> bool:
     """Checkpoint a topic just recovered: everything replayed goes into the partition files.
 
-    Returns whether it did: not while a partition could not write every replayed frame (a
-    full disk: the frames stay in memory, the log keeps every segment, and a maintenance
-    round writes them out and checkpoints once there is room). Raises ``OSError`` if the
-    checkpoint fails (the broker does not open; nothing was deleted).
+    Returns whether it did. Not while a partition could not write every replayed frame (a
+    full disk: the frames stay in memory and the log keeps every segment), nor when the
+    volume has no room for ``checkpoint.json`` (the old one stands, and the log still covers
+    everything past it); maintenance checkpoints once it can (``Topic.checkpoint_owed``).
+    Raises ``OSError`` on any other failure, an fsync's above all (the broker does not open;
+    nothing was deleted).
     """
     unsynced = _take_unsynced(logs)
     behind = [plog.partition for plog in logs if plog.write_error is not None]
     if behind:
-        name = logs[0].topic
         log.warning(
             "no checkpoint of %s after recovery: partitions %s could not write every replayed "
             "frame (%s); they stay in memory and its write-ahead log keeps every segment",
-            name,
+            logs[0].topic,
             behind,
             logs[behind[0]].write_error,
         )
         for plog, paths in zip(logs, unsynced, strict=True):
             plog.unsynced |= paths
         return False
+    for plog, paths in zip(logs, unsynced, strict=True):
+        plog.sync(paths)  # an fsync error raises: never retried
     offsets = [plog.next_offset for plog in logs]
-    checkpoint(path, wal.path, logs, wal.active, offsets, unsynced)
+    try:
+        checkpoint(path, wal.path, logs, wal.active, offsets, [set() for _ in logs])
+    except NoRoomError as e:
+        log.warning(
+            "no checkpoint of %s after recovery: no room for checkpoint.json (%s); its "
+            "write-ahead log keeps every segment",
+            logs[0].topic if logs else path.name,
+            e,
+        )
+        return False
     return True
 
 
 def write_out_unwritten(t: Topic) -> bool:
     """Try again to write the frames a failed partition-file write left in memory.
 
-    Returns whether ``t`` had some and all are written now; then a checkpoint follows, which
-    drops the log segments kept for them (room comes back on a full disk).
+    Returns whether ``t`` owes a checkpoint (``Topic.checkpoint_owed``) it can take now: every
+    frame is written (by this call or an earlier write-out). That checkpoint drops the log
+    segments kept meanwhile: room comes back on a full disk.
     """
-    stuck = [plog for plog in t.logs if plog.write_error is not None]
-    if not stuck or t.failed is not None:
+    if t.failed is not None:
         return False
-    for plog in stuck:
-        plog.write_out()
-    if any(plog.write_error is not None for plog in stuck):
-        return False
-    return True
+    for plog in t.logs:
+        if plog.write_error is not None:
+            plog.write_out()
+    return t.checkpoint_owed and all(plog.write_error is None for plog in t.logs)
 
 
 def schedule(t: Topic, closing: Callable[[], bool]) -> None:
@@ -134,14 +149,20 @@ async def checkpoint_topic(t: Topic, cut: int, offsets: list[int]) -> bool:
         )
         for plog, paths in zip(t.logs, unsynced, strict=True):
             plog.unsynced |= paths  # not fsynced yet: the next checkpoint does it
+        t.checkpoint_owed = True
         return False
     try:
         spent = await asyncio.to_thread(
             checkpoint, t.path, t.wal.path, t.logs, cut, offsets, unsynced
         )
+    except NoRoomError as e:  # the old checkpoint stands: the log keeps its segments
+        log.warning("no checkpoint of %s: %s; its write-ahead log keeps every segment", t.name, e)
+        t.checkpoint_owed = True
+        return False
     except OSError as e:  # never retried: the next fsync could succeed over lost pages
         log.error("checkpoint of %s failed: %s", t.name, e)
         t.on_fail(e)
         return False
     log.debug("checkpoint of %s at log segment %d took %.3f s", t.name, cut, spent)
+    t.checkpoint_owed = False
     return True

@@ -10,10 +10,12 @@ Invariants:
   so blocks an ext4 volume reserves for root do not count as room.
 - The check is cheap: one ``statvfs`` at most every ``interval`` seconds, whatever the publish
   rate; in between, the last figures stand, plus every byte accepted since (``wrote``: a
-  publish counts its frames twice, for the write-ahead log and the partition file). So the
-  watermark holds at any write rate, however small its room: a volume written faster than its
-  room per interval is refused at the watermark, not at ENOSPC. Writes that must not be
-  refused (acks, dead letters, checkpoints) go on past it.
+  publish counts its frames twice, for the write-ahead log and the partition file). Bytes
+  accepted but not in the files when ``statvfs`` reads (the frames partitions buffer, up to
+  1 MiB each) count too (``unwritten``). So a volume written faster than the watermark's room
+  per interval is refused at the watermark, not at ENOSPC; the room need only hold the
+  publishes in flight at that moment. Writes that must not be refused (acks, dead letters,
+  checkpoints) go on past it.
 """
 
 from __future__ import annotations
@@ -59,11 +61,13 @@ class DiskWatch:
         *,
         interval: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
+        unwritten: Callable[[], int] = lambda: 0,
     ) -> None:
         self.path = path
         self.high_watermark = high_watermark
         self.interval = interval
         self._clock = clock
+        self._unwritten = unwritten
         self._checked = -float("inf")
         self._usage = DiskUsage(0, 0)
         self._written = 0
@@ -78,7 +82,7 @@ class DiskWatch:
     def refresh(self, now: float | None = None) -> DiskUsage:
         """Read the volume's usage now (after deleting files, for instance)."""
         self._usage = disk_usage(self.path)
-        self._written = 0
+        self._written = self._unwritten()  # accepted, not in the files yet
         self._checked = self._clock() if now is None else now
         return self._usage
 

@@ -360,6 +360,11 @@ class PartitionLog:
         self._bases.append(base_offset)
         return seg
 
+    @property
+    def pending_bytes(self) -> int:
+        """Frames buffered, not in the segment files yet."""
+        return self._pending_bytes
+
     def made_durable(self, end: int) -> None:
         """The topic's write-ahead log holds the records below ``end``: make them readable.
 

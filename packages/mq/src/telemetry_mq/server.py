@@ -135,7 +135,12 @@ class Broker:
             check_open=self._check_open,
         )
         self.disk = (
-            DiskWatch(data_dir, config.disk_high_watermark, interval=config.disk_check_interval)
+            DiskWatch(
+                data_dir,
+                config.disk_high_watermark,
+                interval=config.disk_check_interval,
+                unwritten=self._unwritten_bytes,
+            )
             if config.disk_high_watermark is not None
             else None
         )
@@ -646,10 +651,16 @@ class Broker:
             if checkpoints.write_out_unwritten(t):
                 self._schedule_checkpoint(t)
 
+    def _unwritten_bytes(self) -> int:
+        """Frames the partitions buffer, not in their files yet."""
+        return sum(plog.pending_bytes for t in self.topics.values() for plog in t.logs)
+
     def _under_pressure(self) -> bool:
-        """Past the disk watermark, or frames a failed write left in memory."""
+        """Past the disk watermark, frames a failed write left in memory, or a checkpoint
+        skipped (a full disk, all of them)."""
         return (self.disk is not None and self.disk.full) or any(
-            plog.write_error is not None for t in self.topics.values() for plog in t.logs
+            t.checkpoint_owed or any(plog.write_error is not None for plog in t.logs)
+            for t in self.topics.values()
         )
 
     async def _maintain_round(self) -> None:

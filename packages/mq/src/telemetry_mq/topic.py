@@ -89,6 +89,9 @@ class Topic:
         self._routes: dict[str, tuple[bytes, int]] = {}
         self._route_bytes = 0
         self.checkpoint_wanted = False
+        self.checkpoint_owed = False
+        """A checkpoint was skipped (frames not written, or no room for ``checkpoint.json``):
+        the log keeps segments it could drop; maintenance takes it once it can."""
         self.checkpointer: asyncio.Task[None] | None = None
         self.failed: StorageError | None = None
         """Set when a storage error failed the topic: it takes no more requests."""

@@ -24,6 +24,7 @@ are the partition's record frames (``protocol.encode_frame``), ``size`` their le
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -82,11 +83,24 @@ def read_checkpoint(topic_dir: Path, partitions: int) -> tuple[int, list[int]]:
     return int(doc["wal"]), offsets
 
 
+class NoRoomError(OSError):
+    """No room for a new ``checkpoint.json`` (ENOSPC or EDQUOT writing it aside): the old one
+    stands and nothing else changed, so a later checkpoint may simply try again."""
+
+
 def write_checkpoint(topic_dir: Path, wal: int, offsets: Sequence[int]) -> None:
-    """Atomically replace the topic's checkpoint (write, fsync, rename, fsync the directory)."""
+    """Atomically replace the topic's checkpoint (write, fsync, rename, fsync the directory).
+
+    Raises ``NoRoomError`` when the volume has no room for the new file.
+    """
     path = topic_dir / CHECKPOINT
     tmp = path.with_suffix(".tmp")
-    _fileio.write_file(tmp, orjson.dumps({"format": 1, "wal": wal, "offsets": list(offsets)}))
+    try:
+        _fileio.write_file(tmp, orjson.dumps({"format": 1, "wal": wal, "offsets": list(offsets)}))
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # the new file only: nothing to retry
+            raise NoRoomError(e.errno, f"no room for {tmp}: {e.strerror}") from e
+        raise
     _fileio.replace(tmp, path)
     fsync_dir(topic_dir)
 
@@ -104,8 +118,8 @@ def checkpoint(
     Every record in a log segment below ``cut`` must be below its partition's offset in
     ``offsets`` and written to the partition file. Runs in a worker thread; returns the
     seconds spent. An error before the new checkpoint is durable raises (the caller fails
-    the topic: no fsync is retried); one deleting old log segments is only logged (the next
-    start deletes them).
+    the topic: no fsync is retried; ``NoRoomError`` is the exception, changing nothing); one
+    deleting old log segments is only logged (the next start deletes them).
     """
     started = perf_counter()
     for plog, paths in zip(logs, unsynced, strict=True):

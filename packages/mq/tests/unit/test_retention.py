@@ -195,3 +195,14 @@ async def test_a_broker_opening_past_its_watermark_makes_room_before_it_serves(
     assert len(files(tmp_path, "t")) < segments
     assert b.topic_stats("t").partition_stats[0].start_offset > 0
     assert await consume(b, "t") == list(range(30, 40))
+
+
+async def test_frames_the_partitions_still_buffer_count_as_used(open_broker: OpenBroker) -> None:
+    b = await open_broker(disk_high_watermark=0.99, disk_check_interval=3600.0)
+    await b.create_topic("t", 2)
+    assert b.disk is not None
+    await b.publish("t", [(f"k{i}", value(i)) for i in range(200)])  # buffered, not written
+    pending = sum(plog.pending_bytes for plog in b.topic("t").logs)
+    assert pending > 0
+    usage = b.disk.refresh()  # a statvfs does not see them
+    assert b.disk.used() == usage.used + pending

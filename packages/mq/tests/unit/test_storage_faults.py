@@ -296,6 +296,79 @@ async def test_a_restart_on_a_full_disk_opens_and_writes_the_frames_once_there_i
     assert await read_all(b, "after") == published
 
 
+async def test_frames_written_out_by_retention_still_get_their_checkpoint(
+    open_broker: OpenBroker, tmp_path: Path, faults: Faults
+) -> None:
+    data = tmp_path / "data"
+    b = await open_broker(wal_segment_bytes=4096, segment_bytes=4096)
+    await b.create_topic("t", 1)
+    await publish(b, 0, 100)
+    await settle(b)
+    faults.fail("write", "*/partitions/*.log", errno.ENOSPC, times=None)
+    for start in range(100, 1100, 100):
+        await publish(b, start, 100)
+        await settle(b)
+    await crash(b, data)
+    kept = len(wal_files(data))
+    b = await open_broker(segment_bytes=4096, retention_bytes=0)  # consumed segments may go
+    published = {value(i) for i in range(1100)}
+    assert await read_all(b) == published
+    faults.clear()
+    # Retention writes the frames out itself on its way (deleting a segment writes out
+    # first): the checkpoint the topic owes is taken all the same.
+    await b.maintain()
+    await settle(b)
+    plog = b.topic("t").logs[0]
+    assert plog.write_error is None
+    assert checkpointed(data) == [plog.next_offset]
+    assert len(wal_files(data)) < kept
+
+
+async def test_a_file_that_cannot_be_cut_back_during_the_replay_keeps_the_broker_closed(
+    open_broker: OpenBroker, tmp_path: Path, faults: Faults, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    b = await open_broker(wal_segment_bytes=1 << 20)
+    await b.create_topic("t", 1)
+    await publish(b, 0, 50)
+    await crash(b, data)  # nothing checkpointed past the start: the restart replays all 50
+    # The replay's write is cut short (bytes of a partial frame stay) and cutting them off
+    # fails: writing after them would hide garbage behind a checkpoint.
+    faults.fail("write", "*/partitions/*.log", errno.ENOSPC, partial=10)
+    faults.fail("ftruncate", "*/partitions/*.log", errno.EIO, times=None)
+    with pytest.raises(OSError):
+        await open_broker()
+    assert "back failed" in caplog.text
+    faults.clear()
+    b = await open_broker()
+    assert await read_all(b) == {value(i) for i in range(50)}
+
+
+async def test_no_room_for_checkpoint_json_changes_nothing_and_the_checkpoint_comes_later(
+    open_broker: OpenBroker, tmp_path: Path, faults: Faults
+) -> None:
+    data = tmp_path / "data"
+    b = await open_broker(wal_segment_bytes=1 << 20)
+    await b.create_topic("t", 1)
+    await publish(b, 0, 50)
+    await crash(b, data)  # the restart replays all 50, then checkpoints
+    before, kept = checkpointed(data), wal_files(data)
+    faults.fail("write", "*/checkpoint.tmp", errno.ENOSPC, times=None)
+    # It opens; the round at open retries the checkpoint, which finds no room either: still
+    # no failure, the old checkpoint and every log segment stay.
+    b = await open_broker(maintenance_interval=3600.0)
+    await settle(b)
+    t = b.topic("t")
+    assert b.failure is None and t.checkpoint_owed
+    assert checkpointed(data) == before and wal_files(data) == kept
+    assert await read_all(b) == {value(i) for i in range(50)}
+    faults.clear()
+    await b.maintain()
+    await settle(b)
+    assert checkpointed(data) == [50] and not t.checkpoint_owed
+    assert wal_files(data) == []
+
+
 async def test_frames_held_in_memory_are_bounded(
     open_broker: OpenBroker, tmp_path: Path, faults: Faults, monkeypatch: pytest.MonkeyPatch
 ) -> None:
