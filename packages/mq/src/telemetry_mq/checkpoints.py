@@ -156,7 +156,12 @@ async def checkpoint_topic(t: Topic, cut: int, offsets: list[int]) -> bool:
             checkpoint, t.path, t.wal.path, t.logs, cut, offsets, unsynced
         )
     except NoRoomError as e:  # the old checkpoint stands: the log keeps its segments
-        log.warning("no checkpoint of %s: %s; its write-ahead log keeps every segment", t.name, e)
+        log.log(
+            logging.DEBUG if t.checkpoint_owed else logging.WARNING,  # once, not every round
+            "no checkpoint of %s: %s; its write-ahead log keeps every segment",
+            t.name,
+            e,
+        )
         t.checkpoint_owed = True
         return False
     except OSError as e:  # never retried: the next fsync could succeed over lost pages

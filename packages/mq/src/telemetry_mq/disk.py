@@ -11,11 +11,12 @@ Invariants:
 - The check is cheap: one ``statvfs`` at most every ``interval`` seconds, whatever the publish
   rate; in between, the last figures stand, plus every byte accepted since (``wrote``: a
   publish counts its frames twice, for the write-ahead log and the partition file). Bytes
-  accepted but not in the files when ``statvfs`` reads (the frames partitions buffer, up to
-  1 MiB each) count too (``unwritten``). So a volume written faster than the watermark's room
-  per interval is refused at the watermark, not at ENOSPC; the room need only hold the
-  publishes in flight at that moment. Writes that must not be refused (acks, dead letters,
-  checkpoints) go on past it.
+  accepted but not in the files when ``statvfs`` reads (the frames partitions buffer) count
+  too (``unwritten``), and past the watermark each maintenance round writes them out first,
+  so what retention frees is measured on the files. So a volume written faster than the
+  watermark's room per interval is refused at the watermark, not at ENOSPC; the room need
+  only hold the publishes in flight at that moment. Writes that must not be refused (acks,
+  dead letters, checkpoints) go on past it.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class DiskWatch:
     def excess(self) -> int:
         """Bytes to free to get back under the watermark with margin (0 when not full)."""
         usage = self.refresh()
-        if usage.used < self.watermark_bytes(usage):
+        used = usage.used + self._written
+        if used < self.watermark_bytes(usage):
             return 0
         target = int(usage.capacity * max(self.high_watermark - PRESSURE_MARGIN, 0.0))
-        return usage.used - target
+        return used - target

@@ -110,6 +110,9 @@ class PartitionLog:
         """Set when the topic failed (``Broker``): appends are refused."""
         self.write_error: OSError | None = None
         """The last failed write, until a write succeeds again."""
+        self.bounded = True
+        """Whether more than ``UNWRITTEN_LIMIT`` of unwritten frames fails the topic (not
+        during the replay at start: ``recovery``)."""
         self.on_durable: Callable[[], None] = lambda: None
         self.on_fail: Callable[[BaseException], None] = lambda _: None
         # Frames not in the files yet: (segment, offset of the first frame, frames).
@@ -330,7 +333,11 @@ class PartitionLog:
         self.next_offset = offset
         if len(tail) > TAIL_RECORDS or self._pending_bytes > PENDING_BYTES:
             self.write_out()  # first: records below the tail are read from the files
-            if self.write_error is not None and self._pending_bytes > UNWRITTEN_LIMIT:
+            if (
+                self.write_error is not None
+                and self.bounded
+                and self._pending_bytes > UNWRITTEN_LIMIT
+            ):
                 self.on_fail(self.write_error)  # memory is bounded (not so a retry's)
             if len(tail) > TAIL_RECORDS:
                 # Never past the written records (a write may have failed): the records below

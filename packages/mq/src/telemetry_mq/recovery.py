@@ -17,11 +17,11 @@ Invariants:
   offset; everything from there on is cut off as never fsynced), replays every log segment
   from the checkpoint's ``wal`` on into the partitions, then checkpoints
   (``checkpoints.checkpoint_recovered``) unless the log was empty and a checkpoint exists.
-  On a full disk, replayed frames the partition files cannot take stay in memory (at most
-  what a partition may hold unwritten at run time) and no checkpoint is taken, nor is one
-  whose ``checkpoint.json`` finds no room: the broker opens, and a maintenance round writes
-  the frames out and checkpoints once retention has made room (``Broker.open``). A file that
-  cannot be cut back after a failed write keeps the broker from opening.
+  On a full disk, replayed frames the partition files cannot take stay in memory and no
+  checkpoint is taken, nor is one whose ``checkpoint.json`` finds no room: the broker opens,
+  and a maintenance round writes the frames out and checkpoints once retention has made
+  room (``Broker.open``). A file that cannot be cut back after a failed write keeps the
+  broker from opening.
   Replaying everything past the checkpoint, rather than trusting what the partition files
   hold there, is what makes a restart after an fsync error safe: the kernel may still serve
   pages it failed to write, which would read back intact yet be lost at the next power cut.
@@ -133,17 +133,16 @@ def open_topic(
         )
         for p in range(partitions)
     ]
-    # A failed write during the replay keeps its frames in memory (``write_error``); what
-    # would fail the topic at run time (a file that cannot be cut back, more unwritten frames
-    # than a partition may hold) keeps the broker from opening.
-    fatal: list[BaseException] = []
+    # A failed write during the replay keeps its frames in memory (``write_error``), with no
+    # bound (what the files cannot take is about what they held past the checkpoint, cut off
+    # just before, plus what was unwritten at run time); a file that cannot be cut back after
+    # a failed write keeps the broker from opening at once, replay and checkpoint included.
     for plog in logs:
-        plog.on_fail = fatal.append
+        plog.bounded = False
+        plog.on_fail = _refuse
     wal, replayed = TopicWal.recover(
         name, path / "wal", logs, start=start, segment_bytes=config.wal_segment_bytes
     )
-    if fatal:
-        raise fatal[0]
     if replayed:
         log.warning("replayed %d records of %s from its write-ahead log", replayed, name)
     owed = False
@@ -156,8 +155,14 @@ def open_topic(
     wal.on_fail = topic.on_fail
     for plog in logs:
         plog.on_fail = topic.on_fail
+        plog.bounded = True
     topics[name] = topic
     return topic
+
+
+def _refuse(error: BaseException) -> None:
+    """A partition's ``on_fail`` while its topic opens: the broker does not open."""
+    raise error
 
 
 def new_group(topic: Topic, name: str, config: BrokerConfig, lease_prefix: str) -> Group:

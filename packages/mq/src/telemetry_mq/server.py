@@ -637,6 +637,13 @@ class Broker:
                 if not g.idle and g.check_idle(self._clock(), idle_timeout):
                     log.info("consumer group %s of %s is idle", g.name, t.name)
                 await self._expiry.expire(t, g)
+        if self.disk is not None and self.disk.full:
+            # Buffered frames count as used: put them in the files, where retention's
+            # measure of the volume sees them and what it frees.
+            for t in self.topics.values():
+                if t.failed is None:
+                    for plog in t.logs:
+                        plog.write_out()
         await retain(
             list(self.topics.values()),
             self._committer,

@@ -265,24 +265,25 @@ async def test_a_restart_on_a_full_disk_opens_and_writes_the_frames_once_there_i
     await settle(b)
     before = checkpointed(data)
     faults.fail("write", "*/partitions/*.log", errno.ENOSPC, times=None)  # a full disk
-    for start in range(200, 2200, 100):
+    for start in range(200, 4200, 100):
         await publish(b, start, 100)
         await settle(b)
     await crash(b, data)
     kept = len(wal_files(data))
     assert checkpointed(data) == before and kept > 5
     # Still full: the replayed frames cannot reach the partition files. The broker opens all
-    # the same (a restart must be able to heal a full disk), the frames in memory.
+    # the same (a restart must be able to heal a full disk), the frames in memory, however
+    # many: the bound on them is for publishes, not for the replay.
+    monkeypatch.setattr("telemetry_mq.log.UNWRITTEN_LIMIT", 1024)
     b = await open_broker(maintenance_interval=3600.0)
     plogs = b.topic("t").logs
     assert all(plog.write_error is not None for plog in plogs)
     assert b.healthy is None
     assert checkpointed(data) == before and len(wal_files(data)) == kept  # nothing deleted
-    published = {value(i) for i in range(2200)}
+    published = {value(i) for i in range(4200)}
     assert await read_all(b) == published
     # A retry that fails again holds no more memory: past the bound on what a partition
     # may hold unwritten, it still does not fail the topic.
-    monkeypatch.setattr("telemetry_mq.log.UNWRITTEN_LIMIT", 1024)
     await b.maintain()
     assert b.failure is None and all(plog.write_error is not None for plog in plogs)
     faults.clear()  # room again: the next maintenance round writes them, then checkpoints
@@ -336,6 +337,27 @@ async def test_a_file_that_cannot_be_cut_back_during_the_replay_keeps_the_broker
     # fails: writing after them would hide garbage behind a checkpoint.
     faults.fail("write", "*/partitions/*.log", errno.ENOSPC, partial=10)
     faults.fail("ftruncate", "*/partitions/*.log", errno.EIO, times=None)
+    with pytest.raises(OSError):
+        await open_broker()
+    assert "back failed" in caplog.text
+    faults.clear()
+    b = await open_broker()
+    assert await read_all(b) == {value(i) for i in range(50)}
+
+
+async def test_a_file_that_cannot_be_cut_back_after_the_replay_keeps_the_broker_closed(
+    open_broker: OpenBroker, tmp_path: Path, faults: Faults, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    b = await open_broker(wal_segment_bytes=1 << 20)
+    await b.create_topic("t", 1)
+    await publish(b, 0, 50)
+    await crash(b, data)
+    # The replay's write fails and is cut back; the checkpoint after it writes out again,
+    # part of a frame gets in, and that cannot be cut back.
+    faults.fail("write", "*/partitions/*.log", errno.ENOSPC)
+    faults.fail("write", "*/partitions/*.log", errno.ENOSPC, partial=10)  # the next one
+    faults.fail("ftruncate", "*/partitions/*.log", errno.EIO, nth=2)
     with pytest.raises(OSError):
         await open_broker()
     assert "back failed" in caplog.text
