@@ -612,6 +612,40 @@ class PartitionLog:
         consumed (retention under disk pressure asks for it)."""
         self._roll_wanted = True
 
+    def roll_now(self) -> bool:
+        """Start a new, empty segment (and its file) now, so the active one can be deleted
+        without waiting for an append: retention under disk pressure asks for it when every
+        record is consumed, since publishes are refused then and no append would come.
+
+        Returns whether it rolled: not with nothing to roll, nor while frames stay unwritten.
+        The empty file is durable before anything is deleted, so the partition never loses
+        its end offset (``open`` reads it from the file names).
+        """
+        if self.failed is not None or not self.segments:
+            return False
+        seg = self.segments[-1]
+        if seg.end_offset == seg.base_offset:
+            return False  # empty already
+        self.write_out()
+        if self.write_error is not None or self._pending:
+            return False
+        new = self._add_segment(self.next_offset, seg.base_pos + seg.size)
+        try:
+            fd = _fileio.open(new.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:  # no room even for an empty file: nothing changed
+            self.segments.pop()
+            self._bases.pop()
+            log.warning("partition %d of %s: cannot roll: %s", self.partition, self.topic, e)
+            return False
+        os.close(fd)
+        try:
+            fsync_dir(self.path)
+        except OSError as e:  # never retried (a failed fsync): fail the topic
+            self.on_fail(e)
+            return False
+        self._roll_wanted = False
+        return True
+
     def close(self) -> None:
         """Close every descriptor (after the committer has stopped, ``write_out`` and the
         last checkpoint: that fsynced what was written; a failed topic fsyncs nothing)."""

@@ -22,8 +22,10 @@ The rules, in turn, each round:
    ``retention_bytes``, the oldest consumed segment of any partition of any topic;
 3. **disk**: while the data volume is past its high watermark (``disk.DiskWatch``), the oldest
    consumed segments whatever their age, until ``PRESSURE_MARGIN`` below it; if that is not
-   enough, every partition whose active segment holds consumed records rolls it at its next
-   append, so the next rounds can delete it once consumed.
+   enough, every partition whose active segment holds consumed records rolls it: at once
+   when every record of the partition is consumed (publishes are refused, so no append may
+   come; it is deleted in the same round), else at its next append, so the next rounds can
+   delete it once consumed.
 
 So the disk holds at most, per topic, its backlog (unconsumed, bounded by
 ``max_backlog_bytes``), one partly consumed segment per partition, and two write-ahead log
@@ -93,10 +95,16 @@ async def retain(
         freed = _drop_oldest(held, consumed, excess, "disk", observe)
         deleted += freed
         if freed < excess:
+            rolled = False
             for t in held:
                 for plog, c in zip(t.logs, consumed[t.name], strict=True):
                     if plog.segments and c > plog.segments[-1].base_offset:
-                        plog.roll_soon()
+                        if c >= plog.next_offset and plog.roll_now():
+                            rolled = True  # all consumed: it may go at once
+                        else:
+                            plog.roll_soon()
+            if rolled:
+                freed += _drop_oldest(held, consumed, excess - freed, "disk", observe)
         usage = disk.refresh()
         log.warning(
             "data volume past its high watermark: freed %d of %d bytes; %d used, %d free",

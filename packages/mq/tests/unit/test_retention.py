@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import orjson
@@ -115,7 +116,7 @@ async def test_past_the_watermark_publishes_get_disk_full_and_consumed_segments_
     assert await consume(b, "t") == list(range(31, 40))
 
 
-async def test_under_pressure_a_consumed_active_segment_rolls_and_goes(
+async def test_under_pressure_a_partly_consumed_active_segment_rolls_at_the_next_append(
     open_broker: OpenBroker, tmp_path: Path
 ) -> None:
     (tmp_path / "data").mkdir()
@@ -126,15 +127,49 @@ async def test_under_pressure_a_consumed_active_segment_rolls_and_goes(
     assert b.disk is not None
     b.disk.high_watermark = 1.0  # room to publish first
     await fill(b, "t", 20)
-    assert await consume(b, "t") == list(range(20))
+    assert await consume(b, "t", most=15) == list(range(15))
     b.disk.high_watermark = watermark
     await b.maintain()  # nothing closed to delete: the active segment rolls at the next append
     assert files(tmp_path, "t") == ["00000000000000000000.log"]
     b.disk.high_watermark = 1.0
     await b.publish("t", [("k", value(20))])
     b.disk.high_watermark = watermark
+    assert await consume(b, "t", most=5) == list(range(15, 20))
     await b.maintain()
     assert files(tmp_path, "t") == ["00000000000000000020.log"]
+    assert await consume(b, "t") == [20]
+
+
+async def test_under_pressure_a_wholly_consumed_partition_rolls_and_goes_at_once(
+    open_broker: OpenBroker, tmp_path: Path
+) -> None:
+    (tmp_path / "data").mkdir()
+    watermark = over_the_watermark(tmp_path / "data")
+    b = await open_broker(retention_age=None, disk_high_watermark=watermark)
+    await b.create_topic("t", 1)
+    assert b.disk is not None
+    b.disk.high_watermark = 1.0
+    await fill(b, "t", 20)
+    assert await consume(b, "t") == list(range(20))
+    b.disk.high_watermark = watermark
+    # Publishes are refused: no append will come to roll the active segment, so it rolls now
+    # (an empty file holds the partition's end) and goes in the same round.
+    with pytest.raises(DiskFullError):
+        await b.publish("t", [("k", value(20))])
+    await b.maintain()
+    assert files(tmp_path, "t") == ["00000000000000000020.log"]
+    assert (tmp_path / "data/topics/t/partitions/0000/00000000000000000020.log").stat().st_size == 0
+    # A crash now (the files as they are; the log still holds the 20 records): the empty
+    # file keeps the partition's end offset.
+    data = tmp_path / "data"
+    snapshot = shutil.copytree(data, tmp_path / "snapshot")
+    await b.close()
+    shutil.rmtree(data)
+    snapshot.rename(data)
+    b = await open_broker(retention_age=None)
+    stats = b.topic_stats("t").partition_stats[0]
+    assert stats.start_offset == 20 and b.topic("t").logs[0].next_offset == 20
+    assert await b.publish("t", [("k", value(20))]) == [(0, 20)]
     assert await consume(b, "t") == [20]
 
 
