@@ -591,6 +591,7 @@ class PartitionLog:
             self.write_out()  # no buffered frame may recreate a deleted file later
         seg = self.segments[0]
         seg.close()
+        self._close_writer(seg)  # a deleted file's blocks stay while a descriptor holds it
         try:
             _fileio.remove(seg.path, missing_ok=True)
         except OSError as e:
@@ -629,6 +630,7 @@ class PartitionLog:
         self.write_out()
         if self.write_error is not None or self._pending:
             return False
+        self._close_writer(seg)  # its file is about to go: no descriptor may hold its blocks
         new = self._add_segment(self.next_offset, seg.base_pos + seg.size)
         try:
             fd = _fileio.open(new.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -640,11 +642,19 @@ class PartitionLog:
         os.close(fd)
         try:
             fsync_dir(self.path)
-        except OSError as e:  # never retried (a failed fsync): fail the topic
+        except OSError as e:  # never retried (a failed fsync): fail the topic, roll nothing
+            self.segments.pop()
+            self._bases.pop()
             self.on_fail(e)
             return False
         self._roll_wanted = False
         return True
+
+    def _close_writer(self, seg: Segment) -> None:
+        """Close the write descriptor if it is ``seg``'s."""
+        if self._wseg is seg and self._wfd is not None:
+            os.close(self._wfd)
+            self._wfd = self._wseg = None
 
     def close(self) -> None:
         """Close every descriptor (after the committer has stopped, ``write_out`` and the

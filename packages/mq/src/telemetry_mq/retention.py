@@ -103,7 +103,8 @@ async def retain(
                             rolled = True  # all consumed: it may go at once
                         else:
                             plog.roll_soon()
-            if rolled:
+            if rolled:  # a roll's failed fsync may have failed its topic: nothing of it goes
+                held = [t for t in held if t.failed is None]
                 freed += _drop_oldest(held, consumed, excess - freed, "disk", observe)
         usage = disk.refresh()
         log.warning(

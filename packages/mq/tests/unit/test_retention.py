@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import orjson
 import pytest
 from telemetry_mq import Broker, DiskFullError
 from telemetry_mq.disk import DiskWatch, disk_usage
+from telemetry_mq.faults import Faults
 
 from ..conftest import Clock, OpenBroker
 
@@ -159,6 +163,7 @@ async def test_under_pressure_a_wholly_consumed_partition_rolls_and_goes_at_once
     await b.maintain()
     assert files(tmp_path, "t") == ["00000000000000000020.log"]
     assert (tmp_path / "data/topics/t/partitions/0000/00000000000000000020.log").stat().st_size == 0
+    assert open_deleted_logs() == []  # its blocks went back to the volume
     # A crash now (the files as they are; the log still holds the 20 records): the empty
     # file keeps the partition's end offset.
     data = tmp_path / "data"
@@ -171,6 +176,42 @@ async def test_under_pressure_a_wholly_consumed_partition_rolls_and_goes_at_once
     assert stats.start_offset == 20 and b.topic("t").logs[0].next_offset == 20
     assert await b.publish("t", [("k", value(20))]) == [(0, 20)]
     assert await consume(b, "t") == [20]
+
+
+def open_deleted_logs() -> list[str]:
+    """Deleted segment files this process still holds open (their blocks stay allocated)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.endswith(".log (deleted)"):
+                out.append(target)
+    return out
+
+
+async def test_a_roll_whose_directory_fsync_fails_fails_the_topic_and_deletes_nothing(
+    open_broker: OpenBroker, tmp_path: Path
+) -> None:
+    (tmp_path / "data").mkdir()
+    watermark = over_the_watermark(tmp_path / "data")
+    b = await open_broker(retention_age=None, disk_high_watermark=watermark)
+    await b.create_topic("t", 2)
+    assert b.disk is not None
+    b.disk.high_watermark = 1.0
+    await b.publish("t", [(f"k{i}", value(i)) for i in range(40)])
+    for plog in b.topic("t").logs:
+        plog.write_out()
+    assert len(await consume(b, "t")) == 40
+    before = sorted(p.name for p in (tmp_path / "data/topics/t/partitions").glob("*/*.log"))
+    assert len(before) == 2
+    b.disk.high_watermark = watermark
+    with Faults() as faults:
+        faults.fail("fsync", "*/partitions/0001", errno.EIO)
+        await b.maintain()
+    assert b.failure is not None
+    after = sorted(p.name for p in (tmp_path / "data/topics/t/partitions").glob("*/*.log"))
+    assert set(before) <= set(after)  # nothing of the failed topic was deleted
+    assert [len(plog.segments) for plog in b.topic("t").logs][1] == 1  # its roll undone
 
 
 async def test_the_disk_is_checked_at_most_once_per_interval(tmp_path: Path) -> None:
