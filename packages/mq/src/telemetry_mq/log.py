@@ -444,9 +444,9 @@ class PartitionLog:
                     os.close(fd)
             if seg.written:
                 self._split(seg, first, data)
-            else:  # nothing of this segment is in its file: a new file replaces it
-                seg.close()
-                _fileio.remove(seg.path, missing_ok=True)
+            # else nothing of this segment is in its file, cut back to empty: the next write
+            # goes to it again. It stays: the last segment's file (an empty one after an
+            # immediate roll) is what tells a restart where the partition ends.
         except OSError as e:
             log.error(
                 "partition %d of %s: cutting %s back failed: %s",
@@ -589,6 +589,8 @@ class PartitionLog:
         when the file could not be deleted (nothing is lost: the next round tries again)."""
         if self._pending:
             self.write_out()  # no buffered frame may recreate a deleted file later
+            if self._pending:  # a failed write: a later segment may have no file yet, and
+                return None  # this one may be what tells a restart where the partition ends
         seg = self.segments[0]
         seg.close()
         self._close_writer(seg)  # a deleted file's blocks stay while a descriptor holds it

@@ -178,6 +178,58 @@ async def test_under_pressure_a_wholly_consumed_partition_rolls_and_goes_at_once
     assert await consume(b, "t") == [20]
 
 
+async def test_after_an_immediate_roll_a_failed_write_keeps_the_empty_file(
+    open_broker: OpenBroker, tmp_path: Path
+) -> None:
+    (tmp_path / "data").mkdir()
+    watermark = over_the_watermark(tmp_path / "data")
+    b = await open_broker(retention_age=None, disk_high_watermark=watermark)
+    await b.create_topic("t", 1)
+    assert b.disk is not None
+    b.disk.high_watermark = 1.0
+    await fill(b, "t", 20)
+    assert await consume(b, "t") == list(range(20))
+    b.disk.high_watermark = watermark
+    await b.maintain()
+    assert files(tmp_path, "t") == ["00000000000000000020.log"]
+    b.disk.high_watermark = 1.0
+    await b.publish("t", [("k", value(20))])
+    with Faults() as faults:  # the first write to the empty file fails
+        faults.fail("write", "*/00000000000000000020.log", errno.ENOSPC)
+        b.topic("t").logs[0].write_out()
+    # The file, the only one left, stays: it tells a restart where the partition ends.
+    assert files(tmp_path, "t") == ["00000000000000000020.log"]
+    data = tmp_path / "data"
+    snapshot = shutil.copytree(data, tmp_path / "snapshot")  # a crash now
+    await b.close()
+    shutil.rmtree(data)
+    snapshot.rename(data)
+    b = await open_broker(retention_age=None)
+    assert await consume(b, "t") == [20]
+
+
+async def test_retention_deletes_nothing_of_a_partition_whose_frames_cannot_be_written(
+    open_broker: OpenBroker, tmp_path: Path
+) -> None:
+    b = await open_broker(segment_bytes=512, retention_age=None, retention_bytes=0)
+    await b.create_topic("t", 1)
+    await fill(b, "t", 20)  # several segments, all in their files
+    for i in range(20, 30):  # rolls to segments whose frames are still buffered
+        await b.publish("t", [("k", value(i))])
+    plog = b.topic("t").logs[0]
+    assert plog.pending_bytes > 0
+    assert await consume(b, "t") == list(range(30))
+    before = files(tmp_path, "t")
+    with Faults() as faults:  # no segment file can be written: the disk is full
+        faults.fail("open", "*/partitions/0000/*.log", errno.ENOSPC, times=None)
+        faults.fail("write", "*/partitions/0000/*.log", errno.ENOSPC, times=None)
+        await b.maintain()
+    assert plog.write_error is not None
+    assert set(before) <= set(files(tmp_path, "t"))  # nothing went
+    await b.maintain()  # room again: now the consumed segments go
+    assert len(files(tmp_path, "t")) < len(before)
+
+
 def open_deleted_logs() -> list[str]:
     """Deleted segment files this process still holds open (their blocks stay allocated)."""
     out = []
