@@ -589,8 +589,11 @@ class PartitionLog:
         when the file could not be deleted (nothing is lost: the next round tries again)."""
         if self._pending:
             self.write_out()  # no buffered frame may recreate a deleted file later
-            if self._pending:  # a failed write: a later segment may have no file yet, and
-                return None  # this one may be what tells a restart where the partition ends
+        following = self.segments[1]
+        if self._pending and not (following.written or following.path.exists()):
+            # A failed write left the next segment without a file: this one is what tells a
+            # restart where the partition ends. It stays until the frames are written.
+            return None
         seg = self.segments[0]
         seg.close()
         self._close_writer(seg)  # a deleted file's blocks stay while a descriptor holds it

@@ -208,7 +208,7 @@ async def test_after_an_immediate_roll_a_failed_write_keeps_the_empty_file(
     assert await consume(b, "t") == [20]
 
 
-async def test_retention_deletes_nothing_of_a_partition_whose_frames_cannot_be_written(
+async def test_retention_keeps_the_file_before_a_segment_a_failed_write_left_without_one(
     open_broker: OpenBroker, tmp_path: Path
 ) -> None:
     b = await open_broker(segment_bytes=512, retention_age=None, retention_bytes=0)
@@ -219,15 +219,18 @@ async def test_retention_deletes_nothing_of_a_partition_whose_frames_cannot_be_w
     plog = b.topic("t").logs[0]
     assert plog.pending_bytes > 0
     assert await consume(b, "t") == list(range(30))
-    before = files(tmp_path, "t")
     with Faults() as faults:  # no segment file can be written: the disk is full
         faults.fail("open", "*/partitions/0000/*.log", errno.ENOSPC, times=None)
         faults.fail("write", "*/partitions/0000/*.log", errno.ENOSPC, times=None)
         await b.maintain()
     assert plog.write_error is not None
-    assert set(before) <= set(files(tmp_path, "t"))  # nothing went
-    await b.maintain()  # room again: now the consumed segments go
-    assert len(files(tmp_path, "t")) < len(before)
+    # Consumed segments went, but not the one before the first segment with no file: the
+    # files must always tell a restart where the partition ends.
+    on_disk = set(files(tmp_path, "t"))
+    first_missing = next(k for k, seg in enumerate(plog.segments) if seg.path.name not in on_disk)
+    assert first_missing > 0 and plog.segments[first_missing - 1].path.name in on_disk
+    await b.maintain()  # room again: the frames are written and the rest may go
+    assert plog.write_error is None and all(seg.path.exists() for seg in plog.segments)
 
 
 def open_deleted_logs() -> list[str]:
