@@ -144,9 +144,9 @@ async def test_under_pressure_a_partly_consumed_active_segment_rolls_at_the_next
     assert await consume(b, "t") == [20]
 
 
-async def test_under_pressure_a_wholly_consumed_partition_rolls_and_goes_at_once(
-    open_broker: OpenBroker, tmp_path: Path
-) -> None:
+async def consumed_past_the_watermark(open_broker: OpenBroker, tmp_path: Path) -> Broker:
+    """A broker whose one partition holds 20 records, all consumed, in its active segment, on
+    a volume past its watermark (publishes are refused)."""
     (tmp_path / "data").mkdir()
     watermark = over_the_watermark(tmp_path / "data")
     b = await open_broker(retention_age=None, disk_high_watermark=watermark)
@@ -156,6 +156,21 @@ async def test_under_pressure_a_wholly_consumed_partition_rolls_and_goes_at_once
     await fill(b, "t", 20)
     assert await consume(b, "t") == list(range(20))
     b.disk.high_watermark = watermark
+    return b
+
+
+async def crash(b: Broker, data: Path) -> None:
+    """Leave ``data`` as a crash of ``b`` now would: copy it, close ``b``, put the copy back."""
+    snapshot = shutil.copytree(data, data.with_name("snapshot"))
+    await b.close()
+    shutil.rmtree(data)
+    snapshot.rename(data)
+
+
+async def test_under_pressure_a_wholly_consumed_partition_rolls_and_goes_at_once(
+    open_broker: OpenBroker, tmp_path: Path
+) -> None:
+    b = await consumed_past_the_watermark(open_broker, tmp_path)
     # Publishes are refused: no append will come to roll the active segment, so it rolls now
     # (an empty file holds the partition's end) and goes in the same round.
     with pytest.raises(DiskFullError):
@@ -166,11 +181,7 @@ async def test_under_pressure_a_wholly_consumed_partition_rolls_and_goes_at_once
     assert open_deleted_logs() == []  # its blocks went back to the volume
     # A crash now (the files as they are; the log still holds the 20 records): the empty
     # file keeps the partition's end offset.
-    data = tmp_path / "data"
-    snapshot = shutil.copytree(data, tmp_path / "snapshot")
-    await b.close()
-    shutil.rmtree(data)
-    snapshot.rename(data)
+    await crash(b, tmp_path / "data")
     b = await open_broker(retention_age=None)
     stats = b.topic_stats("t").partition_stats[0]
     assert stats.start_offset == 20 and b.topic("t").logs[0].next_offset == 20
@@ -181,17 +192,10 @@ async def test_under_pressure_a_wholly_consumed_partition_rolls_and_goes_at_once
 async def test_after_an_immediate_roll_a_failed_write_keeps_the_empty_file(
     open_broker: OpenBroker, tmp_path: Path
 ) -> None:
-    (tmp_path / "data").mkdir()
-    watermark = over_the_watermark(tmp_path / "data")
-    b = await open_broker(retention_age=None, disk_high_watermark=watermark)
-    await b.create_topic("t", 1)
-    assert b.disk is not None
-    b.disk.high_watermark = 1.0
-    await fill(b, "t", 20)
-    assert await consume(b, "t") == list(range(20))
-    b.disk.high_watermark = watermark
+    b = await consumed_past_the_watermark(open_broker, tmp_path)
     await b.maintain()
     assert files(tmp_path, "t") == ["00000000000000000020.log"]
+    assert b.disk is not None
     b.disk.high_watermark = 1.0
     await b.publish("t", [("k", value(20))])
     with Faults() as faults:  # the first write to the empty file fails
@@ -199,11 +203,7 @@ async def test_after_an_immediate_roll_a_failed_write_keeps_the_empty_file(
         b.topic("t").logs[0].write_out()
     # The file, the only one left, stays: it tells a restart where the partition ends.
     assert files(tmp_path, "t") == ["00000000000000000020.log"]
-    data = tmp_path / "data"
-    snapshot = shutil.copytree(data, tmp_path / "snapshot")  # a crash now
-    await b.close()
-    shutil.rmtree(data)
-    snapshot.rename(data)
+    await crash(b, tmp_path / "data")
     b = await open_broker(retention_age=None)
     assert await consume(b, "t") == [20]
 
