@@ -115,6 +115,15 @@ def lose_unsynced_writes(data: Path, offsets: list[int]) -> None:
             seg.write_bytes(raw[:pos])
 
 
+async def publish_on_a_full_disk(b: Broker, faults: Faults, start: int, end: int) -> None:
+    """Fill the disk for the partition files, then publish ``start`` to ``end`` in batches of
+    100, each one's checkpoint awaited."""
+    faults.fail("write", "*/partitions/*.log", errno.ENOSPC, times=None)
+    for first in range(start, end, 100):
+        await publish(b, first, 100)
+        await settle(b)
+
+
 # -- topic names and topic creation --------------------------------------------------------
 
 
@@ -231,10 +240,7 @@ async def test_partition_writes_failing_for_a_while_keep_the_log_until_they_work
     await publish(b, 0, 200)
     await settle(b)
     before = checkpointed(data)
-    faults.fail("write", "*/partitions/*.log", errno.ENOSPC, times=None)  # a full disk
-    for start in range(200, 3200, 100):
-        await publish(b, start, 100)
-        await settle(b)
+    await publish_on_a_full_disk(b, faults, 200, 3200)
     plog = b.topic("t").logs[0]
     assert plog.write_error is not None and plog.written_offset < plog.next_offset
     assert checkpointed(data) == before, "no checkpoint passes the written frames"
@@ -264,10 +270,7 @@ async def test_a_restart_on_a_full_disk_opens_and_writes_the_frames_once_there_i
     await publish(b, 0, 200)
     await settle(b)
     before = checkpointed(data)
-    faults.fail("write", "*/partitions/*.log", errno.ENOSPC, times=None)  # a full disk
-    for start in range(200, 4200, 100):
-        await publish(b, start, 100)
-        await settle(b)
+    await publish_on_a_full_disk(b, faults, 200, 4200)
     await crash(b, data)
     kept = len(wal_files(data))
     assert checkpointed(data) == before and kept > 5
@@ -305,10 +308,7 @@ async def test_frames_written_out_by_retention_still_get_their_checkpoint(
     await b.create_topic("t", 1)
     await publish(b, 0, 100)
     await settle(b)
-    faults.fail("write", "*/partitions/*.log", errno.ENOSPC, times=None)
-    for start in range(100, 1100, 100):
-        await publish(b, start, 100)
-        await settle(b)
+    await publish_on_a_full_disk(b, faults, 100, 1100)
     await crash(b, data)
     kept = len(wal_files(data))
     b = await open_broker(segment_bytes=4096, retention_bytes=0)  # consumed segments may go
